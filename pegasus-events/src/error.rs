@@ -1,0 +1,185 @@
+//! The crate's one error type.
+//!
+//! Every variant names what failed with named fields. No variant ever carries an event's
+//! field values, a payload or a secret: messages are safe to log and to write into a
+//! dead-letter header.
+
+use std::path::PathBuf;
+
+use rdkafka::error::KafkaError;
+
+/// Everything that can go wrong in pegasus-events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid; `field` names it as the user wrote it
+    /// (e.g. `Kafka.BootstrapServers` or `KAFKA_BOOTSTRAP_SERVERS`).
+    #[error("invalid configuration `{field}`: {reason}")]
+    Config {
+        /// The setting that is wrong.
+        field: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+
+    /// A configuration file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A configuration file is not valid JSON.
+    #[error("configuration file {} is not valid JSON: line {line}, column {column}", path.display())]
+    ConfigSyntax {
+        /// The file.
+        path: PathBuf,
+        /// Line of the syntax error.
+        line: usize,
+        /// Column of the syntax error.
+        column: usize,
+    },
+
+    /// librdkafka refused to create a client from the configuration.
+    #[error("cannot create the Kafka {client} client")]
+    Client {
+        /// Which client: `producer`, `consumer` or `admin`.
+        client: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+
+    /// An event could not be serialized to JSON.
+    #[error("cannot serialize event `{event_type}` to JSON: {detail}")]
+    Serialize {
+        /// The event type name.
+        event_type: &'static str,
+        /// What serde reported (serialization errors carry no field values).
+        detail: String,
+    },
+
+    /// The broker did not acknowledge a record.
+    #[error("publishing to topic `{topic}` failed")]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// librdkafka's error (a timeout is `MessageProduction(MessageTimedOut)`).
+        #[source]
+        source: KafkaError,
+    },
+
+    /// Creating a topic failed (an already existing topic is not an error).
+    #[error("cannot create topic `{topic}`: {reason}")]
+    TopicCreation {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
+    },
+
+    /// An admin request failed as a whole.
+    #[error("admin request `{operation}` failed")]
+    Admin {
+        /// The request, e.g. `create_topics`.
+        operation: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+
+    /// A required CloudEvents header is missing from a record.
+    #[error("record has no `{header}` header")]
+    MissingHeader {
+        /// The header name.
+        header: &'static str,
+    },
+
+    /// A header is present but its value cannot be used.
+    #[error("header `{header}` is malformed: {reason}")]
+    MalformedHeader {
+        /// The header name.
+        header: &'static str,
+        /// What is wrong with it (never the value of a sensitive field).
+        reason: String,
+    },
+
+    /// The record declares a CloudEvents version this library does not read.
+    #[error("unsupported CloudEvents specversion `{found}` (expected `1.0`)")]
+    UnsupportedSpecVersion {
+        /// The version found.
+        found: String,
+    },
+
+    /// The record's `ce_type` is not the event type that was expected.
+    #[error("event type mismatch: expected `{expected}`, found `{found}`")]
+    EventTypeMismatch {
+        /// The type the handler decodes.
+        expected: &'static str,
+        /// The type the record declares.
+        found: String,
+    },
+
+    /// The record's schema version is newer than the code knows.
+    #[error("`{event_type}` schema version {found} is newer than the newest known version {newest}")]
+    UnknownSchemaVersion {
+        /// The event type name.
+        event_type: &'static str,
+        /// The version found.
+        found: u32,
+        /// The newest version the code knows.
+        newest: u32,
+    },
+
+    /// The record's schema version is older than any version the upcast chain declares.
+    #[error("`{event_type}` schema version {found} is older than the oldest declared version {oldest}")]
+    UnsupportedSchemaVersion {
+        /// The event type name.
+        event_type: &'static str,
+        /// The version found.
+        found: u32,
+        /// The oldest version the upcast chain declares.
+        oldest: u32,
+    },
+
+    /// The payload is not JSON of the event's shape.
+    #[error("payload of `{event_type}` cannot be decoded: {detail} (line {line}, column {column})")]
+    MalformedPayload {
+        /// The event type name.
+        event_type: &'static str,
+        /// What is wrong, with any value from the payload removed.
+        detail: String,
+        /// Line of the problem in the payload.
+        line: usize,
+        /// Column of the problem in the payload.
+        column: usize,
+    },
+
+    /// The record has no payload at all.
+    #[error("record has no payload")]
+    EmptyPayload,
+}
+
+impl Error {
+    /// Whether this error means a record could not be decoded (the `decode` dead-letter
+    /// reason), as opposed to a failure of the client or the broker.
+    pub fn is_decode_error(&self) -> bool {
+        matches!(
+            self,
+            Error::MissingHeader { .. }
+                | Error::MalformedHeader { .. }
+                | Error::UnsupportedSpecVersion { .. }
+                | Error::EventTypeMismatch { .. }
+                | Error::UnknownSchemaVersion { .. }
+                | Error::UnsupportedSchemaVersion { .. }
+                | Error::MalformedPayload { .. }
+                | Error::EmptyPayload
+        )
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,416 @@
+//! The typed producer.
+//!
+//! # Guarantees
+//!
+//! - [`EventProducer::publish`] returns `Ok` only after the broker acknowledged the record:
+//!   with the defaults (`acks=all`, idempotent producer) that means every in-sync replica
+//!   has it, and librdkafka's retries can neither duplicate nor reorder it.
+//! - Events with the same partition key land in the same partition in the order they were
+//!   published from one producer.
+//! - A publish that cannot be acknowledged within
+//!   [`ProducerSettings::delivery_timeout`](crate::config::ProducerSettings) fails with a
+//!   [`PublishError`] that hands back the exact record (same `ce_id`, key, value and
+//!   headers), so the caller can retry it with [`EventProducer::republish`] and idempotent
+//!   consumers still see one event. The event itself is only borrowed, so it stays with
+//!   the caller. Nothing panics on a broker failure.
+//! - [`EventProducer::publish_all`] enqueues every event before waiting for any
+//!   acknowledgement, so a batch costs one round of broker acknowledgements, not one per
+//!   event.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # use pegasus_events::{Event, EventProducer, KafkaConfig};
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize, Event)]
+//! # #[event(topic = "shipping.shipment.created")]
+//! # struct ShipmentCreated { #[event(key)] shipment_id: String }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let producer = EventProducer::new(&KafkaConfig::from_env()?)?;
+//! let delivery = producer
+//!     .publish(&ShipmentCreated { shipment_id: "42".into() })
+//!     .await?;
+//! println!("stored at partition {} offset {}", delivery.partition, delivery.offset);
+//! # Ok(()) }
+//! ```
+
+use std::cell::RefCell;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use uuid::Uuid;
+
+use crate::config::{client_error, KafkaConfig};
+use crate::error::Error;
+use crate::event::Event;
+use crate::wire::{self, OutgoingHeaders, PublishMetadata};
+
+/// Where an acknowledged event was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The event id written to `ce_id`.
+    pub event_id: Uuid,
+    /// The partition the record landed in.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+}
+
+/// A record exactly as it was (or would have been) put on the wire, owned.
+///
+/// A failed publish hands it back; [`EventProducer::republish`] sends it again unchanged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedRecord {
+    /// The topic.
+    pub topic: String,
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The record value.
+    pub payload: Option<Vec<u8>>,
+    /// The headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl EncodedRecord {
+    /// The value of the first header named `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The event id from the `ce_id` header, when there is one.
+    pub fn event_id(&self) -> Option<Uuid> {
+        self.header(wire::header::ID)
+            .and_then(|id| Uuid::try_parse(id).ok())
+    }
+
+    fn from_message(message: &OwnedMessage) -> Self {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        EncodedRecord {
+            topic: message.topic().to_owned(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    fn owned_headers(&self) -> OwnedHeaders {
+        self.headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(self.headers.len()), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                })
+            })
+    }
+}
+
+// The payload may hold sensitive values: Debug shows sizes, never bytes.
+impl fmt::Debug for EncodedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("EncodedRecord")
+            .field("topic", &self.topic)
+            .field("event_id", &self.event_id())
+            .field("key_len", &self.key.as_ref().map(Vec::len))
+            .field("payload_len", &self.payload.as_ref().map(Vec::len))
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// A publish that failed: the reason, and the record to retry with.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct PublishError {
+    /// Why it failed.
+    #[source]
+    pub error: Error,
+    /// The record, byte for byte, with its `ce_id`; `None` only when the event could not
+    /// be serialized (then there is no record).
+    pub record: Option<Box<EncodedRecord>>,
+}
+
+impl PublishError {
+    /// The record to retry with, if one was built.
+    pub fn into_record(self) -> Option<EncodedRecord> {
+        self.record.map(|r| *r)
+    }
+}
+
+impl From<PublishError> for Error {
+    fn from(error: PublishError) -> Self {
+        error.error
+    }
+}
+
+/// Publishes typed events; cheap to clone (the underlying client is shared).
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    source: std::sync::Arc<str>,
+    delivery_timeout: Duration,
+}
+
+impl fmt::Debug for EventProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventProducer")
+            .field("source", &self.source)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Reused buffer for formatting partition keys; librdkafka copies the key on enqueue.
+    static KEY_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl EventProducer {
+    /// Validates `config` and creates the producer. No connection is made yet; an
+    /// unreachable broker shows up as a failed publish after the delivery timeout.
+    pub fn new(config: &KafkaConfig) -> Result<Self, Error> {
+        config.validate()?;
+        tracing::debug!(config = ?config, "creating event producer");
+        let producer: FutureProducer = config
+            .producer_config()
+            .create()
+            .map_err(|e| client_error("producer", e))?;
+        Ok(EventProducer {
+            producer,
+            source: config.source().into(),
+            delivery_timeout: config.producer.delivery_timeout,
+        })
+    }
+
+    /// The `ce_source` this producer writes.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Publishes `event` and waits for the broker's acknowledgement.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<Delivery, PublishError> {
+        let pending = self.enqueue(event, None).await?;
+        pending.acknowledged().await
+    }
+
+    /// Publishes `event` with explicit metadata (correlation id, causation id, subject, a
+    /// fixed event id) and waits for the acknowledgement.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        metadata: &PublishMetadata,
+    ) -> Result<Delivery, PublishError> {
+        let pending = self.enqueue(event, Some(metadata)).await?;
+        pending.acknowledged().await
+    }
+
+    /// Publishes every event, enqueuing all of them before waiting for any
+    /// acknowledgement. The results are in the order of `events`.
+    pub async fn publish_all<'e, E: Event>(
+        &self,
+        events: impl IntoIterator<Item = &'e E>,
+    ) -> Vec<Result<Delivery, PublishError>> {
+        let mut pending = Vec::new();
+        for event in events {
+            pending.push(self.enqueue(event, None).await);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(match p {
+                Ok(p) => p.acknowledged().await,
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Sends a record handed back by a failed publish again, unchanged (same `ce_id`).
+    pub async fn republish(&self, record: &EncodedRecord) -> Result<Delivery, PublishError> {
+        let event_id = record.event_id().unwrap_or_default();
+        let headers = record.owned_headers();
+        let mut future_record = FutureRecord::to(&record.topic).headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key.as_slice());
+        }
+        if let Some(payload) = &record.payload {
+            future_record = future_record.payload(payload.as_slice());
+        }
+        let delivery = self.send_with_backpressure(future_record).await?;
+        Pending {
+            event_id,
+            delivery,
+        }
+        .acknowledged()
+        .await
+    }
+
+    /// Waits until every enqueued record was acknowledged or failed, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        self.producer.flush(timeout).map_err(|source| Error::Delivery {
+            topic: String::new(),
+            source,
+        })
+    }
+
+    /// Encodes `event` and hands it to librdkafka; the returned [`Pending`] resolves on
+    /// the broker's acknowledgement.
+    async fn enqueue<E: Event>(
+        &self,
+        event: &E,
+        metadata: Option<&PublishMetadata>,
+    ) -> Result<Pending, PublishError> {
+        let mut payload = Vec::with_capacity(256);
+        wire::encode_payload(event, &mut payload).map_err(|error| PublishError {
+            error,
+            record: None,
+        })?;
+        // The key and headers are formatted into reused and stack buffers and copied by
+        // librdkafka, so they cost no allocation per publish.
+        let (event_id, delivery) = KEY_BUFFER.with_borrow_mut(|key| {
+            key.clear();
+            let keyed = event.write_partition_key(key);
+            let outgoing =
+                OutgoingHeaders::new::<E>(&self.source, keyed.then_some(key.as_str()), metadata);
+            let mut headers = Some(OwnedHeaders::new_with_capacity(10));
+            outgoing.for_each(|name, value| {
+                headers = headers.take().map(|h| {
+                    h.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    })
+                });
+            });
+            let mut record = FutureRecord::to(E::TOPIC)
+                .key(outgoing.record_key())
+                .payload(payload.as_slice());
+            record.headers = headers;
+            let sent = self.producer.send_result(record).map_err(|(error, record)| {
+                // The key borrows the reused buffer: take an owned copy for the retry.
+                (error, outgoing.record_key().to_owned(), record.headers)
+            });
+            (outgoing.event_id(), sent)
+        });
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err((error, key, headers)) => {
+                let mut retry = FutureRecord::to(E::TOPIC)
+                    .key(key.as_str())
+                    .payload(payload.as_slice());
+                retry.headers = headers;
+                self.retry_enqueue(error, retry).await?
+            }
+        };
+        Ok(Pending { event_id, delivery })
+    }
+
+    /// Enqueues a record, waiting while librdkafka's queue is full, up to the delivery
+    /// timeout.
+    async fn send_with_backpressure(
+        &self,
+        record: FutureRecord<'_, [u8], [u8]>,
+    ) -> Result<DeliveryFuture, PublishError> {
+        match self.producer.send_result(record) {
+            Ok(delivery) => Ok(delivery),
+            Err((error, record)) => self.retry_enqueue(error, record).await,
+        }
+    }
+
+    async fn retry_enqueue<K, P>(
+        &self,
+        mut error: KafkaError,
+        mut record: FutureRecord<'_, K, P>,
+    ) -> Result<DeliveryFuture, PublishError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        let started = Instant::now();
+        loop {
+            let queue_full = error == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+            if !queue_full || started.elapsed() >= self.delivery_timeout {
+                let message = OwnedMessage::new(
+                    record.payload.map(|p| p.to_bytes().to_vec()),
+                    record.key.map(|k| k.to_bytes().to_vec()),
+                    record.topic.to_owned(),
+                    rdkafka::Timestamp::NotAvailable,
+                    record.partition.unwrap_or(-1),
+                    -1,
+                    record.headers,
+                );
+                return Err(delivery_error(error, &message));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((e, r)) => {
+                    error = e;
+                    record = r;
+                }
+            }
+        }
+    }
+}
+
+/// An enqueued record waiting for the broker's acknowledgement.
+struct Pending {
+    event_id: Uuid,
+    delivery: DeliveryFuture,
+}
+
+impl Pending {
+    async fn acknowledged(self) -> Result<Delivery, PublishError> {
+        let result: OwnedDeliveryResult = match self.delivery.await {
+            Ok(result) => result,
+            // librdkafka drops the delivery callback only when the producer is destroyed.
+            Err(_canceled) => {
+                return Err(PublishError {
+                    error: Error::Delivery {
+                        topic: String::new(),
+                        source: KafkaError::Canceled,
+                    },
+                    record: None,
+                })
+            }
+        };
+        match result {
+            Ok(delivery) => Ok(Delivery {
+                event_id: self.event_id,
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((error, message)) => Err(delivery_error(error, &message)),
+        }
+    }
+}
+
+fn delivery_error(source: KafkaError, message: &OwnedMessage) -> PublishError {
+    let record = EncodedRecord::from_message(message);
+    tracing::warn!(
+        topic = %record.topic,
+        event_id = ?record.event_id(),
+        error = %source,
+        "publish failed"
+    );
+    PublishError {
+        error: Error::Delivery {
+            topic: record.topic.clone(),
+            source,
+        },
+        record: Some(Box::new(record)),
+    }
+}
