@@ -1,0 +1,166 @@
+//! Support for the integration tests: the broker under test, unique names, and a plain
+//! rdkafka consumer that reads records back exactly as they are on the broker.
+//!
+//! The broker is the real Apache Kafka that `scripts/test` starts with `scripts/kafka`; its
+//! address arrives in `PEGASUS_TEST_BOOTSTRAP`. Without it every broker test fails (never
+//! skips) with a message that says how to start one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pegasus_events::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The environment variable that carries the bootstrap address of the broker under test.
+pub const BOOTSTRAP_ENV: &str = "PEGASUS_TEST_BOOTSTRAP";
+
+/// The bootstrap address of the real broker under test.
+///
+/// # Panics
+///
+/// When `PEGASUS_TEST_BOOTSTRAP` is unset: the tests must fail, not skip, without a broker.
+pub fn bootstrap() -> String {
+    match std::env::var(BOOTSTRAP_ENV) {
+        Ok(address) if !address.trim().is_empty() => address,
+        _ => panic!(
+            "{BOOTSTRAP_ENV} is not set: run the tests with `scripts/test`, which starts a real \
+             Apache Kafka broker, or start one with `scripts/kafka start` and export its address"
+        ),
+    }
+}
+
+/// A configuration for the broker under test with a short delivery timeout.
+pub fn config(client_id: &str) -> KafkaConfig {
+    let mut config = KafkaConfig::new(bootstrap()).with_client_id(client_id);
+    config.producer.delivery_timeout = Duration::from_secs(30);
+    config
+}
+
+/// A name no other test in this run uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn raw_consumer() -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("readback"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a plain rdkafka consumer can be created")
+}
+
+/// Reads the record at `topic`/`partition`/`offset` with a plain rdkafka consumer.
+///
+/// # Panics
+///
+/// When the record does not arrive within 30 s.
+pub fn read_record(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
+    let consumer = raw_consumer();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("valid offset");
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) if message.offset() == offset => return message.detach(),
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => panic!("reading {topic}/{partition}@{offset} failed: {e}"),
+        }
+    }
+    panic!("record {topic}/{partition}@{offset} did not arrive within 30 s");
+}
+
+/// Reads every record of `topic` from the beginning until `count` arrived.
+///
+/// # Panics
+///
+/// When fewer than `count` records arrive within 60 s.
+pub fn read_records(topic: &str, partitions: i32, count: usize) -> Vec<OwnedMessage> {
+    let consumer = raw_consumer();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("valid offset");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => records.push(message.detach()),
+            None => {}
+            Some(Err(e)) => panic!("reading {topic} failed: {e}"),
+        }
+    }
+    assert_eq!(records.len(), count, "records read back from {topic}");
+    records
+}
+
+/// The headers of a record as (name, UTF-8 value) pairs, in order.
+pub fn headers_of(message: &OwnedMessage) -> Vec<(String, String)> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                    (h.key.to_owned(), value.unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of header `name`, if present.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Collects every log line written through `tracing` while `f` runs, for tests that prove
+/// a secret never reaches a log.
+pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    (result, logs)
+}
