@@ -80,11 +80,17 @@ async fn published_record_carries_exactly_the_wire_contract_headers_key_and_valu
         .correlation_id("corr-42")
         .causation_id("0190f5d2-0000-7000-8000-000000000001");
     let before = Utc::now();
-    let delivery = producer.publish_with(&event, &metadata).await.expect("acknowledged");
+    let delivery = producer
+        .publish_with(&event, &metadata)
+        .await
+        .expect("acknowledged");
     assert!(delivery.offset >= 0);
 
     let record = read_record(ShipmentCreated::TOPIC, delivery.partition, delivery.offset);
-    assert_eq!(record.key(), Some(b"3fa85f64-5717-4562-b3fc-2c963f66afa6".as_slice()));
+    assert_eq!(
+        record.key(),
+        Some(b"3fa85f64-5717-4562-b3fc-2c963f66afa6".as_slice())
+    );
     assert_eq!(
         record.payload(),
         Some(
@@ -116,7 +122,11 @@ async fn published_record_carries_exactly_the_wire_contract_headers_key_and_valu
     assert_eq!(find(&headers, "ce_specversion"), Some("1.0"));
     let id = Uuid::parse_str(find(&headers, "ce_id").unwrap()).unwrap();
     assert_eq!(id, delivery.event_id);
-    assert_eq!(id.get_version_num(), 7, "event ids are time-ordered v7 UUIDs");
+    assert_eq!(
+        id.get_version_num(),
+        7,
+        "event ids are time-ordered v7 UUIDs"
+    );
     assert_eq!(find(&headers, "ce_source"), Some("shipping-api"));
     assert_eq!(find(&headers, "ce_type"), Some("ShipmentCreatedEvent"));
     let time = find(&headers, "ce_time").unwrap();
@@ -210,8 +220,14 @@ async fn events_with_the_same_key_land_in_one_partition_in_publish_order() {
     let mut last_offset: HashMap<u32, i64> = HashMap::new();
     for (event, result) in events.iter().zip(results) {
         let delivery = result.expect("acknowledged");
-        let partition = *partition_of_order.entry(event.order).or_insert(delivery.partition);
-        assert_eq!(delivery.partition, partition, "order {} changed partition", event.order);
+        let partition = *partition_of_order
+            .entry(event.order)
+            .or_insert(delivery.partition);
+        assert_eq!(
+            delivery.partition, partition,
+            "order {} changed partition",
+            event.order
+        );
         let previous = last_offset.insert(event.order, delivery.offset);
         assert!(
             previous.is_none_or(|p| p < delivery.offset),
@@ -220,7 +236,10 @@ async fn events_with_the_same_key_land_in_one_partition_in_publish_order() {
         );
     }
     let partitions: std::collections::HashSet<i32> = partition_of_order.values().copied().collect();
-    assert!(partitions.len() > 1, "ten keys spread over the three partitions");
+    assert!(
+        partitions.len() > 1,
+        "ten keys spread over the three partitions"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +257,10 @@ async fn publish_all_acknowledges_every_event_of_a_batch_with_distinct_offsets()
     let mut seen = std::collections::HashSet::new();
     for result in results {
         let delivery = result.expect("acknowledged");
-        assert!(seen.insert((delivery.partition, delivery.offset)), "offsets are distinct");
+        assert!(
+            seen.insert((delivery.partition, delivery.offset)),
+            "offsets are distinct"
+        );
         assert!(seen.len() <= topic_events.len());
     }
     assert_eq!(seen.len(), 2_000);
@@ -273,7 +295,10 @@ async fn ensure_topics_creates_the_partitions_asked_for_and_is_idempotent() {
     let name = unique("tests.topics.created");
     let admin = TopicAdmin::new(&config("admin")).expect("admin client");
     let spec = TopicSpec::new(&name).partitions(3).replication_factor(1);
-    admin.ensure_topics(&[spec.clone()]).await.expect("created");
+    admin
+        .ensure_topics(std::slice::from_ref(&spec))
+        .await
+        .expect("created");
     admin
         .ensure_topics(&[spec.partitions(5)])
         .await
@@ -305,8 +330,8 @@ fn closed_port() -> u16 {
 
 #[tokio::test]
 async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_record_back() {
-    let mut settings = KafkaConfig::new(format!("127.0.0.1:{}", closed_port()))
-        .with_client_id("shipping-api");
+    let mut settings =
+        KafkaConfig::new(format!("127.0.0.1:{}", closed_port())).with_client_id("shipping-api");
     settings.producer.delivery_timeout = Duration::from_secs(2);
     let producer = EventProducer::new(&settings).expect("creating a producer does not connect");
     let started = Instant::now();
@@ -315,16 +340,25 @@ async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_recor
         .await
         .expect_err("nothing is listening");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1_900), "failed only after the timeout");
+    assert!(
+        waited >= Duration::from_millis(1_900),
+        "failed only after the timeout"
+    );
     assert!(waited < Duration::from_secs(60), "but not much later");
-    assert!(matches!(error.error, Error::Delivery { ref topic, .. } if topic == ShipmentCreated::TOPIC));
+    assert!(
+        matches!(error.error, Error::Delivery { ref topic, .. } if topic == ShipmentCreated::TOPIC)
+    );
     let shown = format!("{error} {error:?}");
-    assert!(!shown.contains("user@example.com"), "no sensitive value in the error: {shown}");
+    assert!(
+        !shown.contains("user@example.com"),
+        "no sensitive value in the error: {shown}"
+    );
 
     let record = error.into_record().expect("the record is handed back");
     assert_eq!(record.topic, ShipmentCreated::TOPIC);
     let event_id = record.event_id().expect("with its ce_id");
-    let value: ShipmentCreated = serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
+    let value: ShipmentCreated =
+        serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
     assert_eq!(value, shipment());
 
     // The handed-back record goes out unchanged once a broker is there.
@@ -375,10 +409,19 @@ fn secrets_never_reach_logs_or_errors_when_a_producer_is_created_and_fails() {
         tracing::error!(error = %error, debug = ?error, "publish failed");
         assert!(!format!("{error:?}").contains(password));
     });
-    assert!(logs.contains("creating event producer"), "the config was logged: {logs}");
+    assert!(
+        logs.contains("creating event producer"),
+        "the config was logged: {logs}"
+    );
     assert!(logs.contains("publish failed"), "{logs}");
-    assert!(!logs.contains(password), "password leaked into logs: {logs}");
-    assert!(!logs.contains("user@example.com"), "sensitive field leaked: {logs}");
+    assert!(
+        !logs.contains(password),
+        "password leaked into logs: {logs}"
+    );
+    assert!(
+        !logs.contains("user@example.com"),
+        "sensitive field leaked: {logs}"
+    );
 }
 
 #[tokio::test]
@@ -409,9 +452,15 @@ async fn records_from_other_services_in_all_three_wire_forms_decode() {
     assert_eq!(plain.event, shipment());
     assert_eq!(plain.metadata.form, WireForm::PlainJson);
     assert_eq!(plain.metadata.schema_version, 1);
-    assert_eq!(plain.metadata.id, wire::plain_record_id(topic, partition, offset));
+    assert_eq!(
+        plain.metadata.id,
+        wire::plain_record_id(topic, partition, offset)
+    );
     let again = wire::decode::<ShipmentCreated, _>(&record).unwrap();
-    assert_eq!(again.metadata.id, plain.metadata.id, "the derived id is deterministic");
+    assert_eq!(
+        again.metadata.id, plain.metadata.id,
+        "the derived id is deterministic"
+    );
 
     // Structured mode, as a CloudEvents SDK writes it.
     let structured = format!(

@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[serde(rename_all = "camelCase")]
-#[event(topic = "tests.parcel.registered", name = "ParcelRegistered", version = 1)]
+#[event(
+    topic = "tests.parcel.registered",
+    name = "ParcelRegistered",
+    version = 1
+)]
 struct ParcelRegisteredV1 {
     #[event(key)]
     parcel_id: String,
@@ -99,7 +103,10 @@ async fn records_of_every_older_version_are_upcast_to_the_newest_type_in_transit
             fragile: false
         }
     );
-    assert_eq!(decoded.metadata.schema_version, 1, "metadata keeps the version on the wire");
+    assert_eq!(
+        decoded.metadata.schema_version, 1,
+        "metadata keeps the version on the wire"
+    );
 
     let from_v2 = read_record(topic, v2.partition, v2.offset);
     let decoded = wire::decode::<ParcelRegisteredV3, _>(&from_v2).expect("v2 upcasts");

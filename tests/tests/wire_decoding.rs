@@ -54,7 +54,10 @@ fn record(value: Option<&str>, pairs: &[(&str, &str)]) -> OwnedMessage {
 }
 
 fn without(name: &str) -> Vec<(&'static str, &'static str)> {
-    good_headers().into_iter().filter(|(n, _)| *n != name).collect()
+    good_headers()
+        .into_iter()
+        .filter(|(n, _)| *n != name)
+        .collect()
 }
 
 fn with(name: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
@@ -67,7 +70,10 @@ fn decode_error(message: &OwnedMessage) -> Error {
     let error = wire::decode::<UserCreated, _>(message).expect_err("must not decode");
     assert!(error.is_decode_error(), "{error:?} is a decode error");
     let shown = format!("{error} {error:?}");
-    assert!(!shown.contains("alice@example.com"), "sensitive value in error: {shown}");
+    assert!(
+        !shown.contains("alice@example.com"),
+        "sensitive value in error: {shown}"
+    );
     error
 }
 
@@ -106,7 +112,10 @@ fn an_unknown_specversion_is_rejected() {
 
 #[test]
 fn a_record_of_another_event_type_is_a_type_mismatch() {
-    let error = decode_error(&record(Some(GOOD_VALUE), &with("ce_type", "UserDeletedEvent")));
+    let error = decode_error(&record(
+        Some(GOOD_VALUE),
+        &with("ce_type", "UserDeletedEvent"),
+    ));
     assert!(matches!(
         error,
         Error::EventTypeMismatch { expected: "UserCreatedEvent", ref found } if found == "UserDeletedEvent"
@@ -133,7 +142,14 @@ fn malformed_header_values_are_named() {
 #[test]
 fn a_newer_schema_version_than_known_is_a_typed_error() {
     let error = decode_error(&record(Some(GOOD_VALUE), &with("ce_schemaversion", "2")));
-    assert!(matches!(error, Error::UnknownSchemaVersion { found: 2, newest: 1, .. }));
+    assert!(matches!(
+        error,
+        Error::UnknownSchemaVersion {
+            found: 2,
+            newest: 1,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -149,26 +165,36 @@ fn malformed_json_and_wrong_shapes_are_typed_errors_without_the_values() {
     ];
     for value in bad_values {
         match decode_error(&record(Some(value), &good_headers())) {
-            Error::MalformedPayload { event_type, .. } => assert_eq!(event_type, "UserCreatedEvent"),
+            Error::MalformedPayload { event_type, .. } => {
+                assert_eq!(event_type, "UserCreatedEvent")
+            }
             other => panic!("{value}: {other:?}"),
         }
     }
-    let missing = decode_error(&record(Some(r#"{"userId":"u-1","age":1}"#), &good_headers()));
-    assert!(missing.to_string().contains("missing field `email`"), "{missing}");
+    let missing = decode_error(&record(
+        Some(r#"{"userId":"u-1","age":1}"#),
+        &good_headers(),
+    ));
+    assert!(
+        missing.to_string().contains("missing field `email`"),
+        "{missing}"
+    );
 }
 
 #[test]
 fn a_record_without_a_value_is_an_empty_payload_error() {
-    assert!(matches!(decode_error(&record(None, &good_headers())), Error::EmptyPayload));
+    assert!(matches!(
+        decode_error(&record(None, &good_headers())),
+        Error::EmptyPayload
+    ));
 }
 
 #[test]
 fn a_non_utf8_header_is_malformed_not_a_panic() {
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "ce_specversion",
-            value: Some(&[0xff_u8, 0xfe][..]),
-        });
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "ce_specversion",
+        value: Some(&[0xff_u8, 0xfe][..]),
+    });
     let message = OwnedMessage::new(
         Some(GOOD_VALUE.as_bytes().to_vec()),
         None,
@@ -180,7 +206,10 @@ fn a_non_utf8_header_is_malformed_not_a_panic() {
     );
     assert!(matches!(
         decode_error(&message),
-        Error::MalformedHeader { header: "ce_specversion", .. }
+        Error::MalformedHeader {
+            header: "ce_specversion",
+            ..
+        }
     ));
 }
 
@@ -200,9 +229,15 @@ fn structured_records_missing_attributes_are_named() {
     let no_id = structured(&format!(
         r#"{{"specversion":"1.0","source":"s","type":"UserCreatedEvent","time":"2026-01-15T10:30:00Z","schemaversion":1,"data":{GOOD_VALUE}}}"#
     ));
-    assert!(matches!(decode_error(&no_id), Error::MissingHeader { header: "id" }));
+    assert!(matches!(
+        decode_error(&no_id),
+        Error::MissingHeader { header: "id" }
+    ));
     let not_object = structured("[]");
-    assert!(matches!(decode_error(&not_object), Error::MalformedPayload { .. }));
+    assert!(matches!(
+        decode_error(&not_object),
+        Error::MalformedPayload { .. }
+    ));
     let ok = structured(&format!(
         r#"{{"specversion":"1.0","id":"0190f5d2-2222-7000-8000-000000000003","source":"s","type":"UserCreatedEvent","time":"2026-01-15T10:30:00Z","schemaversion":1,"data":{GOOD_VALUE}}}"#
     ));
@@ -226,8 +261,14 @@ fn plain_json_records_get_a_deterministic_id_and_the_record_time() {
         None,
     );
     let decoded = wire::decode::<UserCreated, _>(&message).unwrap();
-    assert_eq!(decoded.metadata.id, wire::plain_record_id("identity.user.created", 2, 17));
-    assert_ne!(decoded.metadata.id, wire::plain_record_id("identity.user.created", 2, 18));
+    assert_eq!(
+        decoded.metadata.id,
+        wire::plain_record_id("identity.user.created", 2, 17)
+    );
+    assert_ne!(
+        decoded.metadata.id,
+        wire::plain_record_id("identity.user.created", 2, 18)
+    );
     assert_eq!(decoded.metadata.time.timestamp_millis(), 1_768_473_000_000);
     assert_eq!(decoded.metadata.schema_version, 1);
     assert_eq!(wire::event_type(&message).unwrap(), None);
@@ -242,5 +283,8 @@ fn the_redacted_view_of_an_event_never_shows_a_sensitive_field() {
     };
     let shown = format!("{:?} {}", event.redacted(), event.redacted());
     assert!(!shown.contains("alice@example.com"), "{shown}");
-    assert!(shown.contains("<redacted>") && shown.contains("u-1"), "{shown}");
+    assert!(
+        shown.contains("<redacted>") && shown.contains("u-1"),
+        "{shown}"
+    );
 }
