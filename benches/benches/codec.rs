@@ -24,8 +24,11 @@ fn encode(c: &mut Criterion) {
             wire::encode_payload(event, &mut payload).expect("encodes");
             key.clear();
             let keyed = event.write_partition_key(&mut key);
-            let outgoing =
-                OutgoingHeaders::new::<ShipmentCreated>("bench-api", keyed.then_some(key.as_str()), None);
+            let outgoing = OutgoingHeaders::new::<ShipmentCreated>(
+                "bench-api",
+                keyed.then_some(key.as_str()),
+                None,
+            );
             let mut headers = Some(OwnedHeaders::new_with_capacity(10));
             outgoing.for_each(|name, value| {
                 headers = headers.take().map(|h| {
@@ -65,7 +68,8 @@ fn decode(c: &mut Criterion) {
     });
     group.bench_function("raw_serde_json", |b| {
         b.iter(|| {
-            let event: ShipmentCreated = serde_json::from_slice(black_box(&payload)).expect("decodes");
+            let event: ShipmentCreated =
+                serde_json::from_slice(black_box(&payload)).expect("decodes");
             black_box(event)
         });
     });

@@ -1,0 +1,12 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "shipping.shipment.created")]
+struct ShipmentCreated {
+    #[event(key)]
+    #[event(key)]
+    id: u64,
+}
+
+fn main() {}

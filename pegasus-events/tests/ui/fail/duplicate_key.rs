@@ -1,0 +1,11 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "shipping.shipment.created")]
+#[event(version = 2, topic = "shipping.shipment.registered")]
+struct ShipmentCreated {
+    id: u64,
+}
+
+fn main() {}

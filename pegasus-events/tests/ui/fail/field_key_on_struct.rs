@@ -1,0 +1,10 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "shipping.shipment.created", key)]
+struct ShipmentCreated {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+struct ShipmentCreated {
+    id: u64,
+}
+
+fn main() {}

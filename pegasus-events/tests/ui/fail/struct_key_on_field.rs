@@ -1,0 +1,11 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "shipping.shipment.created")]
+struct ShipmentCreated {
+    #[event(key, topic = "shipping.shipment.created")]
+    id: u64,
+}
+
+fn main() {}

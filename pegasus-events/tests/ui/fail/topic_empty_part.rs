@@ -1,0 +1,10 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "shipping..created")]
+struct ShipmentCreated {
+    id: u64,
+}
+
+fn main() {}

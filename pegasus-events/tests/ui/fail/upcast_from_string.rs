@@ -1,0 +1,14 @@
+use pegasus_events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(
+    topic = "shipping.shipment.created",
+    version = 2,
+    upcast_from = "ShipmentCreatedV1"
+)]
+struct ShipmentCreated {
+    id: u64,
+}
+
+fn main() {}
