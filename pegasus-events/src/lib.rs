@@ -1,6 +1,74 @@
-//! pegasus-events (work in progress)
-#![cfg_attr(docsrs, feature(doc_cfg))]
+//! Typed events over Apache Kafka, on the wire as CloudEvents, compatible with the .NET
+//! services of the Pegasus design.
+//!
+//! # Guarantees
+//!
+//! - **Topics are bound at compile time.** `#[derive(Event)]` ties each event struct to one
+//!   topic, type name and schema version, and rejects a malformed topic, a second key field
+//!   or a bad version before the code runs. No topic string appears where events are
+//!   published.
+//! - **Acknowledged means stored.** [`EventProducer::publish`] returns once the broker
+//!   acknowledged the record; the defaults are `acks=all` with librdkafka's idempotent
+//!   producer, so retries neither duplicate nor reorder. Same key, same partition, same
+//!   order.
+//! - **Nothing is lost on failure.** A publish that fails (after the configured delivery
+//!   timeout) returns a [`PublishError`] with the exact record, `ce_id` included, to send
+//!   again with [`EventProducer::republish`].
+//! - **The wire contract is fixed** ([`wire`]): CloudEvents 1.0 binary mode headers and the
+//!   plain JSON payload; reading also accepts structured mode and plain JSON from services
+//!   that write no CloudEvents headers. Older schema versions are upcast in transit.
+//! - **Secrets stay secret.** Passwords and `#[event(sensitive)]` fields never reach a log
+//!   line, an error message or a header written by this crate.
+//!
+//! # A first event
+//!
+//! ```no_run
+//! use pegasus_events::{Event, EventProducer, KafkaConfig};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize, Event)]
+//! #[serde(rename_all = "camelCase")]
+//! #[event(topic = "shipping.shipment.created", name = "ShipmentCreatedEvent")]
+//! struct ShipmentCreated {
+//!     #[event(key)]
+//!     shipment_id: uuid::Uuid,
+//!     tracking_number: String,
+//!     #[event(sensitive)]
+//!     created_by_email: String,
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let producer = EventProducer::new(&KafkaConfig::from_env()?)?;
+//! let delivery = producer
+//!     .publish(&ShipmentCreated {
+//!         shipment_id: uuid::Uuid::now_v7(),
+//!         tracking_number: "TRACK123".into(),
+//!         created_by_email: "user@example.com".into(),
+//!     })
+//!     .await?;
+//! println!("partition {} offset {}", delivery.partition, delivery.offset);
+//! # Ok(()) }
+//! ```
+//!
+//! # Modules
+//!
+//! | module | what it holds |
+//! |--------|---------------|
+//! | [`event`] | the [`Event`] trait, the redacted view, versioning |
+//! | [`wire`] | header names, encoding and decoding of the three wire forms |
+//! | [`producer`] | [`EventProducer`], [`Delivery`], [`PublishError`] |
+//! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
+//! | [`admin`] | [`TopicAdmin`]: creating topics up front |
+//! | [`error`] | the crate's one error type, [`Error`] |
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---------|---------|--------------|
+//! | `derive` | yes | `#[derive(Event)]`, re-exported as `pegasus_events::Event` |
+//! | `ssl` | no | TLS (`SecurityProtocol::Ssl`, `SaslSsl`) and SASL/SCRAM, through OpenSSL |
 
+// Lets the derive's generated code, which names `::pegasus_events`, work inside this crate.
 extern crate self as pegasus_events;
 
 pub mod admin;
@@ -11,7 +79,9 @@ pub mod producer;
 pub mod wire;
 
 pub use admin::{TopicAdmin, TopicSpec};
-pub use config::{Acks, Compression, KafkaConfig, ProducerSettings, SaslMechanism, Secret, SecurityProtocol};
+pub use config::{
+    Acks, Compression, KafkaConfig, ProducerSettings, SaslMechanism, Secret, SecurityProtocol,
+};
 pub use error::{Error, Result};
 pub use event::{Event, Redacted};
 pub use producer::{Delivery, EncodedRecord, EventProducer, PublishError};
