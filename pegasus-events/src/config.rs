@@ -239,7 +239,10 @@ config_enum! {
 
 impl SecurityProtocol {
     fn is_sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 
     fn is_tls(self) -> bool {
@@ -498,7 +501,10 @@ impl KafkaConfig {
         }
         if self.security_protocol.is_sasl() {
             let mechanism = self.sasl_mechanism.ok_or_else(|| {
-                config_error("sasl_mechanism", "is required with a SASL security protocol")
+                config_error(
+                    "sasl_mechanism",
+                    "is required with a SASL security protocol",
+                )
             })?;
             if matches!(
                 mechanism,
@@ -557,7 +563,11 @@ impl KafkaConfig {
             return Err(config_error("producer.linger", "must be at most 900 s"));
         }
         for name in self.properties.keys() {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '.' || c == '_' || c.is_ascii_digit()) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_' || c.is_ascii_digit())
+            {
                 return Err(config_error(
                     &format!("properties.{name}"),
                     "is not a librdkafka property name (lowercase, dotted)",
@@ -638,7 +648,14 @@ impl fmt::Debug for KafkaConfig {
 
 /// Whether a librdkafka property holds a secret, judged by its name.
 pub fn is_secret_property(name: &str) -> bool {
-    const MARKERS: &[&str] = &["password", "secret", "token", "jaas", "ssl.key", "oauthbearer.config"];
+    const MARKERS: &[&str] = &[
+        "password",
+        "secret",
+        "token",
+        "jaas",
+        "ssl.key",
+        "oauthbearer.config",
+    ];
     MARKERS.iter().any(|m| name.contains(m))
 }
 
@@ -734,7 +751,10 @@ mod tests {
         assert_eq!(config.security_protocol, SecurityProtocol::SaslPlaintext);
         assert_eq!(config.sasl_mechanism, Some(SaslMechanism::Plain));
         assert_eq!(config.sasl_username.as_deref(), Some("admin"));
-        assert_eq!(config.sasl_password.as_ref().unwrap().expose(), "admin-secret");
+        assert_eq!(
+            config.sasl_password.as_ref().unwrap().expose(),
+            "admin-secret"
+        );
         assert_eq!(config.properties["socket.keepalive.enable"], "true");
         assert_eq!(config.producer.linger, Duration::from_millis(20));
     }
@@ -780,7 +800,10 @@ mod tests {
 
         let mut weak = KafkaConfig::default();
         weak.producer.acks = Acks::Leader;
-        assert_eq!(field_of(weak.validate().map(|()| weak.clone())), "producer.acks");
+        assert_eq!(
+            field_of(weak.validate().map(|()| weak.clone())),
+            "producer.acks"
+        );
 
         let shadowing = KafkaConfig::default().with_property("bootstrap.servers", "x:1");
         assert_eq!(
@@ -795,7 +818,10 @@ mod tests {
     #[test]
     fn malformed_appsettings_is_a_syntax_error_with_position() {
         let err = KafkaConfig::from_appsettings_json("{\"Kafka\": {").unwrap_err();
-        assert!(matches!(err, Error::ConfigSyntax { line: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::ConfigSyntax { line: 1, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -72,6 +72,14 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// Waiting for outstanding records to be acknowledged timed out or failed.
+    #[error("flushing the producer failed")]
+    Flush {
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+
     /// Creating a topic failed (an already existing topic is not an error).
     #[error("cannot create topic `{topic}`: {reason}")]
     TopicCreation {
@@ -124,7 +132,9 @@ pub enum Error {
     },
 
     /// The record's schema version is newer than the code knows.
-    #[error("`{event_type}` schema version {found} is newer than the newest known version {newest}")]
+    #[error(
+        "`{event_type}` schema version {found} is newer than the newest known version {newest}"
+    )]
     UnknownSchemaVersion {
         /// The event type name.
         event_type: &'static str,
@@ -135,7 +145,9 @@ pub enum Error {
     },
 
     /// The record's schema version is older than any version the upcast chain declares.
-    #[error("`{event_type}` schema version {found} is older than the oldest declared version {oldest}")]
+    #[error(
+        "`{event_type}` schema version {found} is older than the oldest declared version {oldest}"
+    )]
     UnsupportedSchemaVersion {
         /// The event type name.
         event_type: &'static str,
@@ -146,7 +158,9 @@ pub enum Error {
     },
 
     /// The payload is not JSON of the event's shape.
-    #[error("payload of `{event_type}` cannot be decoded: {detail} (line {line}, column {column})")]
+    #[error(
+        "payload of `{event_type}` cannot be decoded: {detail} (line {line}, column {column})"
+    )]
     MalformedPayload {
         /// The event type name.
         event_type: &'static str,

@@ -108,14 +108,15 @@ impl EncodedRecord {
     }
 
     fn owned_headers(&self) -> OwnedHeaders {
-        self.headers
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(self.headers.len()), |h, (k, v)| {
+        self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |h, (k, v)| {
                 h.insert(Header {
                     key: k,
                     value: v.as_deref(),
                 })
-            })
+            },
+        )
     }
 }
 
@@ -252,6 +253,7 @@ impl EventProducer {
         }
         let delivery = self.send_with_backpressure(future_record).await?;
         Pending {
+            topic: &record.topic,
             event_id,
             delivery,
         }
@@ -261,10 +263,12 @@ impl EventProducer {
 
     /// Waits until every enqueued record was acknowledged or failed, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
-        self.producer.flush(timeout).map_err(|source| Error::Delivery {
-            topic: String::new(),
-            source,
-        })
+        self.producer
+            .flush(timeout)
+            .map_err(|source| Error::Delivery {
+                topic: String::new(),
+                source,
+            })
     }
 
     /// Encodes `event` and hands it to librdkafka; the returned [`Pending`] resolves on
@@ -273,7 +277,7 @@ impl EventProducer {
         &self,
         event: &E,
         metadata: Option<&PublishMetadata>,
-    ) -> Result<Pending, PublishError> {
+    ) -> Result<Pending<'static>, PublishError> {
         let mut payload = Vec::with_capacity(256);
         wire::encode_payload(event, &mut payload).map_err(|error| PublishError {
             error,
@@ -299,10 +303,13 @@ impl EventProducer {
                 .key(outgoing.record_key())
                 .payload(payload.as_slice());
             record.headers = headers;
-            let sent = self.producer.send_result(record).map_err(|(error, record)| {
-                // The key borrows the reused buffer: take an owned copy for the retry.
-                (error, outgoing.record_key().to_owned(), record.headers)
-            });
+            let sent = self
+                .producer
+                .send_result(record)
+                .map_err(|(error, record)| {
+                    // The key borrows the reused buffer: take an owned copy for the retry.
+                    (error, outgoing.record_key().to_owned(), record.headers)
+                });
             (outgoing.event_id(), sent)
         });
         let delivery = match delivery {
@@ -315,7 +322,11 @@ impl EventProducer {
                 self.retry_enqueue(error, retry).await?
             }
         };
-        Ok(Pending { event_id, delivery })
+        Ok(Pending {
+            topic: E::TOPIC,
+            event_id,
+            delivery,
+        })
     }
 
     /// Enqueues a record, waiting while librdkafka's queue is full, up to the delivery
@@ -367,12 +378,13 @@ impl EventProducer {
 }
 
 /// An enqueued record waiting for the broker's acknowledgement.
-struct Pending {
+struct Pending<'t> {
+    topic: &'t str,
     event_id: Uuid,
     delivery: DeliveryFuture,
 }
 
-impl Pending {
+impl Pending<'_> {
     async fn acknowledged(self) -> Result<Delivery, PublishError> {
         let result: OwnedDeliveryResult = match self.delivery.await {
             Ok(result) => result,
@@ -380,7 +392,7 @@ impl Pending {
             Err(_canceled) => {
                 return Err(PublishError {
                     error: Error::Delivery {
-                        topic: String::new(),
+                        topic: self.topic.to_owned(),
                         source: KafkaError::Canceled,
                     },
                     record: None,

@@ -71,7 +71,8 @@ pub const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents";
 
 /// Namespace of the deterministic ids given to plain JSON records (UUID v5 of
 /// `topic/partition/offset`).
-pub const PLAIN_RECORD_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_4c2e_9b7d_4e0a_8f35_2d61_c0de_e7e1);
+pub const PLAIN_RECORD_ID_NAMESPACE: Uuid =
+    Uuid::from_u128(0x6a1f_4c2e_9b7d_4e0a_8f35_2d61_c0de_e7e1);
 
 /// Optional metadata given when publishing; everything not set is filled in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -665,14 +666,19 @@ fn decode_structured<'a, E: Event, M: Message>(
             });
         }
     }
-    let schema_version = match envelope.schemaversion.ok_or_else(|| missing("schemaversion"))? {
-        VersionValue::Number(n) => u32::try_from(n)
-            .ok()
-            .filter(|v| *v >= 1)
-            .ok_or(Error::MalformedHeader {
-                header: "schemaversion",
-                reason: "not a schema version (a whole number from 1)".to_owned(),
-            })?,
+    let schema_version = match envelope
+        .schemaversion
+        .ok_or_else(|| missing("schemaversion"))?
+    {
+        VersionValue::Number(n) => {
+            u32::try_from(n)
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or(Error::MalformedHeader {
+                    header: "schemaversion",
+                    reason: "not a schema version (a whole number from 1)".to_owned(),
+                })?
+        }
         VersionValue::Text(text) => parse_version("schemaversion", &text)?,
     };
     let data = envelope.data.ok_or(Error::EmptyPayload)?;

@@ -502,3 +502,33 @@ impl IntoParts for rdkafka::producer::future_producer::Delivery {
         (self.partition, self.offset)
     }
 }
+
+/// serde_json cannot write a map whose keys are not strings.
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "tests.serialize.refused")]
+struct Unserializable {
+    by_pair: std::collections::BTreeMap<(u8, u8), u8>,
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_serialized_is_a_typed_error_not_a_panic() {
+    let producer = producer("serialize-test");
+    let event = Unserializable {
+        by_pair: [((1, 2), 3)].into_iter().collect(),
+    };
+    let error = producer
+        .publish(&event)
+        .await
+        .expect_err("cannot serialize");
+    assert!(
+        matches!(
+            error.error,
+            Error::Serialize {
+                event_type: "Unserializable",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.record.is_none(), "no record was built");
+}
