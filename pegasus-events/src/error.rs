@@ -172,6 +172,25 @@ pub enum Error {
         column: usize,
     },
 
+    /// A record on a topic with several event types carries a type no handler takes.
+    #[error("no handler for event type `{found}` on topic `{topic}`")]
+    UnhandledEventType {
+        /// The topic.
+        topic: String,
+        /// The record's `ce_type`.
+        found: String,
+    },
+
+    /// A consumer operation failed.
+    #[error("consumer operation `{operation}` failed")]
+    Consumer {
+        /// The operation, e.g. `subscribe`.
+        operation: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+
     /// The record has no payload at all.
     #[error("record has no payload")]
     EmptyPayload,
@@ -190,6 +209,7 @@ impl Error {
                 | Error::UnknownSchemaVersion { .. }
                 | Error::UnsupportedSchemaVersion { .. }
                 | Error::MalformedPayload { .. }
+                | Error::UnhandledEventType { .. }
                 | Error::EmptyPayload
         )
     }

@@ -57,6 +57,7 @@
 //! | [`event`] | the [`Event`] trait, the redacted view, versioning |
 //! | [`wire`] | header names, encoding and decoding of the three wire forms |
 //! | [`producer`] | [`EventProducer`], [`Delivery`], [`PublishError`] |
+//! | [`consumer`] | [`EventConsumer`], [`EventHandler`], consumer groups, at-least-once commits |
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
 //! | [`error`] | the crate's one error type, [`Error`] |
@@ -73,6 +74,7 @@ extern crate self as pegasus_events;
 
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod event;
 pub mod producer;
@@ -82,6 +84,7 @@ pub use admin::{TopicAdmin, TopicSpec};
 pub use config::{
     Acks, Compression, KafkaConfig, ProducerSettings, SaslMechanism, Secret, SecurityProtocol,
 };
+pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError};
 pub use error::{Error, Result};
 pub use event::{Event, Redacted};
 pub use producer::{Delivery, EncodedRecord, EventProducer, PublishError};

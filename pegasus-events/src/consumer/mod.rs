@@ -1,0 +1,643 @@
+//! The consumer runtime: consumer groups, at-least-once commits, ordering per partition,
+//! graceful shutdown.
+//!
+//! # Guarantees
+//!
+//! - **At least once.** A record's offset is committed only after its handler returned `Ok`
+//!   and so did the handler of every earlier record of its partition. A crash at any point
+//!   leads to redelivery, never to a lost event.
+//! - **Order per partition, and so per key.** The records of one partition are handled one
+//!   at a time, in offset order. Different partitions are handled concurrently.
+//! - **Bounded memory.** At most
+//!   [`max_in_flight_per_partition`](ConsumerSettings::max_in_flight_per_partition) records
+//!   per assigned partition wait in memory; beyond that the partition is paused at the
+//!   broker until its worker catches up, so a backlog of any size costs the same memory.
+//! - **Rebalances.** When partitions are revoked, the records being handled may finish
+//!   (up to [`revoke_timeout`](ConsumerSettings::revoke_timeout)), records not started are
+//!   left to the next owner, and the offsets of what finished are committed synchronously
+//!   before the partitions are given up. In normal operation nothing is handled twice.
+//! - **Failures.** A handler error or panic is logged with the record's topic, partition and
+//!   offset; the offset is not committed and the partition does not move past the record:
+//!   it is tried again with exponential backoff until it succeeds, the partition is revoked
+//!   or the consumer stops. (Retry limits and the dead-letter topic come with the
+//!   failure-handling layer.)
+//! - **Undecodable records** (malformed JSON, another `ce_type`, an unknown schema version)
+//!   never crash or block the runtime: for now each is logged at error level with its
+//!   coordinates and the decode error, and skipped (its offset is committed), so the good
+//!   records after it are handled.
+//! - **Shutdown.** [`EventConsumer::run_until`] returns after its signal: fetching stops, the
+//!   records being handled may finish up to
+//!   [`shutdown_timeout`](ConsumerSettings::shutdown_timeout), their offsets are committed,
+//!   and the consumer leaves the group. It returns by that deadline (plus the close grace)
+//!   even when the broker is gone.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use pegasus_events::consumer::{EventConsumer, EventContext, EventHandler, HandlerError};
+//! use pegasus_events::{Event, KafkaConfig};
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize, Event)]
+//! # #[event(topic = "shipping.shipment.created", name = "ShipmentCreatedEvent")]
+//! # struct ShipmentCreated { #[event(key)] shipment_id: String, tracking_number: String }
+//!
+//! struct ShipmentCreatedConsumer;
+//!
+//! impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
+//!     async fn handle(&self, event: ShipmentCreated, _: &EventContext) -> Result<(), HandlerError> {
+//!         println!("processing shipment created: {}", event.tracking_number);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), pegasus_events::Error> {
+//! let config = KafkaConfig::from_env()?.with_client_id("identity-api");
+//! // Group id by the design's convention: identity-api-shipmentcreated-consumer.
+//! EventConsumer::builder(config)
+//!     .handler::<ShipmentCreated, _>(ShipmentCreatedConsumer)
+//!     .build()?
+//!     .run() // until SIGINT or SIGTERM
+//!     .await
+//! # }
+//! ```
+
+mod dispatch;
+mod handler;
+mod partition;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
+
+use crate::config::{client_error, KafkaConfig};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use dispatch::{TopicRoute, Typed};
+use partition::PartitionState;
+
+/// Where a group without committed offsets starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OffsetReset {
+    /// From the oldest record still stored (the design's `AutoOffsetReset.Earliest`).
+    Earliest,
+    /// Only records published after the group first joined.
+    Latest,
+}
+
+/// Settings of the consumer runtime; the defaults are written next to each field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// Where a new group starts: [`OffsetReset::Earliest`].
+    pub offset_reset: OffsetReset,
+    /// Records of one partition held in memory before the partition is paused: 256.
+    pub max_in_flight_per_partition: usize,
+    /// How long records being handled may take to finish at shutdown: 30 s.
+    pub shutdown_timeout: Duration,
+    /// How long records being handled may take to finish when their partition is revoked:
+    /// 30 s.
+    pub revoke_timeout: Duration,
+    /// How often processed offsets are committed in the background: 1 s. Revocation and
+    /// shutdown also commit.
+    pub commit_interval: Duration,
+    /// First wait before a failed record is tried again: 100 ms, doubling per attempt.
+    pub retry_initial_backoff: Duration,
+    /// Longest wait between attempts: 10 s.
+    pub retry_max_backoff: Duration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            offset_reset: OffsetReset::Earliest,
+            max_in_flight_per_partition: 256,
+            shutdown_timeout: Duration::from_secs(30),
+            revoke_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_secs(1),
+            retry_initial_backoff: Duration::from_millis(100),
+            retry_max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConsumerSettings {
+    fn retry_backoff(&self, attempt: u32) -> Duration {
+        partition::backoff(self.retry_initial_backoff, self.retry_max_backoff, attempt)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_in_flight_per_partition == 0 {
+            return Err(Error::Config {
+                field: "consumer.max_in_flight_per_partition".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        if self.commit_interval.is_zero() {
+            return Err(Error::Config {
+                field: "consumer.commit_interval".to_owned(),
+                reason: "must be more than zero".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Builds an [`EventConsumer`]: its handlers, group and settings.
+#[must_use]
+pub struct ConsumerBuilder {
+    config: KafkaConfig,
+    group_id: Option<String>,
+    first_event: Option<&'static str>,
+    routes: HashMap<&'static str, TopicRoute>,
+    settings: ConsumerSettings,
+    error: Option<Error>,
+}
+
+impl ConsumerBuilder {
+    /// Registers `handler` for events of type `E`, on `E`'s topic. Several event types may
+    /// share a topic (the design's `identity-events`): records are then dispatched on
+    /// `ce_type`.
+    pub fn handler<E: Event, H: EventHandler<E>>(mut self, handler: H) -> Self {
+        self.first_event.get_or_insert(E::NAME);
+        let handler: Box<dyn dispatch::Dispatch> = Box::new(Typed::<E, H>::new(handler));
+        let route = match self.routes.remove(E::TOPIC) {
+            None => Ok(TopicRoute::Single(handler)),
+            Some(route) => route.add(handler),
+        };
+        match route {
+            Ok(route) => {
+                self.routes.insert(E::TOPIC, route);
+            }
+            Err(error) => {
+                self.error.get_or_insert(error);
+            }
+        }
+        self
+    }
+
+    /// Sets the consumer group, instead of `<client id>-<first event type>-consumer`.
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.group_id = Some(group_id.into());
+        self
+    }
+
+    /// Replaces the runtime settings.
+    pub fn settings(mut self, settings: ConsumerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Validates everything and creates the consumer (not yet connected).
+    pub fn build(self) -> Result<EventConsumer> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        self.config.validate()?;
+        self.settings.validate()?;
+        let Some(first_event) = self.first_event else {
+            return Err(Error::Config {
+                field: "handlers".to_owned(),
+                reason: "register at least one handler".to_owned(),
+            });
+        };
+        let group_id = match self.group_id {
+            Some(group_id) if group_id.trim().is_empty() => {
+                return Err(Error::Config {
+                    field: "group_id".to_owned(),
+                    reason: "must not be empty".to_owned(),
+                })
+            }
+            Some(group_id) => group_id,
+            None => default_group_id(&self.config.client_id, first_event),
+        };
+        Ok(EventConsumer {
+            config: self.config,
+            group_id: group_id.into(),
+            routes: self
+                .routes
+                .into_iter()
+                .map(|(topic, route)| (topic, Arc::new(route)))
+                .collect(),
+            settings: self.settings,
+        })
+    }
+}
+
+/// The design's group id convention: `identity-api` consuming `ShipmentCreatedEvent` is
+/// `identity-api-shipmentcreated-consumer`.
+pub fn default_group_id(client_id: &str, event_type: &str) -> String {
+    let lower = event_type.to_ascii_lowercase();
+    let entity = lower
+        .strip_suffix("event")
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(&lower);
+    format!("{client_id}-{entity}-consumer")
+}
+
+/// A consumer group member that hands each record to its typed handler.
+pub struct EventConsumer {
+    config: KafkaConfig,
+    group_id: Arc<str>,
+    routes: HashMap<&'static str, Arc<TopicRoute>>,
+    settings: ConsumerSettings,
+}
+
+impl std::fmt::Debug for EventConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventConsumer")
+            .field("group_id", &self.group_id)
+            .field("topics", &self.routes.keys().collect::<Vec<_>>())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventConsumer {
+    /// Starts building a consumer with the connection settings of `config`.
+    pub fn builder(config: KafkaConfig) -> ConsumerBuilder {
+        ConsumerBuilder {
+            config,
+            group_id: None,
+            first_event: None,
+            routes: HashMap::new(),
+            settings: ConsumerSettings::default(),
+            error: None,
+        }
+    }
+
+    /// The consumer group.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes, then shuts down gracefully: fetching stops, records
+    /// being handled may finish within the shutdown timeout, their offsets are committed,
+    /// and the consumer leaves the group.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let EventConsumer {
+            config,
+            group_id,
+            routes,
+            settings,
+        } = self;
+        let shared = Arc::new(Shared {
+            group_id,
+            routes,
+            settings,
+            runtime: tokio::runtime::Handle::current(),
+            workers: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let consumer = create_consumer(&config, &shared)?;
+        let topics: Vec<&str> = shared.routes.keys().copied().collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| Error::Consumer {
+                operation: "subscribe",
+                source,
+            })?;
+        tracing::info!(group = %shared.group_id, ?topics, "consumer started");
+
+        let (finished_tx, mut finished_rx) = oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("pegasus-poll-{}", shared.group_id))
+            .spawn(move || {
+                poll_loop(consumer, &thread_shared);
+                let _ = finished_tx.send(());
+            })
+            .map_err(|e| Error::Config {
+                field: "consumer thread".to_owned(),
+                reason: e.to_string(),
+            })?;
+
+        tokio::select! {
+            () = shutdown => {}
+            _ = &mut finished_rx => {}
+        }
+        shared.stopping.store(true, Ordering::Release);
+        // The poll thread closes workers within the shutdown timeout, then commits and
+        // leaves the group; closing may hang when the broker is gone, so bound the wait.
+        let grace = shared.settings.shutdown_timeout + CLOSE_GRACE;
+        if tokio::time::timeout(grace, finished_rx).await.is_err() {
+            tracing::warn!(
+                group = %shared.group_id,
+                waited_ms = grace.as_millis() as u64,
+                "consumer did not close in time (broker unreachable?); returning anyway"
+            );
+        }
+        tracing::info!(group = %shared.group_id, "consumer stopped");
+        Ok(())
+    }
+}
+
+fn create_consumer(
+    config: &KafkaConfig,
+    shared: &Arc<Shared>,
+) -> Result<BaseConsumer<RuntimeContext>> {
+    let settings = &shared.settings;
+    let mut client = config.client_config();
+    client
+        .set("group.id", &*shared.group_id)
+        .set(
+            "auto.offset.reset",
+            match settings.offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        )
+        // Offsets are stored by the runtime only after a record was handled, and
+        // committed in the background from what was stored: at-least-once.
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.commit.interval.ms",
+            settings.commit_interval.as_millis().to_string(),
+        )
+        .set("enable.partition.eof", "false");
+    client
+        .create_with_context(RuntimeContext {
+            shared: Arc::clone(shared),
+        })
+        .map_err(|e| client_error("consumer", e))
+}
+
+/// Extra time, beyond the shutdown timeout, for the final commit and leaving the group.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long one poll waits for a record; also how often offsets are stored when idle.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// What the poll thread, the rebalance callbacks and the workers share.
+struct Shared {
+    group_id: Arc<str>,
+    routes: HashMap<&'static str, Arc<TopicRoute>>,
+    settings: ConsumerSettings,
+    runtime: tokio::runtime::Handle,
+    workers: Mutex<HashMap<(Arc<str>, i32), Worker>>,
+    stopping: AtomicBool,
+}
+
+/// The poll thread's view of one partition's worker.
+struct Worker {
+    records: mpsc::UnboundedSender<OwnedMessage>,
+    state: Arc<PartitionState>,
+    /// The offset last stored for commit.
+    stored: Option<i64>,
+    paused: bool,
+}
+
+impl Shared {
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), Worker>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start_workers(&self, assigned: &TopicPartitionList) {
+        let mut workers = self.workers();
+        for element in assigned.elements() {
+            let Some((topic, route)) = self.routes.get_key_value(element.topic()) else {
+                continue;
+            };
+            let topic: Arc<str> = Arc::from(*topic);
+            let key = (Arc::clone(&topic), element.partition());
+            if workers.contains_key(&key) {
+                continue;
+            }
+            let state = Arc::new(PartitionState::new(topic, element.partition()));
+            let (records, receiver) = mpsc::unbounded_channel();
+            self.runtime.spawn(partition::run(
+                receiver,
+                Arc::clone(&state),
+                Arc::clone(route),
+                Arc::clone(&self.group_id),
+                self.settings.clone(),
+            ));
+            tracing::debug!(topic = %state.topic, partition = state.partition, "partition assigned");
+            workers.insert(
+                key,
+                Worker {
+                    records,
+                    state,
+                    stored: None,
+                    paused: false,
+                },
+            );
+        }
+    }
+
+    /// Stops the workers of `revoked` (all when `None`), lets their current records finish
+    /// until `deadline`, stores their progress and commits it synchronously.
+    fn stop_workers(
+        &self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        revoked: Option<&TopicPartitionList>,
+        deadline: Instant,
+    ) {
+        let stopping: Vec<((Arc<str>, i32), Worker)> = {
+            let mut workers = self.workers();
+            match revoked {
+                None => workers.drain().collect(),
+                Some(list) => list
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let key = (Arc::from(e.topic()), e.partition());
+                        workers.remove(&key).map(|w| (key, w))
+                    })
+                    .collect(),
+            }
+        };
+        if stopping.is_empty() {
+            return;
+        }
+        for (_, worker) in &stopping {
+            if !worker.state.close(deadline) {
+                tracing::warn!(
+                    topic = %worker.state.topic,
+                    partition = worker.state.partition,
+                    group = %self.group_id,
+                    "handler still running after the deadline; its record stays uncommitted and may be handled again"
+                );
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (_, worker) in &stopping {
+            if let Some(done) = worker.state.done_offset() {
+                if Some(done) != worker.stored {
+                    let _ = offsets.add_partition_offset(
+                        &worker.state.topic,
+                        worker.state.partition,
+                        rdkafka::Offset::Offset(done),
+                    );
+                }
+            }
+        }
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.store_offsets(&offsets) {
+                tracing::warn!(%error, "storing offsets of stopped partitions failed");
+            }
+        }
+        commit_stored(consumer, &self.group_id);
+        // Dropping the senders ends the workers once their queues are drained (unhandled).
+    }
+
+    /// Hands a record to its partition's worker.
+    fn route(&self, message: OwnedMessage) {
+        let workers = self.workers();
+        let key = (Arc::<str>::from(message.topic()), message.partition());
+        match workers.get(&key) {
+            Some(worker) => {
+                worker.state.record_queued();
+                if worker.records.send(message).is_err() {
+                    // The worker ended (its runtime shut down); nothing will handle it.
+                    worker.state.record_finished();
+                }
+            }
+            None => tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                "record for a partition without a worker; it will be fetched again"
+            ),
+        }
+    }
+
+    /// Stores the progress of every worker for the background commit, and pauses or
+    /// resumes partitions around their in-flight bound.
+    fn store_progress_and_backpressure(&self, consumer: &BaseConsumer<RuntimeContext>) {
+        let high = self.settings.max_in_flight_per_partition;
+        let low = high / 2;
+        let mut offsets = TopicPartitionList::new();
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        {
+            let mut workers = self.workers();
+            for worker in workers.values_mut() {
+                if let Some(done) = worker.state.done_offset() {
+                    if Some(done) != worker.stored {
+                        let _ = offsets.add_partition_offset(
+                            &worker.state.topic,
+                            worker.state.partition,
+                            rdkafka::Offset::Offset(done),
+                        );
+                        worker.stored = Some(done);
+                    }
+                }
+                let queued = worker.state.queued();
+                if !worker.paused && queued >= high {
+                    pause.add_partition(&worker.state.topic, worker.state.partition);
+                    worker.paused = true;
+                } else if worker.paused && queued <= low {
+                    resume.add_partition(&worker.state.topic, worker.state.partition);
+                    worker.paused = false;
+                }
+            }
+        }
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.store_offsets(&offsets) {
+                // ERR__STATE: the partition was revoked meanwhile; its new owner goes on.
+                tracing::debug!(%error, "storing offsets failed");
+            }
+        }
+        if pause.count() > 0 {
+            if let Err(error) = consumer.pause(&pause) {
+                tracing::warn!(%error, "pausing partitions failed");
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(error) = consumer.resume(&resume) {
+                tracing::warn!(%error, "resuming partitions failed");
+            }
+        }
+    }
+}
+
+fn commit_stored(consumer: &BaseConsumer<RuntimeContext>, group_id: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing was stored since the last commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(group = %group_id, %error, "committing offsets failed"),
+    }
+}
+
+/// The poll thread: fetches records and routes them to partition workers, stores progress
+/// for the background commit, and serves rebalances, until the runtime stops.
+fn poll_loop(consumer: BaseConsumer<RuntimeContext>, shared: &Shared) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(message)) => shared.route(message.detach()),
+            Some(Err(error)) => tracing::warn!(group = %shared.group_id, %error, "poll failed"),
+            None => {}
+        }
+        shared.store_progress_and_backpressure(&consumer);
+    }
+    let deadline = Instant::now() + shared.settings.shutdown_timeout;
+    shared.stop_workers(&consumer, None, deadline);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: the group is left and librdkafka's threads end.
+    drop(consumer);
+}
+
+/// Connects librdkafka's rebalance callbacks (run on the poll thread) to the workers.
+struct RuntimeContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for RuntimeContext {}
+
+impl ConsumerContext for RuntimeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            tracing::debug!(group = %self.shared.group_id, partitions = revoked.count(), "partitions revoked");
+            let deadline = Instant::now() + self.shared.settings.revoke_timeout;
+            self.shared.stop_workers(consumer, Some(revoked), deadline);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => self.shared.start_workers(assigned),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(group = %self.shared.group_id, %error, "rebalance failed")
+            }
+        }
+    }
+}

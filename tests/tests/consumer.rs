@@ -1,0 +1,852 @@
+//! The consumer runtime against the real broker: order per key, consumer groups, restarts,
+//! failures, shutdown, undecodable records and mixed topics.
+//!
+//! Topics are bound to event types at compile time, so each test has its own event type
+//! and topic; each run marks its events with a unique `run` id and ignores older ones, so
+//! the tests also pass against a broker that kept data from earlier runs.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pegasus_events::consumer::{
+    ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
+};
+use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
+use pegasus_events_tests::{bootstrap, config, unique};
+use serde::{Deserialize, Serialize};
+
+/// Bounds every test: a consumer that never sees what it waits for fails the test.
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn create_topic<E: Event>(partitions: i32) {
+    TopicAdmin::new(&config("admin"))
+        .unwrap()
+        .ensure_topics(&[TopicSpec::for_event::<E>().partitions(partitions)])
+        .await
+        .expect("topic");
+}
+
+async fn publish_all<E: Event>(events: &[E]) {
+    let producer = EventProducer::new(&config("test-publisher")).unwrap();
+    for result in producer.publish_all(events).await {
+        result.expect("published");
+    }
+}
+
+fn fast_settings() -> ConsumerSettings {
+    ConsumerSettings {
+        shutdown_timeout: Duration::from_secs(10),
+        revoke_timeout: Duration::from_secs(10),
+        commit_interval: Duration::from_millis(200),
+        retry_initial_backoff: Duration::from_millis(20),
+        retry_max_backoff: Duration::from_millis(200),
+        ..ConsumerSettings::default()
+    }
+}
+
+/// Runs `consumer` until `done()` holds, then shuts it down; fails the test after the
+/// deadline.
+async fn run_until_done(consumer: EventConsumer, done: impl Fn() -> bool + Send + 'static) {
+    let stop = async move {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(stop))
+        .await
+        .expect("the consumer saw what it waited for before the deadline")
+        .expect("the consumer ran");
+}
+
+/// Runs `consumer` until `signal` completes.
+async fn run_with_signal(consumer: EventConsumer, signal: impl Future<Output = ()> + Send) {
+    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(signal))
+        .await
+        .expect("stopped before the deadline")
+        .expect("the consumer ran");
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.ordered")]
+struct Ordered {
+    run: String,
+    #[event(key)]
+    key: u32,
+    seq: u32,
+}
+
+/// Records what a handler saw, per key, for this run only.
+#[derive(Default)]
+struct SeenPerKey {
+    run: String,
+    seen: Mutex<BTreeMap<u32, Vec<u32>>>,
+    count: AtomicUsize,
+}
+
+impl EventHandler<Ordered> for Arc<SeenPerKey> {
+    async fn handle(&self, event: Ordered, _: &EventContext) -> Result<(), HandlerError> {
+        if event.run == self.run {
+            self.seen
+                .lock()
+                .unwrap()
+                .entry(event.key)
+                .or_default()
+                .push(event.seq);
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_over_three_partitions_reach_the_handler_in_order_per_key() {
+    create_topic::<Ordered>(3).await;
+    let run = unique("run");
+    let events: Vec<Ordered> = (0..10_000)
+        .map(|i| Ordered {
+            run: run.clone(),
+            key: i % 100,
+            seq: i / 100,
+        })
+        .collect();
+    publish_all(&events).await;
+
+    let seen = Arc::new(SeenPerKey {
+        run,
+        ..SeenPerKey::default()
+    });
+    let consumer = EventConsumer::builder(config("ordering-test"))
+        .group_id(unique("ordering"))
+        .settings(fast_settings())
+        .handler::<Ordered, _>(Arc::clone(&seen))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&seen);
+    run_until_done(consumer, move || {
+        watched.count.load(Ordering::SeqCst) >= 10_000
+    })
+    .await;
+
+    let seen = seen.seen.lock().unwrap();
+    assert_eq!(seen.len(), 100, "every key arrived");
+    for (key, seqs) in seen.iter() {
+        let expected: Vec<u32> = (0..100).collect();
+        assert_eq!(
+            seqs, &expected,
+            "key {key}: in publish order, each exactly once"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.shared")]
+struct Shared {
+    run: String,
+    #[event(key)]
+    n: u32,
+}
+
+#[derive(Default)]
+struct Collect {
+    run: String,
+    seen: Mutex<Vec<u32>>,
+}
+
+impl EventHandler<Shared> for Arc<Collect> {
+    async fn handle(&self, event: Shared, _: &EventContext) -> Result<(), HandlerError> {
+        if event.run == self.run {
+            self.seen.lock().unwrap().push(event.n);
+        }
+        Ok(())
+    }
+}
+
+fn collector(run: &str) -> Arc<Collect> {
+    Arc::new(Collect {
+        run: run.to_owned(),
+        ..Collect::default()
+    })
+}
+
+fn len(c: &Arc<Collect>) -> usize {
+    c.seen.lock().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_in_one_group_split_the_partitions_and_see_every_event_exactly_once() {
+    create_topic::<Shared>(3).await;
+    let run = unique("run");
+    let group = unique("split");
+    let (first, second) = (collector(&run), collector(&run));
+    let total = 3_000;
+    let consumer = |handler: &Arc<Collect>| {
+        EventConsumer::builder(config("split-test"))
+            .group_id(&group)
+            .settings(fast_settings())
+            .handler::<Shared, _>(Arc::clone(handler))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (consumer(&first), consumer(&second));
+    let (wa, wb) = (Arc::clone(&first), Arc::clone(&second));
+    let done = move || len(&wa) + len(&wb) >= total;
+    let done2 = done.clone();
+    let publisher = async {
+        // Let both members join before anything is published.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let events: Vec<Shared> = (0..total as u32)
+            .map(|n| Shared {
+                run: run.clone(),
+                n,
+            })
+            .collect();
+        publish_all(&events).await;
+    };
+    tokio::join!(run_until_done(a, done), run_until_done(b, done2), publisher);
+
+    let (a, b) = (first.seen.lock().unwrap(), second.seen.lock().unwrap());
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both members got partitions: {} and {}",
+        a.len(),
+        b.len()
+    );
+    let mut all: Vec<u32> = a.iter().chain(b.iter()).copied().collect();
+    all.sort_unstable();
+    let expected: Vec<u32> = (0..total as u32).collect();
+    assert_eq!(all, expected, "every event exactly once across the group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_group_receives_every_event_as_well() {
+    create_topic::<Shared>(3).await;
+    let run = unique("run");
+    let events: Vec<Shared> = (0..500)
+        .map(|n| Shared {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    publish_all(&events).await;
+    for group in [unique("first-group"), unique("second-group")] {
+        let seen = collector(&run);
+        let consumer = EventConsumer::builder(config("groups-test"))
+            .group_id(group)
+            .settings(fast_settings())
+            .handler::<Shared, _>(Arc::clone(&seen))
+            .build()
+            .unwrap();
+        let watched = Arc::clone(&seen);
+        run_until_done(consumer, move || len(&watched) >= 500).await;
+        let mut got = seen.seen.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, (0..500).collect::<Vec<u32>>());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.resumed")]
+struct Resumed {
+    run: String,
+    #[event(key)]
+    n: u32,
+}
+
+#[derive(Default)]
+struct ResumeProbe {
+    run: String,
+    seen: Mutex<Vec<u32>>,
+}
+
+impl EventHandler<Resumed> for Arc<ResumeProbe> {
+    async fn handle(&self, event: Resumed, _: &EventContext) -> Result<(), HandlerError> {
+        if event.run == self.run {
+            self.seen.lock().unwrap().push(event.n);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_resumes_after_its_last_commit_losing_and_redoing_nothing() {
+    create_topic::<Resumed>(3).await;
+    let run = unique("run");
+    let group = unique("resume");
+    let events: Vec<Resumed> = (0..2_000)
+        .map(|n| Resumed {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    publish_all(&events).await;
+
+    let mut sessions = Vec::new();
+    for stop_after in [700, 1_400, 2_000] {
+        let probe = Arc::new(ResumeProbe {
+            run: run.clone(),
+            ..ResumeProbe::default()
+        });
+        let total_before: usize = sessions.iter().map(Vec::len).sum();
+        let consumer = EventConsumer::builder(config("resume-test"))
+            .group_id(&group)
+            .settings(fast_settings())
+            .handler::<Resumed, _>(Arc::clone(&probe))
+            .build()
+            .unwrap();
+        let watched = Arc::clone(&probe);
+        let wanted = stop_after - total_before;
+        run_until_done(consumer, move || {
+            watched.seen.lock().unwrap().len() >= wanted
+        })
+        .await;
+        let seen = probe.seen.lock().unwrap().clone();
+        sessions.push(seen);
+    }
+    let mut all: Vec<u32> = sessions.iter().flatten().copied().collect();
+    let handled = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        handled,
+        "nothing committed was handled again after a restart"
+    );
+    assert_eq!(
+        all,
+        (0..2_000).collect::<Vec<u32>>(),
+        "nothing was lost across restarts"
+    );
+    assert!(
+        sessions.iter().all(|s| !s.is_empty()),
+        "each session did part of the work"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.failing")]
+struct Failing {
+    run: String,
+    n: u32,
+}
+
+struct FailOn {
+    run: String,
+    fail_on: Option<u32>,
+    panic_instead: bool,
+    seen: Mutex<Vec<(u32, u32)>>,
+}
+
+impl FailOn {
+    fn new(run: &str, fail_on: Option<u32>, panic_instead: bool) -> Arc<Self> {
+        Arc::new(FailOn {
+            run: run.to_owned(),
+            fail_on,
+            panic_instead,
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn attempts_of(&self, n: u32) -> Vec<u32> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(m, _)| *m == n)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+
+    fn handled(&self) -> Vec<u32> {
+        let mut seen: Vec<u32> = self.seen.lock().unwrap().iter().map(|(n, _)| *n).collect();
+        seen.dedup();
+        seen
+    }
+}
+
+impl EventHandler<Failing> for Arc<FailOn> {
+    async fn handle(&self, event: Failing, context: &EventContext) -> Result<(), HandlerError> {
+        if event.run != self.run {
+            return Ok(());
+        }
+        self.seen.lock().unwrap().push((event.n, context.attempt));
+        if Some(event.n) == self.fail_on {
+            if self.panic_instead {
+                if context.attempt < 3 {
+                    panic!(
+                        "handler panics on {} (attempt {})",
+                        event.n, context.attempt
+                    );
+                }
+            } else {
+                return Err(HandlerError::transient(std::io::Error::other(
+                    "database unavailable",
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handlers_record_is_not_passed_and_is_seen_again_after_restart() {
+    create_topic::<Failing>(1).await;
+    let run = unique("run");
+    let group = unique("failing");
+    let events: Vec<Failing> = (0..10)
+        .map(|n| Failing {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    publish_all(&events).await;
+
+    let failing = FailOn::new(&run, Some(5), false);
+    let consumer = EventConsumer::builder(config("failing-test"))
+        .group_id(&group)
+        .settings(fast_settings())
+        .handler::<Failing, _>(Arc::clone(&failing))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&failing);
+    run_until_done(consumer, move || watched.attempts_of(5).len() >= 3).await;
+    assert_eq!(
+        failing.handled(),
+        vec![0, 1, 2, 3, 4, 5],
+        "the partition did not move past 5"
+    );
+    assert_eq!(
+        failing.attempts_of(5)[..3],
+        [1, 2, 3],
+        "attempts are counted per record"
+    );
+
+    let fixed = FailOn::new(&run, None, false);
+    let consumer = EventConsumer::builder(config("failing-test"))
+        .group_id(&group)
+        .settings(fast_settings())
+        .handler::<Failing, _>(Arc::clone(&fixed))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&fixed);
+    run_until_done(consumer, move || watched.handled().len() >= 5).await;
+    assert_eq!(
+        fixed.handled(),
+        vec![5, 6, 7, 8, 9],
+        "resumed at the failed record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_without_crashing_the_runtime() {
+    create_topic::<Failing>(1).await;
+    let run = unique("run");
+    let events: Vec<Failing> = (0..6)
+        .map(|n| Failing {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    publish_all(&events).await;
+    let panicky = FailOn::new(&run, Some(2), true);
+    let consumer = EventConsumer::builder(config("panic-test"))
+        .group_id(unique("panic"))
+        .settings(fast_settings())
+        .handler::<Failing, _>(Arc::clone(&panicky))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&panicky);
+    run_until_done(consumer, move || watched.handled().len() >= 6).await;
+    assert_eq!(panicky.handled(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        panicky.attempts_of(2),
+        vec![1, 2, 3],
+        "panicked twice, then succeeded"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.slow")]
+struct Slow {
+    run: String,
+    n: u32,
+}
+
+struct SlowOn {
+    run: String,
+    slow_on: u32,
+    slow_for: Duration,
+    started: Mutex<Vec<u32>>,
+    finished: Mutex<Vec<u32>>,
+    slow_started: tokio::sync::Notify,
+}
+
+impl EventHandler<Slow> for Arc<SlowOn> {
+    async fn handle(&self, event: Slow, _: &EventContext) -> Result<(), HandlerError> {
+        if event.run != self.run {
+            return Ok(());
+        }
+        self.started.lock().unwrap().push(event.n);
+        if event.n == self.slow_on {
+            self.slow_started.notify_one();
+            tokio::time::sleep(self.slow_for).await;
+        }
+        self.finished.lock().unwrap().push(event.n);
+        Ok(())
+    }
+}
+
+fn slow_handler(run: &str, slow_for: Duration) -> Arc<SlowOn> {
+    Arc::new(SlowOn {
+        run: run.to_owned(),
+        slow_on: 3,
+        slow_for,
+        started: Mutex::new(Vec::new()),
+        finished: Mutex::new(Vec::new()),
+        slow_started: tokio::sync::Notify::new(),
+    })
+}
+
+async fn shutdown_during_slow_handler(
+    slow_for: Duration,
+    shutdown_timeout: Duration,
+) -> (Vec<u32>, Vec<u32>) {
+    create_topic::<Slow>(1).await;
+    let run = unique("run");
+    let group = unique("slow");
+    let events: Vec<Slow> = (0..8)
+        .map(|n| Slow {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    publish_all(&events).await;
+
+    let slow = slow_handler(&run, slow_for);
+    let consumer = EventConsumer::builder(config("slow-test"))
+        .group_id(&group)
+        .settings(ConsumerSettings {
+            shutdown_timeout,
+            ..fast_settings()
+        })
+        .handler::<Slow, _>(Arc::clone(&slow))
+        .build()
+        .unwrap();
+    let signal_on = Arc::clone(&slow);
+    run_with_signal(
+        consumer,
+        async move { signal_on.slow_started.notified().await },
+    )
+    .await;
+    let first_session = slow.finished.lock().unwrap().clone();
+
+    let after = slow_handler(&run, Duration::ZERO);
+    let consumer = EventConsumer::builder(config("slow-test"))
+        .group_id(&group)
+        .settings(fast_settings())
+        .handler::<Slow, _>(Arc::clone(&after))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&after);
+    run_until_done(consumer, move || {
+        watched.finished.lock().unwrap().contains(&7)
+    })
+    .await;
+    let second_session = after.finished.lock().unwrap().clone();
+    (first_session, second_session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_slow_handler_lets_it_finish_and_commits_what_finished_and_nothing_else()
+{
+    let (first, second) =
+        shutdown_during_slow_handler(Duration::from_secs(2), Duration::from_secs(10)).await;
+    assert_eq!(
+        first,
+        vec![0, 1, 2, 3],
+        "the slow record finished within the shutdown timeout"
+    );
+    assert_eq!(
+        second,
+        vec![4, 5, 6, 7],
+        "only what did not finish is handled after restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_shutdown_timeout_leaves_its_record_uncommitted() {
+    let (first, second) =
+        shutdown_during_slow_handler(Duration::from_secs(6), Duration::from_millis(500)).await;
+    assert_eq!(
+        first,
+        vec![0, 1, 2],
+        "the slow record did not finish before shutdown returned"
+    );
+    assert_eq!(
+        second,
+        vec![3, 4, 5, 6, 7],
+        "so it is handled again after restart"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.mixed-quality")]
+struct Quality {
+    run: String,
+    n: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_do_not_stop_the_good_records_around_them() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    create_topic::<Quality>(1).await;
+    let run = unique("run");
+    let producer = EventProducer::new(&config("quality-test")).unwrap();
+    let raw: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let ce_headers = |event_type: &str, version: &str| {
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(&uuid::Uuid::now_v7().to_string()),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("elsewhere"),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(event_type),
+            })
+            .insert(Header {
+                key: "ce_time",
+                value: Some("2026-01-15T10:30:00Z"),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "ce_schemaversion",
+                value: Some(version),
+            })
+    };
+    let good_value = |n: u32| {
+        serde_json::to_string(&Quality {
+            run: run.clone(),
+            n,
+        })
+        .unwrap()
+    };
+    let mut n = 0;
+    for bad in 0..4 {
+        producer
+            .publish(&Quality {
+                run: run.clone(),
+                n,
+            })
+            .await
+            .unwrap();
+        n += 1;
+        let (value, headers) = match bad {
+            0 => ("{not json".to_owned(), ce_headers("Quality", "1")),
+            1 => (good_value(999), ce_headers("SomethingElse", "1")),
+            2 => (good_value(999), ce_headers("Quality", "9")),
+            _ => (r#"{"run":42}"#.to_owned(), ce_headers("Quality", "1")),
+        };
+        raw.send(
+            FutureRecord::to(Quality::TOPIC)
+                .key("bad")
+                .payload(&value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    producer
+        .publish(&Quality {
+            run: run.clone(),
+            n,
+        })
+        .await
+        .unwrap();
+
+    struct Good {
+        run: String,
+        seen: Mutex<Vec<u32>>,
+    }
+    impl EventHandler<Quality> for Arc<Good> {
+        async fn handle(&self, event: Quality, _: &EventContext) -> Result<(), HandlerError> {
+            if event.run == self.run {
+                self.seen.lock().unwrap().push(event.n);
+            }
+            Ok(())
+        }
+    }
+    let good = Arc::new(Good {
+        run,
+        seen: Mutex::new(Vec::new()),
+    });
+    let consumer = EventConsumer::builder(config("quality-test"))
+        .group_id(unique("quality"))
+        .settings(fast_settings())
+        .handler::<Quality, _>(Arc::clone(&good))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&good);
+    run_until_done(consumer, move || watched.seen.lock().unwrap().len() >= 5).await;
+    assert_eq!(*good.seen.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(
+    topic = "tests-mixed-events",
+    name = "UserCreatedEvent",
+    free_form_topic
+)]
+struct UserCreated {
+    run: String,
+    n: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(
+    topic = "tests-mixed-events",
+    name = "UserDeactivatedEvent",
+    free_form_topic
+)]
+struct UserDeactivated {
+    run: String,
+    n: u32,
+}
+
+#[derive(Default)]
+struct MixedProbe {
+    run: String,
+    seen: Mutex<Vec<(&'static str, u32)>>,
+}
+
+impl EventHandler<UserCreated> for Arc<MixedProbe> {
+    async fn handle(&self, event: UserCreated, context: &EventContext) -> Result<(), HandlerError> {
+        assert_eq!(context.metadata.event_type, "UserCreatedEvent");
+        if event.run == self.run {
+            self.seen.lock().unwrap().push(("created", event.n));
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler<UserDeactivated> for Arc<MixedProbe> {
+    async fn handle(&self, event: UserDeactivated, _: &EventContext) -> Result<(), HandlerError> {
+        if event.run == self.run {
+            self.seen.lock().unwrap().push(("deactivated", event.n));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_topic_dispatches_each_record_to_the_handler_of_its_ce_type() {
+    create_topic::<UserCreated>(1).await;
+    let run = unique("run");
+    let producer = EventProducer::new(&config("identity-api")).unwrap();
+    for n in 0..6 {
+        if n % 2 == 0 {
+            producer
+                .publish(&UserCreated {
+                    run: run.clone(),
+                    n,
+                })
+                .await
+                .unwrap();
+        } else {
+            producer
+                .publish(&UserDeactivated {
+                    run: run.clone(),
+                    n,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let probe = Arc::new(MixedProbe {
+        run,
+        ..MixedProbe::default()
+    });
+    let consumer = EventConsumer::builder(config("mixed-test"))
+        .group_id(unique("mixed"))
+        .settings(fast_settings())
+        .handler::<UserCreated, _>(Arc::clone(&probe))
+        .handler::<UserDeactivated, _>(Arc::clone(&probe))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&probe);
+    run_until_done(consumer, move || watched.seen.lock().unwrap().len() >= 6).await;
+    assert_eq!(
+        *probe.seen.lock().unwrap(),
+        vec![
+            ("created", 0),
+            ("deactivated", 1),
+            ("created", 2),
+            ("deactivated", 3),
+            ("created", 4),
+            ("deactivated", 5)
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_default_group_id_follows_the_designs_convention() {
+    use pegasus_events::consumer::default_group_id;
+    assert_eq!(
+        default_group_id("identity-api", "ShipmentCreatedEvent"),
+        "identity-api-shipmentcreated-consumer"
+    );
+    assert_eq!(
+        default_group_id("shipping-api", "UserCreated"),
+        "shipping-api-usercreated-consumer"
+    );
+    let consumer = EventConsumer::builder(config("identity-api"))
+        .handler::<Shared, _>(collector("x"))
+        .build()
+        .unwrap();
+    assert_eq!(consumer.group_id(), "identity-api-shared-consumer");
+}
+
+#[test]
+fn registering_the_same_event_type_twice_is_a_config_error() {
+    let error = EventConsumer::builder(config("dup"))
+        .handler::<UserCreated, _>(Arc::new(MixedProbe::default()))
+        .handler::<UserCreated, _>(Arc::new(MixedProbe::default()))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(error, pegasus_events::Error::Config { .. }),
+        "{error:?}"
+    );
+}
