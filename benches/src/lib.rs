@@ -7,6 +7,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use pegasus_events::Event;
@@ -99,6 +100,9 @@ thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Allocations of every thread, for work spread over several threads.
+static ALL_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
 // SAFETY: every call is forwarded unchanged to the system allocator; the only addition is
 // a thread-local counter that never allocates itself (a const-initialised `Cell`).
 #[allow(unsafe_code)]
@@ -128,8 +132,14 @@ unsafe impl GlobalAlloc for CountingAllocator {
 }
 
 fn count() {
+    ALL_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     // `try_with`: during thread teardown the counter may be gone; then it is not counted.
     let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+/// Heap allocations (including reallocations) made by every thread so far.
+pub fn all_allocations() -> u64 {
+    ALL_ALLOCATIONS.load(Ordering::Relaxed)
 }
 
 /// Heap allocations (including reallocations) made by this thread so far.

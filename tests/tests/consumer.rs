@@ -89,7 +89,7 @@ struct SeenPerKey {
 }
 
 impl EventHandler<Ordered> for Arc<SeenPerKey> {
-    async fn handle(&self, event: Ordered, _: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Ordered, _: &EventContext<'_>) -> Result<(), HandlerError> {
         if event.run == self.run {
             self.seen
                 .lock()
@@ -160,7 +160,7 @@ struct Collect {
 }
 
 impl EventHandler<Shared> for Arc<Collect> {
-    async fn handle(&self, event: Shared, _: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Shared, _: &EventContext<'_>) -> Result<(), HandlerError> {
         if event.run == self.run {
             self.seen.lock().unwrap().push(event.n);
         }
@@ -268,8 +268,10 @@ struct ResumeProbe {
 }
 
 impl EventHandler<Resumed> for Arc<ResumeProbe> {
-    async fn handle(&self, event: Resumed, _: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Resumed, _: &EventContext<'_>) -> Result<(), HandlerError> {
         if event.run == self.run {
+            // Slow enough that each session stops close to its target.
+            tokio::time::sleep(Duration::from_millis(1)).await;
             self.seen.lock().unwrap().push(event.n);
         }
         Ok(())
@@ -290,7 +292,7 @@ async fn a_restarted_consumer_resumes_after_its_last_commit_losing_and_redoing_n
     publish_all(&events).await;
 
     let mut sessions = Vec::new();
-    for stop_after in [700, 1_400, 2_000] {
+    for stop_after in [700_usize, 1_400, 2_000] {
         let probe = Arc::new(ResumeProbe {
             run: run.clone(),
             ..ResumeProbe::default()
@@ -303,7 +305,7 @@ async fn a_restarted_consumer_resumes_after_its_last_commit_losing_and_redoing_n
             .build()
             .unwrap();
         let watched = Arc::clone(&probe);
-        let wanted = stop_after - total_before;
+        let wanted = stop_after.saturating_sub(total_before).max(1);
         run_until_done(consumer, move || {
             watched.seen.lock().unwrap().len() >= wanted
         })
@@ -373,7 +375,7 @@ impl FailOn {
 }
 
 impl EventHandler<Failing> for Arc<FailOn> {
-    async fn handle(&self, event: Failing, context: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Failing, context: &EventContext<'_>) -> Result<(), HandlerError> {
         if event.run != self.run {
             return Ok(());
         }
@@ -492,7 +494,7 @@ struct SlowOn {
 }
 
 impl EventHandler<Slow> for Arc<SlowOn> {
-    async fn handle(&self, event: Slow, _: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(&self, event: Slow, _: &EventContext<'_>) -> Result<(), HandlerError> {
         if event.run != self.run {
             return Ok(());
         }
@@ -697,7 +699,7 @@ async fn undecodable_records_do_not_stop_the_good_records_around_them() {
         seen: Mutex<Vec<u32>>,
     }
     impl EventHandler<Quality> for Arc<Good> {
-        async fn handle(&self, event: Quality, _: &EventContext) -> Result<(), HandlerError> {
+        async fn handle(&self, event: Quality, _: &EventContext<'_>) -> Result<(), HandlerError> {
             if event.run == self.run {
                 self.seen.lock().unwrap().push(event.n);
             }
@@ -750,7 +752,11 @@ struct MixedProbe {
 }
 
 impl EventHandler<UserCreated> for Arc<MixedProbe> {
-    async fn handle(&self, event: UserCreated, context: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        event: UserCreated,
+        context: &EventContext<'_>,
+    ) -> Result<(), HandlerError> {
         assert_eq!(context.metadata.event_type, "UserCreatedEvent");
         if event.run == self.run {
             self.seen.lock().unwrap().push(("created", event.n));
@@ -760,7 +766,11 @@ impl EventHandler<UserCreated> for Arc<MixedProbe> {
 }
 
 impl EventHandler<UserDeactivated> for Arc<MixedProbe> {
-    async fn handle(&self, event: UserDeactivated, _: &EventContext) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        event: UserDeactivated,
+        _: &EventContext<'_>,
+    ) -> Result<(), HandlerError> {
         if event.run == self.run {
             self.seen.lock().unwrap().push(("deactivated", event.n));
         }

@@ -24,7 +24,7 @@ use crate::wire::EventMetadata;
 /// struct ShipmentCreatedConsumer;
 ///
 /// impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
-///     async fn handle(&self, event: ShipmentCreated, context: &EventContext) -> Result<(), HandlerError> {
+///     async fn handle(&self, event: ShipmentCreated, context: &EventContext<'_>) -> Result<(), HandlerError> {
 ///         tracing::info!(tracking = %event.tracking_number, offset = context.offset, "processing shipment created");
 ///         Ok(())
 ///     }
@@ -35,7 +35,7 @@ pub trait EventHandler<E: Event>: Send + Sync + 'static {
     fn handle(
         &self,
         event: E,
-        context: &EventContext,
+        context: &EventContext<'_>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
@@ -43,33 +43,33 @@ impl<E: Event, H: EventHandler<E>> EventHandler<E> for Arc<H> {
     fn handle(
         &self,
         event: E,
-        context: &EventContext,
+        context: &EventContext<'_>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         (**self).handle(event, context)
     }
 }
 
-/// The metadata and coordinates of the record being handled.
+/// The metadata and coordinates of the record being handled, borrowed from the record.
 #[derive(Clone, Debug)]
-pub struct EventContext {
+pub struct EventContext<'a> {
     /// The CloudEvents metadata (id, source, type, time, schema version, correlation and
     /// causation ids, ...).
-    pub metadata: EventMetadata<'static>,
+    pub metadata: EventMetadata<'a>,
     /// The topic the record was read from.
-    pub topic: Arc<str>,
+    pub topic: &'a str,
     /// Its partition.
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
     /// The record key, when it is UTF-8.
-    pub key: Option<String>,
+    pub key: Option<&'a str>,
     /// Which attempt this is, from 1.
     pub attempt: u32,
     /// The consumer group handling it.
-    pub group_id: Arc<str>,
+    pub group_id: &'a str,
 }
 
-impl EventContext {
+impl EventContext<'_> {
     /// The event id (`ce_id`).
     pub fn event_id(&self) -> uuid::Uuid {
         self.metadata.id

@@ -70,6 +70,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::{OnceLock, Weak};
+
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -81,8 +83,8 @@ pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
 use crate::config::{client_error, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use dispatch::{TopicRoute, Typed};
-use partition::PartitionState;
+use dispatch::{DynRecordHandler, Mixed, Typed};
+use partition::{PartitionState, SpawnWorker, WorkerArgs};
 
 /// Where a group without committed offsets starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +101,9 @@ pub enum OffsetReset {
 pub struct ConsumerSettings {
     /// Where a new group starts: [`OffsetReset::Earliest`].
     pub offset_reset: OffsetReset,
-    /// Records of one partition held in memory before the partition is paused: 256.
+    /// Records of one partition fetched ahead of its handler, at most: 1,000
+    /// (librdkafka's `queued.min.messages`; its byte cap `queued.max.messages.kbytes`,
+    /// 64 MiB by default, applies too and can be set through `KafkaConfig::properties`).
     pub max_in_flight_per_partition: usize,
     /// How long records being handled may take to finish at shutdown: 30 s.
     pub shutdown_timeout: Duration,
@@ -119,7 +123,7 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         ConsumerSettings {
             offset_reset: OffsetReset::Earliest,
-            max_in_flight_per_partition: 256,
+            max_in_flight_per_partition: 1_000,
             shutdown_timeout: Duration::from_secs(30),
             revoke_timeout: Duration::from_secs(30),
             commit_interval: Duration::from_secs(1),
@@ -157,9 +161,17 @@ pub struct ConsumerBuilder {
     config: KafkaConfig,
     group_id: Option<String>,
     first_event: Option<&'static str>,
-    routes: HashMap<&'static str, TopicRoute>,
+    registrations: HashMap<&'static str, Vec<Registration>>,
     settings: ConsumerSettings,
     error: Option<Error>,
+}
+
+/// One registered handler, kept in both forms: the typed one drives a worker alone on its
+/// topic without allocating; the erased one joins a mixed topic's `ce_type` table.
+struct Registration {
+    event_type: &'static str,
+    typed: Arc<dyn SpawnWorker>,
+    erased: Arc<dyn DynRecordHandler>,
 }
 
 impl ConsumerBuilder {
@@ -168,19 +180,20 @@ impl ConsumerBuilder {
     /// `ce_type`.
     pub fn handler<E: Event, H: EventHandler<E>>(mut self, handler: H) -> Self {
         self.first_event.get_or_insert(E::NAME);
-        let handler: Box<dyn dispatch::Dispatch> = Box::new(Typed::<E, H>::new(handler));
-        let route = match self.routes.remove(E::TOPIC) {
-            None => Ok(TopicRoute::Single(handler)),
-            Some(route) => route.add(handler),
-        };
-        match route {
-            Ok(route) => {
-                self.routes.insert(E::TOPIC, route);
-            }
-            Err(error) => {
-                self.error.get_or_insert(error);
-            }
+        let registrations = self.registrations.entry(E::TOPIC).or_default();
+        if registrations.iter().any(|r| r.event_type == E::NAME) {
+            self.error.get_or_insert(Error::Config {
+                field: format!("handler for `{}`", E::NAME),
+                reason: "registered twice in one consumer".to_owned(),
+            });
+            return self;
         }
+        let typed = Arc::new(Typed::<E, H>::new(handler));
+        registrations.push(Registration {
+            event_type: E::NAME,
+            typed: Arc::clone(&typed) as Arc<dyn SpawnWorker>,
+            erased: typed,
+        });
         self
     }
 
@@ -219,14 +232,26 @@ impl ConsumerBuilder {
             Some(group_id) => group_id,
             None => default_group_id(&self.config.client_id, first_event),
         };
+        let routes = self
+            .registrations
+            .into_iter()
+            .map(|(topic, mut registrations)| {
+                let route = if registrations.len() == 1 {
+                    registrations.remove(0).typed
+                } else {
+                    let by_type = registrations
+                        .into_iter()
+                        .map(|r| (r.event_type, r.erased))
+                        .collect();
+                    Arc::new(Mixed { by_type }) as Arc<dyn SpawnWorker>
+                };
+                (topic, route)
+            })
+            .collect();
         Ok(EventConsumer {
             config: self.config,
             group_id: group_id.into(),
-            routes: self
-                .routes
-                .into_iter()
-                .map(|(topic, route)| (topic, Arc::new(route)))
-                .collect(),
+            routes,
             settings: self.settings,
         })
     }
@@ -247,7 +272,7 @@ pub fn default_group_id(client_id: &str, event_type: &str) -> String {
 pub struct EventConsumer {
     config: KafkaConfig,
     group_id: Arc<str>,
-    routes: HashMap<&'static str, Arc<TopicRoute>>,
+    routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
 }
 
@@ -268,7 +293,7 @@ impl EventConsumer {
             config,
             group_id: None,
             first_event: None,
-            routes: HashMap::new(),
+            registrations: HashMap::new(),
             settings: ConsumerSettings::default(),
             error: None,
         }
@@ -302,7 +327,9 @@ impl EventConsumer {
             workers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
-        let consumer = create_consumer(&config, &shared)?;
+        let consumer = Arc::new(create_consumer(&config, &shared)?);
+        // The rebalance callbacks split partition queues, which needs the consumer's Arc.
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = shared.routes.keys().copied().collect();
         consumer
             .subscribe(&topics)
@@ -368,10 +395,15 @@ fn create_consumer(
             "auto.commit.interval.ms",
             settings.commit_interval.as_millis().to_string(),
         )
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set(
+            "queued.min.messages",
+            settings.max_in_flight_per_partition.to_string(),
+        );
     client
         .create_with_context(RuntimeContext {
             shared: Arc::clone(shared),
+            consumer: OnceLock::new(),
         })
         .map_err(|e| client_error("consumer", e))
 }
@@ -408,7 +440,7 @@ pub async fn shutdown_signal() {
 /// What the poll thread, the rebalance callbacks and the workers share.
 struct Shared {
     group_id: Arc<str>,
-    routes: HashMap<&'static str, Arc<TopicRoute>>,
+    routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
     runtime: tokio::runtime::Handle,
     workers: Mutex<HashMap<(Arc<str>, i32), Worker>>,
@@ -417,77 +449,77 @@ struct Shared {
 
 /// The poll thread's view of one partition's worker.
 struct Worker {
-    records: mpsc::UnboundedSender<OwnedMessage>,
+    strays: mpsc::UnboundedSender<OwnedMessage>,
     state: Arc<PartitionState>,
-    /// The offset last stored for commit.
-    stored: Option<i64>,
-    paused: bool,
 }
+
+type SharedConsumer = Arc<BaseConsumer<RuntimeContext>>;
 
 impl Shared {
     fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), Worker>> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn start_workers(&self, assigned: &TopicPartitionList) {
+    /// Gives each newly assigned partition its own queue and worker. Runs in the rebalance
+    /// callback right after librdkafka's assign, before any record of it is fetched.
+    fn start_workers(&self, consumer: &SharedConsumer, assigned: &TopicPartitionList) {
         let mut workers = self.workers();
         for element in assigned.elements() {
             let Some((topic, route)) = self.routes.get_key_value(element.topic()) else {
                 continue;
             };
             let topic: Arc<str> = Arc::from(*topic);
-            let key = (Arc::clone(&topic), element.partition());
+            let partition = element.partition();
+            let key = (Arc::clone(&topic), partition);
             if workers.contains_key(&key) {
                 continue;
             }
-            let state = Arc::new(PartitionState::new(topic, element.partition()));
-            let (records, receiver) = mpsc::unbounded_channel();
-            self.runtime.spawn(partition::run(
-                receiver,
-                Arc::clone(&state),
-                Arc::clone(route),
-                Arc::clone(&self.group_id),
-                self.settings.clone(),
-            ));
-            tracing::debug!(topic = %state.topic, partition = state.partition, "partition assigned");
-            workers.insert(
-                key,
-                Worker {
-                    records,
-                    state,
-                    stored: None,
-                    paused: false,
+            let queue = consumer.split_partition_queue(&topic, partition);
+            if queue.is_none() {
+                tracing::warn!(%topic, partition, "cannot split the partition queue; its records come through the main queue");
+            }
+            let state = Arc::new(PartitionState::new(topic, partition));
+            let (strays, stray_receiver) = mpsc::unbounded_channel();
+            Arc::clone(route).spawn_worker(
+                &self.runtime,
+                WorkerArgs {
+                    queue,
+                    strays: stray_receiver,
+                    consumer: Arc::clone(consumer),
+                    state: Arc::clone(&state),
+                    group_id: Arc::clone(&self.group_id),
+                    settings: self.settings.clone(),
                 },
             );
+            tracing::debug!(topic = %state.topic, partition, "partition assigned");
+            workers.insert(key, Worker { strays, state });
         }
     }
 
-    /// Stops the workers of `revoked` (all when `None`), lets their current records finish
-    /// until `deadline`, stores their progress and commits it synchronously.
+    /// Stops the workers of `revoked` (all when `None`): records being handled may finish
+    /// and store their offsets until `deadline`; then the stored offsets are committed
+    /// synchronously, before the partitions are given up.
     fn stop_workers(
         &self,
         consumer: &BaseConsumer<RuntimeContext>,
         revoked: Option<&TopicPartitionList>,
         deadline: Instant,
     ) {
-        let stopping: Vec<((Arc<str>, i32), Worker)> = {
+        let stopping: Vec<Worker> = {
             let mut workers = self.workers();
             match revoked {
-                None => workers.drain().collect(),
+                None => workers.drain().map(|(_, w)| w).collect(),
                 Some(list) => list
                     .elements()
                     .iter()
-                    .filter_map(|e| {
-                        let key = (Arc::from(e.topic()), e.partition());
-                        workers.remove(&key).map(|w| (key, w))
-                    })
+                    .filter_map(|e| workers.remove(&(Arc::from(e.topic()), e.partition())))
                     .collect(),
             }
         };
         if stopping.is_empty() {
             return;
         }
-        for (_, worker) in &stopping {
+        for worker in &stopping {
             if !worker.state.close(deadline) {
                 tracing::warn!(
                     topic = %worker.state.topic,
@@ -497,93 +529,22 @@ impl Shared {
                 );
             }
         }
-        let mut offsets = TopicPartitionList::new();
-        for (_, worker) in &stopping {
-            if let Some(done) = worker.state.done_offset() {
-                if Some(done) != worker.stored {
-                    let _ = offsets.add_partition_offset(
-                        &worker.state.topic,
-                        worker.state.partition,
-                        rdkafka::Offset::Offset(done),
-                    );
-                }
-            }
-        }
-        if offsets.count() > 0 {
-            if let Err(error) = consumer.store_offsets(&offsets) {
-                tracing::warn!(%error, "storing offsets of stopped partitions failed");
-            }
-        }
         commit_stored(consumer, &self.group_id);
-        // Dropping the senders ends the workers once their queues are drained (unhandled).
     }
 
-    /// Hands a record to its partition's worker.
-    fn route(&self, message: OwnedMessage) {
+    /// Hands a record that arrived through the consumer's main queue to its worker.
+    fn route_stray(&self, message: OwnedMessage) {
         let workers = self.workers();
         let key = (Arc::<str>::from(message.topic()), message.partition());
         match workers.get(&key) {
             Some(worker) => {
-                worker.state.record_queued();
-                if worker.records.send(message).is_err() {
-                    // The worker ended (its runtime shut down); nothing will handle it.
-                    worker.state.record_finished();
-                }
+                let _ = worker.strays.send(message);
             }
             None => tracing::warn!(
                 topic = message.topic(),
                 partition = message.partition(),
                 "record for a partition without a worker; it will be fetched again"
             ),
-        }
-    }
-
-    /// Stores the progress of every worker for the background commit, and pauses or
-    /// resumes partitions around their in-flight bound.
-    fn store_progress_and_backpressure(&self, consumer: &BaseConsumer<RuntimeContext>) {
-        let high = self.settings.max_in_flight_per_partition;
-        let low = high / 2;
-        let mut offsets = TopicPartitionList::new();
-        let mut pause = TopicPartitionList::new();
-        let mut resume = TopicPartitionList::new();
-        {
-            let mut workers = self.workers();
-            for worker in workers.values_mut() {
-                if let Some(done) = worker.state.done_offset() {
-                    if Some(done) != worker.stored {
-                        let _ = offsets.add_partition_offset(
-                            &worker.state.topic,
-                            worker.state.partition,
-                            rdkafka::Offset::Offset(done),
-                        );
-                        worker.stored = Some(done);
-                    }
-                }
-                let queued = worker.state.queued();
-                if !worker.paused && queued >= high {
-                    pause.add_partition(&worker.state.topic, worker.state.partition);
-                    worker.paused = true;
-                } else if worker.paused && queued <= low {
-                    resume.add_partition(&worker.state.topic, worker.state.partition);
-                    worker.paused = false;
-                }
-            }
-        }
-        if offsets.count() > 0 {
-            if let Err(error) = consumer.store_offsets(&offsets) {
-                // ERR__STATE: the partition was revoked meanwhile; its new owner goes on.
-                tracing::debug!(%error, "storing offsets failed");
-            }
-        }
-        if pause.count() > 0 {
-            if let Err(error) = consumer.pause(&pause) {
-                tracing::warn!(%error, "pausing partitions failed");
-            }
-        }
-        if resume.count() > 0 {
-            if let Err(error) = consumer.resume(&resume) {
-                tracing::warn!(%error, "resuming partitions failed");
-            }
         }
     }
 }
@@ -597,27 +558,34 @@ fn commit_stored(consumer: &BaseConsumer<RuntimeContext>, group_id: &str) {
     }
 }
 
-/// The poll thread: fetches records and routes them to partition workers, stores progress
-/// for the background commit, and serves rebalances, until the runtime stops.
-fn poll_loop(consumer: BaseConsumer<RuntimeContext>, shared: &Shared) {
+/// The poll thread: serves rebalances and the consumer's main queue (records reach the
+/// partition workers through their own queues), until the runtime stops; then it stops
+/// the workers, commits, and closes the consumer.
+fn poll_loop(consumer: SharedConsumer, shared: &Shared) {
     while !shared.stopping.load(Ordering::Acquire) {
         match consumer.poll(POLL_INTERVAL) {
-            Some(Ok(message)) => shared.route(message.detach()),
+            Some(Ok(message)) => shared.route_stray(message.detach()),
             Some(Err(error)) => tracing::warn!(group = %shared.group_id, %error, "poll failed"),
             None => {}
         }
-        shared.store_progress_and_backpressure(&consumer);
     }
     let deadline = Instant::now() + shared.settings.shutdown_timeout;
     shared.stop_workers(&consumer, None, deadline);
     consumer.unsubscribe();
-    // Dropping the consumer closes it: the group is left and librdkafka's threads end.
+    // Workers hold the consumer through their partition queues; they let go as they end.
+    // Closing (leaving the group) happens when the last handle drops, here if in time.
+    let wait_until = Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&consumer) > 1 && Instant::now() < wait_until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(consumer);
 }
 
 /// Connects librdkafka's rebalance callbacks (run on the poll thread) to the workers.
 struct RuntimeContext {
     shared: Arc<Shared>,
+    /// The consumer itself, set right after creation, to split partition queues.
+    consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
 }
 
 impl ClientContext for RuntimeContext {}
@@ -633,7 +601,10 @@ impl ConsumerContext for RuntimeContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(assigned) => self.shared.start_workers(assigned),
+            Rebalance::Assign(assigned) => match self.consumer.get().and_then(Weak::upgrade) {
+                Some(consumer) => self.shared.start_workers(&consumer, assigned),
+                None => tracing::error!("consumer handle missing during assignment"),
+            },
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
                 tracing::warn!(group = %self.shared.group_id, %error, "rebalance failed")

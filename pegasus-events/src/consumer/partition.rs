@@ -6,11 +6,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
 
-use super::dispatch::{Outcome, TopicRoute};
-use super::ConsumerSettings;
+use super::dispatch::{Outcome, Record, RecordHandler};
+use super::{ConsumerSettings, RuntimeContext};
 
 /// Where a partition's worker stands; changed only under [`PartitionState::phase`]'s lock,
 /// so the poll thread and the worker agree on whether a record is being handled.
@@ -22,6 +24,9 @@ enum Phase {
     Busy,
     /// Asked to stop while handling a record; becomes `Closed` when that record is done.
     Closing,
+    /// The record being handled outlived the stop deadline: when it finishes, its offset
+    /// must not be stored, because its partition was already committed and given up.
+    Abandoned,
     /// Stopped: no further record of this partition is handled here.
     Closed,
 }
@@ -30,18 +35,10 @@ enum Phase {
 pub(crate) struct PartitionState {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
-    phase: Mutex<PhaseData>,
+    phase: Mutex<Phase>,
     changed: Condvar,
-    /// Wakes a worker sleeping between attempts when it is asked to stop.
+    /// Wakes a worker waiting for records or between attempts when it is asked to stop.
     wake: Notify,
-    /// Records sent to the worker and not finished yet (queued or being handled).
-    queued: std::sync::atomic::AtomicUsize,
-}
-
-struct PhaseData {
-    phase: Phase,
-    /// The offset after the last record that finished, in order; `None` before the first.
-    done: Option<i64>,
 }
 
 impl PartitionState {
@@ -49,65 +46,43 @@ impl PartitionState {
         PartitionState {
             topic,
             partition,
-            phase: Mutex::new(PhaseData {
-                phase: Phase::Idle,
-                done: None,
-            }),
+            phase: Mutex::new(Phase::Idle),
             changed: Condvar::new(),
             wake: Notify::new(),
-            queued: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PhaseData> {
-        // A worker never panics while holding the lock (handlers run outside it), so a
-        // poisoned lock still holds consistent data.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
+        // Handlers run outside the lock, so a poisoned lock still holds a consistent phase.
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The offset to commit for this partition: one past the last finished record.
-    pub(crate) fn done_offset(&self) -> Option<i64> {
-        self.lock().done
-    }
-
-    /// Records handed to this worker and not finished.
-    pub(crate) fn queued(&self) -> usize {
-        self.queued.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub(crate) fn record_queued(&self) {
-        self.queued
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    pub(crate) fn record_finished(&self) {
-        self.queued
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
     /// Stops the worker: no new record is started, and a record being handled may finish
-    /// within `deadline`. Returns whether it finished (or nothing was running).
+    /// (and store its offset) until `deadline`. Returns whether it finished in time.
     pub(crate) fn close(&self, deadline: Instant) -> bool {
-        let mut data = self.lock();
-        match data.phase {
+        let mut phase = self.lock();
+        match *phase {
             Phase::Idle | Phase::Closed => {
-                data.phase = Phase::Closed;
+                *phase = Phase::Closed;
+                drop(phase);
+                self.wake.notify_one();
                 return true;
             }
-            Phase::Busy => data.phase = Phase::Closing,
-            Phase::Closing => {}
+            Phase::Busy => *phase = Phase::Closing,
+            Phase::Closing | Phase::Abandoned => {}
         }
-        drop(data);
+        drop(phase);
         self.wake.notify_one();
-        let mut data = self.lock();
-        while data.phase == Phase::Closing {
+        let mut phase = self.lock();
+        while *phase == Phase::Closing {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                *phase = Phase::Abandoned;
                 return false;
             }
-            data = self
+            phase = self
                 .changed
-                .wait_timeout(data, left)
+                .wait_timeout(phase, left)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
@@ -115,110 +90,217 @@ impl PartitionState {
     }
 
     fn is_closing(&self) -> bool {
-        matches!(self.lock().phase, Phase::Closing | Phase::Closed)
+        !matches!(*self.lock(), Phase::Idle | Phase::Busy)
     }
 
     /// Marks the start of a record; `false` if the worker was stopped.
     fn start(&self) -> bool {
-        let mut data = self.lock();
-        if data.phase == Phase::Idle {
-            data.phase = Phase::Busy;
+        let mut phase = self.lock();
+        if *phase == Phase::Idle {
+            *phase = Phase::Busy;
             true
         } else {
             false
         }
     }
 
-    /// Marks the end of a record; `finished_offset` is set when it was handled (or
-    /// skipped) and so may be committed.
-    fn finish(&self, finished_offset: Option<i64>) {
-        let mut data = self.lock();
-        if let Some(offset) = finished_offset {
-            data.done = Some(offset + 1);
+    /// Marks the end of a record. `store` stores its offset; it runs under the lock, so
+    /// the poll thread's commit after [`PartitionState::close`] includes it, and it is
+    /// skipped once the record was abandoned.
+    fn finish(&self, store: impl FnOnce()) {
+        let mut phase = self.lock();
+        if *phase != Phase::Abandoned {
+            store();
         }
-        data.phase = match data.phase {
+        *phase = match *phase {
             Phase::Busy => Phase::Idle,
             _ => Phase::Closed,
         };
-        drop(data);
+        drop(phase);
         self.changed.notify_all();
     }
 }
 
-/// The worker of one partition: handles its records in order until the channel closes.
-pub(crate) async fn run(
-    mut records: mpsc::UnboundedReceiver<OwnedMessage>,
-    state: Arc<PartitionState>,
-    route: Arc<TopicRoute>,
-    group_id: Arc<str>,
-    settings: ConsumerSettings,
-) {
-    while let Some(message) = records.recv().await {
-        if !state.start() {
-            // Stopped: the record stays uncommitted and goes to the partition's next owner.
-            state.record_finished();
-            continue;
-        }
-        let handled = handle_until_done(&message, &state, &route, &group_id, &settings).await;
-        state.finish(handled.then_some(message.offset()));
-        state.record_finished();
+/// What a partition worker needs besides its handler.
+pub(crate) struct WorkerArgs {
+    /// The partition's own queue, split from the consumer's; `None` if librdkafka could not
+    /// split it, and then its records arrive as `strays` only.
+    pub(crate) queue: Option<PartitionQueue<RuntimeContext>>,
+    /// Records of this partition that came through the consumer's main queue.
+    pub(crate) strays: mpsc::UnboundedReceiver<OwnedMessage>,
+    pub(crate) consumer: Arc<BaseConsumer<RuntimeContext>>,
+    pub(crate) state: Arc<PartitionState>,
+    pub(crate) group_id: Arc<str>,
+    pub(crate) settings: ConsumerSettings,
+}
+
+/// Starts a worker for a handler whose type was erased at registration.
+pub(crate) trait SpawnWorker: Send + Sync + 'static {
+    fn spawn_worker(self: Arc<Self>, runtime: &tokio::runtime::Handle, args: WorkerArgs);
+}
+
+impl<R: RecordHandler> SpawnWorker for R {
+    fn spawn_worker(self: Arc<Self>, runtime: &tokio::runtime::Handle, args: WorkerArgs) {
+        runtime.spawn(run(self, args));
     }
 }
 
-/// Handles one record, retrying failures in place so the partition never moves past a
-/// record that was not handled. Returns `false` when the worker was stopped first.
-async fn handle_until_done(
-    message: &OwnedMessage,
-    state: &PartitionState,
-    route: &TopicRoute,
-    group_id: &Arc<str>,
-    settings: &ConsumerSettings,
-) -> bool {
-    let mut attempt = 1u32;
+/// The worker of one partition: handles its records in order until it is closed.
+///
+/// Generic over the handler, so the handler's future is part of this one: a record costs
+/// no allocation here.
+async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
+    let WorkerArgs {
+        mut queue,
+        mut strays,
+        consumer,
+        state,
+        group_id,
+        settings,
+    } = args;
+    let ready = Arc::new(Notify::new());
+    if let Some(queue) = queue.as_mut() {
+        let wake = Arc::clone(&ready);
+        // librdkafka calls this from its own thread when the queue becomes non-empty.
+        queue.set_nonempty_callback(move || wake.notify_one());
+    }
+    let worker = Worker {
+        handler: &*handler,
+        consumer: &consumer,
+        state: &state,
+        group_id: &group_id,
+        settings: &settings,
+    };
     loop {
-        let outcome = AssertUnwindSafe(route.dispatch(message, attempt, group_id, &state.topic))
-            .catch_unwind()
-            .await;
-        let failure = match outcome {
-            Ok(Outcome::Handled) => return true,
-            Ok(Outcome::Undecodable(error)) => {
-                // Until the dead-letter topic exists, an undecodable record is logged with
-                // its coordinates and skipped, so it cannot stop the partition.
-                tracing::error!(
-                    topic = %state.topic,
-                    partition = state.partition,
-                    offset = message.offset(),
-                    group = %group_id,
-                    error = %error,
-                    "record cannot be decoded; skipped"
-                );
-                return true;
+        if state.is_closing() {
+            break;
+        }
+        // Strays are older than anything in the split queue: handle them first.
+        if let Ok(message) = strays.try_recv() {
+            worker.process(Record::Owned(&message)).await;
+            continue;
+        }
+        let polled = queue.as_ref().and_then(|q| q.poll(Duration::ZERO));
+        match polled {
+            Some(Ok(message)) => worker.process(Record::Borrowed(&message)).await,
+            Some(Err(error)) => tracing::warn!(
+                topic = %state.topic,
+                partition = state.partition,
+                %error,
+                "fetch error"
+            ),
+            None => {
+                tokio::select! {
+                    () = ready.notified() => {}
+                    () = state.wake.notified() => {}
+                    stray = strays.recv() => match stray {
+                        Some(message) => worker.process(Record::Owned(&message)).await,
+                        None if queue.is_none() => break,
+                        None => {}
+                    },
+                }
             }
-            Ok(Outcome::Failed(error)) => error.message().into_owned(),
-            Err(panic) => panic_message(&*panic),
+        }
+    }
+    // Dropping the queue here, before the consumer handle, lets the poll thread close the
+    // consumer once every worker is gone.
+    drop(queue);
+}
+
+struct Worker<'w, R> {
+    handler: &'w R,
+    consumer: &'w BaseConsumer<RuntimeContext>,
+    state: &'w PartitionState,
+    group_id: &'w str,
+    settings: &'w ConsumerSettings,
+}
+
+impl<R: RecordHandler> Worker<'_, R> {
+    /// Handles one record and, once it is done, stores its offset for the commit.
+    async fn process(&self, record: Record<'_>) {
+        if !self.state.start() {
+            return;
+        }
+        let handled = self.handle_until_done(record).await;
+        self.state.finish(|| {
+            if handled {
+                self.store_offset(record);
+            }
+        });
+    }
+
+    /// Stores the offset after `record` for the background commit.
+    fn store_offset(&self, record: Record<'_>) {
+        let stored = match record {
+            Record::Borrowed(message) => self.consumer.store_offset_from_message(message),
+            // rd_kafka_offset_store stores offset + 1, the next record to read.
+            Record::Owned(message) => {
+                self.consumer
+                    .store_offset(message.topic(), message.partition(), message.offset())
+            }
         };
-        let backoff = settings.retry_backoff(attempt);
-        tracing::error!(
-            topic = %state.topic,
-            partition = state.partition,
-            offset = message.offset(),
-            group = %group_id,
-            attempt,
-            error = %failure,
-            retry_in_ms = backoff.as_millis() as u64,
-            "handler failed; the record will be retried and its offset is not committed"
-        );
-        if state.is_closing() {
-            return false;
+        if let Err(error) = stored {
+            // ERR__STATE: the partition was taken away meanwhile; its next owner handles
+            // the record again.
+            tracing::debug!(
+                topic = %self.state.topic,
+                partition = self.state.partition,
+                %error,
+                "storing the offset failed"
+            );
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = state.wake.notified() => {}
+    }
+
+    /// Handles one record, retrying failures in place so the partition never moves past
+    /// a record that was not handled. Returns `false` when the worker was stopped first.
+    async fn handle_until_done(&self, record: Record<'_>) -> bool {
+        let state = self.state;
+        let mut attempt = 1u32;
+        loop {
+            let outcome = AssertUnwindSafe(self.handler.handle(record, attempt, self.group_id))
+                .catch_unwind()
+                .await;
+            let failure = match outcome {
+                Ok(Outcome::Handled) => return true,
+                Ok(Outcome::Undecodable(error)) => {
+                    // Until the dead-letter topic exists, an undecodable record is logged
+                    // with its coordinates and skipped, so it cannot stop the partition.
+                    tracing::error!(
+                        topic = %state.topic,
+                        partition = state.partition,
+                        offset = record.offset(),
+                        group = %self.group_id,
+                        error = %error,
+                        "record cannot be decoded; skipped"
+                    );
+                    return true;
+                }
+                Ok(Outcome::Failed(error)) => error.message().into_owned(),
+                Err(panic) => panic_message(&*panic),
+            };
+            let backoff = self.settings.retry_backoff(attempt);
+            tracing::error!(
+                topic = %state.topic,
+                partition = state.partition,
+                offset = record.offset(),
+                group = %self.group_id,
+                attempt,
+                error = %failure,
+                retry_in_ms = backoff.as_millis() as u64,
+                "handler failed; the record will be retried and its offset is not committed"
+            );
+            if state.is_closing() {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = state.wake.notified() => {}
+            }
+            if state.is_closing() {
+                return false;
+            }
+            attempt = attempt.saturating_add(1);
         }
-        if state.is_closing() {
-            return false;
-        }
-        attempt = attempt.saturating_add(1);
     }
 }
 

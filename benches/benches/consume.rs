@@ -1,0 +1,292 @@
+//! The consumer runtime against a raw rdkafka loop, on the same broker, in the same run.
+//!
+//! Both read the same backlog of `ConsumeSample` events from the beginning with a new
+//! consumer group, decode each record into the struct, and store its offset after
+//! "handling" it, committed in the background by librdkafka: the same at-least-once commit
+//! semantics. The runtime goes through decode (headers validated), a no-op handler and its
+//! per-partition workers; the raw loop is `StreamConsumer::recv`, `serde_json::from_slice`,
+//! `store_offset_from_message`. Rounds alternate; the median of paired ratios is reported.
+//!
+//! Allocations are counted on every thread (the runtime's poll thread and tokio workers,
+//! or the raw loop's thread) and divided by the records read. The full run also fills a
+//! backlog of 1,000,000 events and reports the process's peak RSS while the runtime drains it.
+//!
+//! Run with `scripts/bench`; without `--bench` it does a short smoke run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pegasus_events::consumer::{
+    ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
+};
+use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
+use pegasus_events_benches::{all_allocations, CountingAllocator};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// The event read back; shaped like the design's ShipmentCreatedEvent.
+#[derive(Clone, Debug, Serialize, Deserialize, Event)]
+#[serde(rename_all = "camelCase")]
+#[event(topic = "bench.consume.sample", name = "ShipmentCreatedEvent")]
+struct ConsumeSample {
+    #[event(key)]
+    shipment_id: uuid::Uuid,
+    tracking_number: String,
+    status: String,
+    created_by_user_id: String,
+    created_by_email: String,
+}
+
+fn sample(i: u64) -> ConsumeSample {
+    ConsumeSample {
+        shipment_id: uuid::Uuid::from_u64_pair(7, i % 1_000),
+        tracking_number: format!("TRACK{i:07}"),
+        status: "Created".to_owned(),
+        created_by_user_id: "auth0|123".to_owned(),
+        created_by_email: "user@example.com".to_owned(),
+    }
+}
+
+fn bootstrap() -> String {
+    ["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| {
+            eprintln!("consume bench: set PEGASUS_BENCH_BOOTSTRAP, or run scripts/bench");
+            std::process::exit(1);
+        })
+}
+
+fn group() -> String {
+    format!("bench-consume-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Publishes until the topic holds at least `count` records.
+async fn fill(config: &KafkaConfig, count: u64) {
+    let producer = EventProducer::new(config).expect("producer");
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .create()
+        .expect("watermark client");
+    let mut stored = 0;
+    for partition in 0..3 {
+        if let Ok((low, high)) =
+            consumer.fetch_watermarks(ConsumeSample::TOPIC, partition, Duration::from_secs(10))
+        {
+            stored += (high - low).max(0) as u64;
+        }
+    }
+    let mut next = stored;
+    while next < count {
+        let batch: Vec<ConsumeSample> = (next..(next + 50_000).min(count)).map(sample).collect();
+        for result in producer.publish_all(&batch).await {
+            result.expect("backlog publish");
+        }
+        next += batch.len() as u64;
+    }
+}
+
+struct Count(Arc<AtomicU64>);
+
+impl EventHandler<ConsumeSample> for Count {
+    async fn handle(&self, _: ConsumeSample, _: &EventContext<'_>) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Reads `count` records with the runtime; returns (records/s, allocations per record).
+async fn runtime_round(config: &KafkaConfig, count: u64) -> (f64, f64) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let consumer = EventConsumer::builder(config.clone())
+        .group_id(group())
+        .settings(ConsumerSettings {
+            commit_interval: Duration::from_millis(500),
+            max_in_flight_per_partition: std::env::var("MAXQ")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+            ..ConsumerSettings::default()
+        })
+        .handler::<ConsumeSample, _>(Count(Arc::clone(&seen)))
+        .build()
+        .expect("consumer");
+    let watched = Arc::clone(&seen);
+    let started = Arc::new(std::sync::Mutex::new(None::<(Instant, u64)>));
+    let start_mark = Arc::clone(&started);
+    let result = consumer
+        .run_until(async move {
+            loop {
+                let n = watched.load(Ordering::Relaxed);
+                {
+                    // The clock starts at the first record, after the group join.
+                    let mut mark = start_mark.lock().unwrap_or_else(|e| e.into_inner());
+                    if mark.is_none() && n > 0 {
+                        *mark = Some((Instant::now(), all_allocations()));
+                    }
+                }
+                if n >= count {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    let elapsed_and_allocs = started
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map(|(at, allocs)| (at.elapsed(), all_allocations() - allocs));
+    result.expect("runtime ran");
+    let (elapsed, allocs) = elapsed_and_allocs.expect("records arrived");
+    (
+        count as f64 / elapsed.as_secs_f64(),
+        allocs as f64 / count as f64,
+    )
+}
+
+/// Reads `count` records with a raw StreamConsumer loop with the same commit semantics.
+async fn raw_round(config: &KafkaConfig, count: u64) -> (f64, f64) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", group())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("raw consumer");
+    consumer
+        .subscribe(&[ConsumeSample::TOPIC])
+        .expect("subscribe");
+    let mut seen = 0u64;
+    let mut started = None;
+    while seen < count {
+        let message = consumer.recv().await.expect("raw recv");
+        let event: ConsumeSample =
+            serde_json::from_slice(message.payload().unwrap_or_default()).expect("decodes");
+        std::hint::black_box(event);
+        consumer.store_offset_from_message(&message).expect("store");
+        seen += 1;
+        if started.is_none() {
+            started = Some((Instant::now(), all_allocations()));
+        }
+    }
+    let (at, allocs) = started.expect("records arrived");
+    (
+        (count - 1) as f64 / at.elapsed().as_secs_f64(),
+        (all_allocations() - allocs) as f64 / (count - 1) as f64,
+    )
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn current_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (per_round, rounds, backlog) = if full {
+        (
+            200_000,
+            std::env::var("ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5),
+            std::env::var("BACKLOG")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000),
+        )
+    } else {
+        (2_000, 1, 0)
+    };
+    let bootstrap = bootstrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let config = KafkaConfig::new(&bootstrap).with_client_id("bench-consumer");
+        TopicAdmin::new(&config)
+            .expect("admin")
+            .ensure_topics(&[TopicSpec::for_event::<ConsumeSample>().partitions(3)])
+            .await
+            .expect("topic");
+        fill(&config, per_round).await;
+
+        let mut runtime_rates = Vec::new();
+        let mut raw_rates = Vec::new();
+        let mut runtime_allocs = Vec::new();
+        let mut raw_allocs = Vec::new();
+        for round in 0..rounds {
+            for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+                if side == 0 {
+                    let (rate, allocs) = runtime_round(&config, per_round).await;
+                    runtime_rates.push(rate);
+                    runtime_allocs.push(allocs);
+                } else {
+                    let (rate, allocs) = raw_round(&config, per_round).await;
+                    raw_rates.push(rate);
+                    raw_allocs.push(allocs);
+                }
+            }
+        }
+        let ratios: Vec<f64> = runtime_rates.iter().zip(&raw_rates).map(|(a, b)| a / b).collect();
+        println!(
+            "consume bench ({} mode): {per_round} records x {rounds} rounds per side, broker {bootstrap}",
+            if full { "full" } else { "smoke" }
+        );
+        println!("  runtime (decode + no-op handler + at-least-once): {:>10.0} records/s (median)", median(runtime_rates));
+        println!("  raw StreamConsumer loop (serde_json + store)     : {:>10.0} records/s (median)", median(raw_rates));
+        println!("  throughput ratio runtime/raw: {:.3} (median of {rounds} paired rounds)", median(ratios));
+        let (ra, wa) = (median(runtime_allocs), median(raw_allocs));
+        println!("  allocations per record, all threads: runtime {ra:.2}, raw {wa:.2}, runtime beyond raw {:+.2}", ra - wa);
+
+        if backlog > 0 {
+            fill(&config, backlog).await;
+            // Reset the peak so it covers the drain alone (Linux: "5" clears VmHWM).
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            let before = current_rss_kib();
+            let (rate, _) = runtime_round(&config, backlog).await;
+            println!(
+                "  backlog of {backlog}: drained at {rate:.0} records/s; RSS before {} MiB, peak {} MiB",
+                before / 1024,
+                peak_rss_kib() / 1024
+            );
+        }
+    });
+}
