@@ -112,12 +112,18 @@ impl PartitionState {
         if *phase != Phase::Abandoned {
             store();
         }
-        *phase = match *phase {
-            Phase::Busy => Phase::Idle,
-            _ => Phase::Closed,
+        let waited_on = *phase != Phase::Busy;
+        *phase = if waited_on {
+            Phase::Closed
+        } else {
+            Phase::Idle
         };
         drop(phase);
-        self.changed.notify_all();
+        // Only `close` waits on the condition variable, and only once the phase left
+        // `Busy`; skipping the wake-up otherwise saves a system call per record.
+        if waited_on {
+            self.changed.notify_all();
+        }
     }
 }
 
@@ -182,7 +188,12 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
         }
         let polled = queue.as_ref().and_then(|q| q.poll(Duration::ZERO));
         match polled {
-            Some(Ok(message)) => worker.process(Record::Borrowed(&message)).await,
+            Some(Ok(message)) => {
+                worker.process(Record::Borrowed(&message)).await;
+                // A full queue never makes this loop wait; spend tokio's cooperative
+                // budget so other tasks on the runtime still get their turn.
+                tokio::task::coop::consume_budget().await;
+            }
             Some(Err(error)) => tracing::warn!(
                 topic = %state.topic,
                 partition = state.partition,
