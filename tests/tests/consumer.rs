@@ -860,3 +860,109 @@ fn registering_the_same_event_type_twice_is_a_config_error() {
         "{error:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.consumer.orphaned")]
+struct Orphaned {
+    n: u32,
+}
+
+struct CountAll(Arc<AtomicUsize>);
+
+impl EventHandler<Orphaned> for CountAll {
+    async fn handle(&self, _: Orphaned, _: &EventContext<'_>) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Stops its own broker on drop, whatever the test did.
+struct OwnBroker(String);
+
+impl OwnBroker {
+    fn start() -> (Self, String) {
+        let name = unique("orphan");
+        let output =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
+                .args(["start", "--name", &name])
+                .output()
+                .expect("scripts/kafka runs");
+        assert!(
+            output.status.success(),
+            "broker started: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let bootstrap = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        (OwnBroker(name), bootstrap)
+    }
+
+    fn stop(&self) {
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
+                .args(["stop", "--name", &self.0])
+                .status();
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_within_its_deadline_when_the_broker_is_gone() {
+    let (broker, address) = OwnBroker::start();
+    let config = pegasus_events::KafkaConfig::new(&address).with_client_id("orphan-test");
+    let producer = EventProducer::new(&config).unwrap();
+    for result in producer
+        .publish_all(&(0..10).map(|n| Orphaned { n }).collect::<Vec<_>>())
+        .await
+    {
+        result.unwrap();
+    }
+    let handled = Arc::new(AtomicUsize::new(0));
+    let consumer = EventConsumer::builder(config)
+        .settings(ConsumerSettings {
+            shutdown_timeout: Duration::from_secs(2),
+            ..fast_settings()
+        })
+        .handler::<Orphaned, _>(CountAll(Arc::clone(&handled)))
+        .build()
+        .unwrap();
+    let watched = Arc::clone(&handled);
+    let started = std::time::Instant::now();
+    let signal = async move {
+        while watched.load(Ordering::SeqCst) < 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The broker disappears while the consumer runs; then shutdown is asked for.
+        tokio::task::spawn_blocking(move || broker.stop())
+            .await
+            .unwrap();
+    };
+    let shutdown_asked = Arc::new(Mutex::new(None::<std::time::Instant>));
+    let mark = Arc::clone(&shutdown_asked);
+    tokio::time::timeout(
+        TEST_DEADLINE,
+        consumer.run_until(async move {
+            signal.await;
+            *mark.lock().unwrap() = Some(std::time::Instant::now());
+        }),
+    )
+    .await
+    .expect("shutdown did not hang")
+    .unwrap();
+    let asked = shutdown_asked
+        .lock()
+        .unwrap()
+        .expect("shutdown was asked for");
+    let took = asked.elapsed();
+    eprintln!("shutdown with the broker gone took {took:?}");
+    assert_eq!(handled.load(Ordering::SeqCst), 10);
+    // Deadline: shutdown timeout (2 s) plus the documented close grace (10 s).
+    assert!(took < Duration::from_secs(13), "shutdown took {took:?}");
+    assert!(started.elapsed() < TEST_DEADLINE);
+}
