@@ -117,6 +117,9 @@ pub struct ConsumerSettings {
     pub retry_initial_backoff: Duration,
     /// Longest wait between attempts: 10 s.
     pub retry_max_backoff: Duration,
+    /// librdkafka properties for the consumer only (e.g. `fetch.wait.max.ms`), on top of
+    /// `KafkaConfig::properties`, which every client gets: none.
+    pub properties: Vec<(String, String)>,
 }
 
 impl Default for ConsumerSettings {
@@ -129,6 +132,7 @@ impl Default for ConsumerSettings {
             commit_interval: Duration::from_secs(1),
             retry_initial_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(10),
+            properties: Vec::new(),
         }
     }
 }
@@ -404,6 +408,9 @@ fn create_consumer(
         // it again (1 s by default), which would cap a small queue at a few records per
         // millisecond; a short wait keeps the queue topped up.
         .set("fetch.queue.backoff.ms", "5");
+    for (name, value) in &settings.properties {
+        client.set(name, value);
+    }
     client
         .create_with_context(RuntimeContext {
             shared: Arc::clone(shared),
