@@ -68,7 +68,9 @@ impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
             "processing shipment created"
         );
         let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-        let log = activity.entry(event.created_by_user_id.clone()).or_default();
+        let log = activity
+            .entry(event.created_by_user_id.clone())
+            .or_default();
         log.push(format!(
             "created shipment {} at {}",
             event.tracking_number, event.created_at
@@ -87,8 +89,7 @@ impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
 
