@@ -264,7 +264,7 @@ fn main() {
             .ensure_topics(&[TopicSpec::for_event::<ConsumeSample>().partitions(3)])
             .await
             .expect("topic");
-        fill(&config, per_round).await;
+        fill(&config, std::env::var("PREFILL").ok().and_then(|v| v.parse().ok()).unwrap_or(per_round)).await;
 
         let mut runtime_rates = Vec::new();
         let mut raw_rates = Vec::new();
