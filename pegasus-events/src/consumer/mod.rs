@@ -10,8 +10,12 @@
 //!   at a time, in offset order. Different partitions are handled concurrently.
 //! - **Bounded memory.** At most
 //!   [`max_in_flight_per_partition`](ConsumerSettings::max_in_flight_per_partition) records
-//!   per assigned partition wait in memory; beyond that the partition is paused at the
-//!   broker until its worker catches up, so a backlog of any size costs the same memory.
+//!   per assigned partition are fetched ahead of its worker (librdkafka's
+//!   `queued.min.messages`); beyond that librdkafka stops fetching for the partition until
+//!   the worker catches up, so a backlog of any size costs the same memory.
+//! - **No allocation per record** in the runtime beyond decoding: each partition has its
+//!   own librdkafka queue, read by a worker that is generic over the handler, and the
+//!   handler gets the record's metadata borrowed from the record.
 //! - **Rebalances.** When partitions are revoked, the records being handled may finish
 //!   (up to [`revoke_timeout`](ConsumerSettings::revoke_timeout)), records not started are
 //!   left to the next owner, and the offsets of what finished are committed synchronously
