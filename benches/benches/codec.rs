@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pegasus_events::wire::{self, OutgoingHeaders};
 use pegasus_events::Event;
 use pegasus_events_benches::{raw_encode, sample, ShipmentCreated};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::Timestamp;
 
 fn encode(c: &mut Criterion) {
@@ -29,15 +29,7 @@ fn encode(c: &mut Criterion) {
                 keyed.then_some(key.as_str()),
                 None,
             );
-            let mut headers = Some(OwnedHeaders::new_with_capacity(10));
-            outgoing.for_each(|name, value| {
-                headers = headers.take().map(|h| {
-                    h.insert(Header {
-                        key: name,
-                        value: Some(value),
-                    })
-                });
-            });
+            let headers = outgoing.to_kafka_headers();
             black_box((payload, headers))
         });
     });

@@ -208,26 +208,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn peak_rss_kib() -> u64 {
+/// A memory figure of this process from /proc/self/status, in KiB: `VmHWM` (peak RSS) or
+/// `VmRSS` (current).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn current_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -320,12 +309,12 @@ fn main() {
             fill(&config, backlog).await;
             // Reset the peak so it covers the drain alone (Linux: "5" clears VmHWM).
             let _ = std::fs::write("/proc/self/clear_refs", "5");
-            let before = current_rss_kib();
+            let before = status_kib("VmRSS:");
             let (rate, _) = runtime_round(&config, backlog).await;
             println!(
                 "  backlog of {backlog}: drained at {rate:.0} records/s; RSS before {} MiB, peak {} MiB",
                 before / 1024,
-                peak_rss_kib() / 1024
+                status_kib("VmHWM:") / 1024
             );
         }
     });

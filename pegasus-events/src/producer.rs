@@ -290,19 +290,10 @@ impl EventProducer {
             let keyed = event.write_partition_key(key);
             let outgoing =
                 OutgoingHeaders::new::<E>(&self.source, keyed.then_some(key.as_str()), metadata);
-            let mut headers = Some(OwnedHeaders::new_with_capacity(10));
-            outgoing.for_each(|name, value| {
-                headers = headers.take().map(|h| {
-                    h.insert(Header {
-                        key: name,
-                        value: Some(value),
-                    })
-                });
-            });
             let mut record = FutureRecord::to(E::TOPIC)
                 .key(outgoing.record_key())
                 .payload(payload.as_slice());
-            record.headers = headers;
+            record.headers = Some(outgoing.to_kafka_headers());
             let sent = self
                 .producer
                 .send_result(record)

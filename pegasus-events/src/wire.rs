@@ -273,6 +273,23 @@ impl<'a> OutgoingHeaders<'a> {
     }
 }
 
+impl OutgoingHeaders<'_> {
+    /// The headers as librdkafka takes them; the values are copied into librdkafka's own
+    /// memory, so this costs no Rust allocation.
+    pub fn to_kafka_headers(&self) -> rdkafka::message::OwnedHeaders {
+        let mut headers = Some(rdkafka::message::OwnedHeaders::new_with_capacity(10));
+        self.for_each(|name, value| {
+            headers = headers.take().map(|h| {
+                h.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(value),
+                })
+            });
+        });
+        headers.unwrap_or_default()
+    }
+}
+
 /// Serializes `event` as the record value: plain JSON exactly as serde writes it.
 pub fn encode_payload<E: Event>(event: &E, out: &mut Vec<u8>) -> Result<()> {
     serde_json::to_writer(out, event).map_err(|e| Error::Serialize {
