@@ -47,7 +47,7 @@
 //! struct ShipmentCreatedConsumer;
 //!
 //! impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
-//!     async fn handle(&self, event: ShipmentCreated, _: &EventContext) -> Result<(), HandlerError> {
+//!     async fn handle(&self, event: ShipmentCreated, _: &EventContext<'_>) -> Result<(), HandlerError> {
 //!         println!("processing shipment created: {}", event.tracking_number);
 //!         Ok(())
 //!     }
