@@ -82,31 +82,24 @@ pub fn read_record(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
     panic!("record {topic}/{partition}@{offset} did not arrive within 30 s");
 }
 
-/// Reads every record of `topic` from the beginning until `count` arrived.
+/// Runs the project's broker script, `scripts/kafka ARGS`, and returns what it printed on
+/// standard output (the bootstrap address for `start`).
 ///
 /// # Panics
 ///
-/// When fewer than `count` records arrive within 60 s.
-pub fn read_records(topic: &str, partitions: i32, count: usize) -> Vec<OwnedMessage> {
-    let consumer = raw_consumer();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("valid offset");
-    }
-    consumer.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut records = Vec::with_capacity(count);
-    while records.len() < count && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => records.push(message.detach()),
-            None => {}
-            Some(Err(e)) => panic!("reading {topic} failed: {e}"),
-        }
-    }
-    assert_eq!(records.len(), count, "records read back from {topic}");
-    records
+/// When the script fails; its standard error is in the message.
+pub fn kafka_script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka");
+    let output = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .expect("scripts/kafka runs");
+    assert!(
+        output.status.success(),
+        "scripts/kafka {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// The headers of a record as (name, UTF-8 value) pairs, in order.

@@ -6,10 +6,10 @@
 //! `PEGASUS_TEST_CLUSTER_BOOTSTRAP` and its name in `PEGASUS_TEST_CLUSTER_NAME`; without
 //! them this test fails, it does not skip.
 
-use std::process::Command;
 use std::time::Duration;
 
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
+use pegasus_events_tests::kafka_script;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
 
@@ -24,15 +24,6 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the tests with scripts/test, which starts the three-broker cluster")
     })
-}
-
-fn kafka_script(args: &[&str]) {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let status = Command::new(format!("{root}/scripts/kafka"))
-        .args(args)
-        .status()
-        .expect("scripts/kafka runs");
-    assert!(status.success(), "scripts/kafka {args:?} failed");
 }
 
 /// Restarts the node even when an assertion fails, so later tests find the whole cluster.

@@ -15,7 +15,7 @@ use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
 };
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
-use pegasus_events_tests::{bootstrap, config, unique};
+use pegasus_events_tests::{bootstrap, config, kafka_script, unique};
 use serde::{Deserialize, Serialize};
 
 /// Bounds every test: a consumer that never sees what it waits for fails the test.
@@ -884,25 +884,12 @@ struct OwnBroker(String);
 impl OwnBroker {
     fn start() -> (Self, String) {
         let name = unique("orphan");
-        let output =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
-                .args(["start", "--name", &name])
-                .output()
-                .expect("scripts/kafka runs");
-        assert!(
-            output.status.success(),
-            "broker started: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let bootstrap = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let bootstrap = kafka_script(&["start", "--name", &name]);
         (OwnBroker(name), bootstrap)
     }
 
     fn stop(&self) {
-        let _ =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka"))
-                .args(["stop", "--name", &self.0])
-                .status();
+        kafka_script(&["stop", "--name", &self.0]);
     }
 }
 
