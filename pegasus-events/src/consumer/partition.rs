@@ -194,12 +194,20 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
                 // budget so other tasks on the runtime still get their turn.
                 tokio::task::coop::consume_budget().await;
             }
-            Some(Err(error)) => tracing::warn!(
-                topic = %state.topic,
-                partition = state.partition,
-                %error,
-                "fetch error"
-            ),
+            Some(Err(error)) => {
+                tracing::warn!(
+                    topic = %state.topic,
+                    partition = state.partition,
+                    %error,
+                    "fetch error"
+                );
+                // librdkafka recovers by itself (reconnects, offset resets); pause briefly
+                // so a repeating error cannot spin this loop.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = state.wake.notified() => {}
+                }
+            }
             None => {
                 tokio::select! {
                     () = ready.notified() => {}
