@@ -593,9 +593,9 @@ fn is_json_content_type(value: &str) -> bool {
 pub fn decode<E: Event, M: Message>(message: &M) -> Result<Decoded<'_, E>> {
     let found = FoundHeaders::read(message);
     if is_structured(found.content_type) {
-        return decode_structured(message, &found);
+        return decode_structured(message);
     }
-    if found.any_cloudevents || found.spec_version.is_some() {
+    if found.any_cloudevents {
         return decode_binary(message, &found);
     }
     decode_plain(message)
@@ -690,13 +690,10 @@ struct StructuredEnvelope<'a> {
     data: Option<&'a serde_json::value::RawValue>,
 }
 
-fn decode_structured<'a, E: Event, M: Message>(
-    message: &'a M,
-    _found: &FoundHeaders<'a>,
-) -> Result<Decoded<'a, E>> {
+fn decode_structured<E: Event, M: Message>(message: &M) -> Result<Decoded<'_, E>> {
     const ATTRIBUTE: &str = "content-type";
     let payload = message.payload().ok_or(Error::EmptyPayload)?;
-    let envelope: StructuredEnvelope<'a> =
+    let envelope: StructuredEnvelope<'_> =
         serde_json::from_slice(payload).map_err(|e| Error::MalformedPayload {
             event_type: E::NAME,
             detail: "structured-mode value is not a CloudEvent JSON object with a `type`"

@@ -1,6 +1,5 @@
 //! What a handler implements, what it receives, and how it reports failure.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -126,8 +125,8 @@ impl HandlerError {
         &*self.source
     }
 
-    pub(crate) fn message(&self) -> Cow<'_, str> {
-        Cow::Owned(self.source.to_string())
+    pub(crate) fn message(&self) -> String {
+        self.source.to_string()
     }
 }
 

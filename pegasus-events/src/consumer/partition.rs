@@ -294,7 +294,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                     );
                     return true;
                 }
-                Ok(Outcome::Failed(error)) => error.message().into_owned(),
+                Ok(Outcome::Failed(error)) => error.message(),
                 Err(panic) => panic_message(&*panic),
             };
             let backoff = self.settings.retry_backoff(attempt);
