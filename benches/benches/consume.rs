@@ -108,10 +108,11 @@ async fn runtime_round(config: &KafkaConfig, count: u64) -> (f64, f64) {
         .group_id(group())
         .settings(ConsumerSettings {
             commit_interval: Duration::from_millis(500),
+            // The library's default unless MAXQ says otherwise.
             max_in_flight_per_partition: std::env::var("MAXQ")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(256),
+                .unwrap_or(ConsumerSettings::default().max_in_flight_per_partition),
             ..ConsumerSettings::default()
         })
         .handler::<ConsumeSample, _>(Count(Arc::clone(&seen)))
