@@ -79,6 +79,7 @@ fn impl_event(event: &Event<'_>) -> syn::Result<TokenStream> {
 
     let write_partition_key = write_partition_key(key);
     let fmt_redacted = fmt_redacted(event);
+    let visit_sensitive = visit_sensitive(event);
     let upcast = event
         .container
         .upcast_from
@@ -107,6 +108,8 @@ fn impl_event(event: &Event<'_>) -> syn::Result<TokenStream> {
             #write_partition_key
 
             #fmt_redacted
+
+            #visit_sensitive
 
             #decode_version
         }
@@ -140,6 +143,32 @@ fn write_partition_key(key: Option<&Field<'_>>) -> TokenStream {
             }
             #write;
             true
+        }
+    }
+}
+
+/// `visit_sensitive`: each sensitive field's value through serde, for scrubbing error text;
+/// nothing (the trait's default) when no field is sensitive.
+fn visit_sensitive(event: &Event<'_>) -> TokenStream {
+    let visits: Vec<TokenStream> = event
+        .fields
+        .iter()
+        .filter(|field| field.sensitive.is_some())
+        .map(|field| {
+            // Spanned at the field's type, so a sensitive field that serde cannot write is
+            // reported there.
+            let member = respanned(field.ident, field.ty);
+            quote_spanned! {field.ty.span()=>
+                ::pegasus_events::__private::visit_sensitive_value(&self.#member, visit);
+            }
+        })
+        .collect();
+    if visits.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        fn visit_sensitive(&self, visit: &mut dyn ::core::ops::FnMut(&str)) {
+            #(#visits)*
         }
     }
 }

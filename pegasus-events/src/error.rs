@@ -194,6 +194,18 @@ pub enum Error {
     /// The record has no payload at all.
     #[error("record has no payload")]
     EmptyPayload,
+
+    /// An idempotency store could not be read or written.
+    #[error("idempotency store `{store}` failed to {operation}")]
+    IdempotencyStore {
+        /// The store, e.g. `postgres`.
+        store: &'static str,
+        /// What it was doing, e.g. `mark an event processed`.
+        operation: &'static str,
+        /// The database's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -70,6 +70,16 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// by `<redacted>`.
     fn fmt_redacted(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 
+    /// Calls `visit` with the values of the `#[event(sensitive)]` fields as text (each
+    /// string and number inside them), so the runtime can scrub them from error text
+    /// before it is logged or written to a dead-letter header.
+    ///
+    /// The default visits nothing; `#[derive(Event)]` overrides it when a field is
+    /// sensitive.
+    fn visit_sensitive(&self, visit: &mut dyn FnMut(&str)) {
+        let _ = visit;
+    }
+
     /// Decodes a JSON payload written with schema version `version` into this type,
     /// upcasting older versions through the declared chain.
     ///
@@ -167,6 +177,26 @@ pub mod __private {
             i += 1;
         }
         true
+    }
+
+    /// Visits every string and number inside `value` as serde would write it; for
+    /// [`Event::visit_sensitive`](crate::Event::visit_sensitive).
+    pub fn visit_sensitive_value<T: ?Sized + serde::Serialize>(
+        value: &T,
+        visit: &mut dyn FnMut(&str),
+    ) {
+        fn walk(value: &serde_json::Value, visit: &mut dyn FnMut(&str)) {
+            match value {
+                serde_json::Value::String(s) => visit(s),
+                serde_json::Value::Number(n) => visit(&n.to_string()),
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, visit)),
+                serde_json::Value::Object(map) => map.values().for_each(|v| walk(v, visit)),
+                serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+            }
+        }
+        if let Ok(json) = serde_json::to_value(value) {
+            walk(&json, visit);
+        }
     }
 
     /// A value whose `Debug` prints the redaction placeholder without quotes.

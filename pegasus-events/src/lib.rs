@@ -57,7 +57,9 @@
 //! | [`event`] | the [`Event`] trait, the redacted view, versioning |
 //! | [`wire`] | header names, encoding and decoding of the three wire forms |
 //! | [`producer`] | [`EventProducer`], [`Delivery`], [`PublishError`] |
-//! | [`consumer`] | [`EventConsumer`], [`EventHandler`], consumer groups, at-least-once commits |
+//! | [`consumer`] | [`EventConsumer`], [`EventHandler`], consumer groups, at-least-once commits, [`RetryPolicy`] |
+//! | [`dead_letter`] | the dead-letter topic's headers, [`DeadLetterQueue`]: reading and replaying dead letters |
+//! | [`idempotency`] | [`IdempotencyStore`] and its memory, SQLite and PostgreSQL implementations |
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
 //! | [`error`] | the crate's one error type, [`Error`] |
@@ -67,6 +69,8 @@
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
 //! | `derive` | yes | `#[derive(Event)]`, re-exported as `pegasus_events::Event` |
+//! | `sqlite` | no | `SqliteIdempotencyStore`, through sqlx |
+//! | `postgres` | no | `PostgresIdempotencyStore`, through sqlx |
 //! | `ssl` | no | TLS (`SecurityProtocol::Ssl`, `SaslSsl`) and SASL/SCRAM, through OpenSSL |
 
 // Lets the derive's generated code, which names `::pegasus_events`, work inside this crate.
@@ -75,8 +79,10 @@ extern crate self as pegasus_events;
 pub mod admin;
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 pub mod error;
 pub mod event;
+pub mod idempotency;
 pub mod producer;
 pub mod wire;
 
@@ -84,7 +90,9 @@ pub use admin::{TopicAdmin, TopicSpec};
 pub use config::{
     Acks, Compression, KafkaConfig, ProducerSettings, SaslMechanism, Secret, SecurityProtocol,
 };
-pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError};
+pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy};
+pub use dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterReason, ReplayFilter};
+pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 pub use error::{Error, Result};
 pub use event::{Event, Redacted};
 pub use producer::{Delivery, EncodedRecord, EventProducer, PublishError};

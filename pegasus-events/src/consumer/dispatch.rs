@@ -9,14 +9,19 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use uuid::Uuid;
 
-use super::handler::{EventContext, EventHandler, HandlerError};
+use super::handler::{EventContext, EventHandler, FailureKind};
+use super::retry::RetryPolicy;
 use crate::error::Error;
 use crate::event::Event;
+use crate::idempotency::DynIdempotencyStore;
 use crate::wire::{self, Decoded};
 
 /// A record as the worker holds it: borrowed from its partition queue, or (rarely) owned,
@@ -72,14 +77,32 @@ impl<'a> Record<'a> {
     }
 }
 
+/// What the handlers of one consumer share, for every record.
+pub(crate) struct Env<'a> {
+    pub(crate) group_id: &'a str,
+    pub(crate) idempotency: Option<&'a dyn DynIdempotencyStore>,
+}
+
 /// What became of one attempt at a record.
 pub(crate) enum Outcome {
-    /// The handler succeeded.
-    Handled,
-    /// The handler returned an error.
-    Failed(HandlerError),
+    /// The handler succeeded; with an idempotency store, `mark` is the event id to mark
+    /// processed before the offset is stored.
+    Handled { mark: Option<Uuid> },
+    /// The idempotency store says this group handled the event already.
+    Duplicate,
+    /// The handler returned an error; `error` is its text with sensitive values redacted.
+    Failed {
+        error: String,
+        kind: FailureKind,
+        /// The handler's own policy; `None` for the consumer's default.
+        retry: Option<RetryPolicy>,
+    },
+    /// The handler panicked; `message` is redacted like `Failed::error`.
+    Panicked { message: String },
     /// The record cannot be decoded into any registered event type.
     Undecodable(Error),
+    /// The idempotency store could not be asked; the attempt did not happen.
+    StoreUnavailable(Error),
 }
 
 /// Handles records of one topic; implemented by one typed handler or by a mixed-topic
@@ -89,31 +112,53 @@ pub(crate) trait RecordHandler: Send + Sync + 'static {
         &'a self,
         record: Record<'a>,
         attempt: u32,
-        group_id: &'a str,
+        env: &'a Env<'a>,
     ) -> impl Future<Output = Outcome> + Send + 'a;
 }
 
-/// A handler for one event type.
+/// A handler for one event type, with its retry policy when it has its own.
 pub(crate) struct Typed<E, H> {
     handler: H,
+    retry: Option<RetryPolicy>,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<E: Event, H: EventHandler<E>> Typed<E, H> {
-    pub(crate) fn new(handler: H) -> Self {
+    pub(crate) fn new(handler: H, retry: Option<RetryPolicy>) -> Self {
         Typed {
             handler,
+            retry,
             _event: PhantomData,
         }
     }
 }
 
+/// `text` without the values of the record's sensitive fields. The event was moved into
+/// the handler, so it is decoded again: this runs only on failures.
+fn redact_sensitive<E: Event>(record: Record<'_>, text: &str) -> String {
+    let mut values = Vec::new();
+    if let Ok(decoded) = record.decode::<E>() {
+        decoded
+            .event
+            .visit_sensitive(&mut |value| values.push(value.to_owned()));
+    }
+    crate::dead_letter::redact(text, values.iter().map(String::as_str))
+}
+
 impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
-    async fn handle<'a>(&'a self, record: Record<'a>, attempt: u32, group_id: &'a str) -> Outcome {
+    async fn handle<'a>(&'a self, record: Record<'a>, attempt: u32, env: &'a Env<'a>) -> Outcome {
         let decoded = match record.decode::<E>() {
             Ok(decoded) => decoded,
             Err(error) => return Outcome::Undecodable(error),
         };
+        let event_id = decoded.metadata.id;
+        if let Some(store) = env.idempotency {
+            match store.is_processed(env.group_id, event_id).await {
+                Ok(true) => return Outcome::Duplicate,
+                Ok(false) => {}
+                Err(error) => return Outcome::StoreUnavailable(error),
+            }
+        }
         let context = EventContext {
             metadata: decoded.metadata,
             topic: record.topic(),
@@ -121,13 +166,35 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
             offset: record.offset(),
             key: record.key(),
             attempt,
-            group_id,
+            group_id: env.group_id,
         };
-        match self.handler.handle(decoded.event, &context).await {
-            Ok(()) => Outcome::Handled,
-            Err(error) => Outcome::Failed(error),
+        let result = AssertUnwindSafe(self.handler.handle(decoded.event, &context))
+            .catch_unwind()
+            .await;
+        match result {
+            Ok(Ok(())) => Outcome::Handled {
+                mark: env.idempotency.map(|_| event_id),
+            },
+            Ok(Err(error)) => Outcome::Failed {
+                error: redact_sensitive::<E>(record, &error.message()),
+                kind: error.kind(),
+                retry: self.retry,
+            },
+            Err(panic) => Outcome::Panicked {
+                message: redact_sensitive::<E>(record, &panic_message(&*panic)),
+            },
         }
     }
+}
+
+/// The text of a panic, as the dead-letter header and the log show it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload");
+    format!("handler panicked: {text}")
 }
 
 type BoxedOutcome<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -138,7 +205,7 @@ pub(crate) trait DynRecordHandler: Send + Sync + 'static {
         &'a self,
         record: Record<'a>,
         attempt: u32,
-        group_id: &'a str,
+        env: &'a Env<'a>,
     ) -> BoxedOutcome<'a>;
 }
 
@@ -147,9 +214,9 @@ impl<R: RecordHandler> DynRecordHandler for R {
         &'a self,
         record: Record<'a>,
         attempt: u32,
-        group_id: &'a str,
+        env: &'a Env<'a>,
     ) -> BoxedOutcome<'a> {
-        Box::pin(self.handle(record, attempt, group_id))
+        Box::pin(self.handle(record, attempt, env))
     }
 }
 
@@ -159,7 +226,7 @@ pub(crate) struct Mixed {
 }
 
 impl RecordHandler for Mixed {
-    async fn handle<'a>(&'a self, record: Record<'a>, attempt: u32, group_id: &'a str) -> Outcome {
+    async fn handle<'a>(&'a self, record: Record<'a>, attempt: u32, env: &'a Env<'a>) -> Outcome {
         let found = match record.event_type() {
             Ok(Some(found)) => found,
             Ok(None) => {
@@ -170,7 +237,7 @@ impl RecordHandler for Mixed {
             Err(error) => return Outcome::Undecodable(error),
         };
         match self.by_type.get(found.as_ref()) {
-            Some(handler) => handler.handle_boxed(record, attempt, group_id).await,
+            Some(handler) => handler.handle_boxed(record, attempt, env).await,
             None => Outcome::Undecodable(Error::UnhandledEventType {
                 topic: record.topic().to_owned(),
                 found: found.into_owned(),

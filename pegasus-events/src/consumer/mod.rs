@@ -20,15 +20,20 @@
 //!   (up to [`revoke_timeout`](ConsumerSettings::revoke_timeout)), records not started are
 //!   left to the next owner, and the offsets of what finished are committed synchronously
 //!   before the partitions are given up. In normal operation nothing is handled twice.
-//! - **Failures.** A handler error or panic is logged with the record's topic, partition and
-//!   offset; the offset is not committed and the partition does not move past the record:
-//!   it is tried again with exponential backoff until it succeeds, the partition is revoked
-//!   or the consumer stops. (Retry limits and the dead-letter topic come with the
-//!   failure-handling layer.)
+//! - **Failures are retried in place, then dead-lettered.** A handler's transient error is
+//!   retried by its [`RetryPolicy`] (by default 3 attempts, 100 ms then 200 ms apart, with
+//!   jitter); the partition waits meanwhile, so per-key order holds. When the attempts are
+//!   used up, on a [permanent](HandlerError::permanent) error or on a panic, the record goes
+//!   to the dead-letter topic (`dlq-events`, see [`crate::dead_letter`]) byte for byte with
+//!   the reason, and its offset is committed only after the dead-letter topic acknowledged
+//!   it. A failing dead-letter write is retried; the offset stays uncommitted meanwhile, so
+//!   nothing is lost.
 //! - **Undecodable records** (malformed JSON, another `ce_type`, an unknown schema version)
-//!   never crash or block the runtime: for now each is logged at error level with its
-//!   coordinates and the decode error, and skipped (its offset is committed), so the good
-//!   records after it are handled.
+//!   never crash or block the runtime: each goes to the dead-letter topic with reason
+//!   `decode` at once (retrying cannot fix it), and the good records after it are handled.
+//! - **Idempotency** (optional, [`ConsumerBuilder::idempotency`]): a record whose event id
+//!   the store knows for this group is acknowledged without calling the handler; an event
+//!   is marked processed after its handler succeeded and before its offset is stored.
 //! - **Shutdown.** [`EventConsumer::run_until`] returns after its signal: fetching stops, the
 //!   records being handled may finish up to
 //!   [`shutdown_timeout`](ConsumerSettings::shutdown_timeout), their offsets are committed,
@@ -67,6 +72,7 @@
 mod dispatch;
 mod handler;
 mod partition;
+mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -83,12 +89,15 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
+pub use retry::RetryPolicy;
 
-use crate::config::{client_error, KafkaConfig};
+use crate::config::{client_error, is_secret_property, KafkaConfig};
+use crate::dead_letter::{DeadLetterWriter, DEFAULT_TOPIC};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::idempotency::{DynIdempotencyStore, IdempotencyStore};
 use dispatch::{DynRecordHandler, Mixed, Typed};
-use partition::{PartitionState, SpawnWorker, WorkerArgs};
+use partition::{PartitionState, SpawnWorker, WorkerArgs, WorkerEnv};
 
 /// Where a group without committed offsets starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +110,7 @@ pub enum OffsetReset {
 }
 
 /// Settings of the consumer runtime; the defaults are written next to each field.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConsumerSettings {
     /// Where a new group starts: [`OffsetReset::Earliest`].
     pub offset_reset: OffsetReset,
@@ -125,10 +134,13 @@ pub struct ConsumerSettings {
     /// How often processed offsets are committed in the background: 1 s. Revocation and
     /// shutdown also commit.
     pub commit_interval: Duration,
-    /// First wait before a failed record is tried again: 100 ms, doubling per attempt.
-    pub retry_initial_backoff: Duration,
-    /// Longest wait between attempts: 10 s.
-    pub retry_max_backoff: Duration,
+    /// How failed records are retried, for handlers registered without a policy of their
+    /// own: [`RetryPolicy::default`] (3 attempts, 100 ms doubling, 20 % jitter, 10 s cap).
+    pub retry: RetryPolicy,
+    /// Where records that cannot be handled go: `dlq-events`
+    /// ([`DEFAULT_TOPIC`](crate::dead_letter::DEFAULT_TOPIC)). Create it like the other
+    /// topics, or let the broker create it on first use.
+    pub dead_letter_topic: String,
     /// librdkafka properties for the consumer only (e.g. `fetch.wait.max.ms`), on top of
     /// `KafkaConfig::properties`, which every client gets: none.
     pub properties: Vec<(String, String)>,
@@ -143,19 +155,22 @@ impl Default for ConsumerSettings {
             revoke_timeout: Duration::from_secs(30),
             fetch_max_wait: Duration::from_millis(100),
             commit_interval: Duration::from_secs(1),
-            retry_initial_backoff: Duration::from_millis(100),
-            retry_max_backoff: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            dead_letter_topic: DEFAULT_TOPIC.to_owned(),
             properties: Vec::new(),
         }
     }
 }
 
 impl ConsumerSettings {
-    fn retry_backoff(&self, attempt: u32) -> Duration {
-        partition::backoff(self.retry_initial_backoff, self.retry_max_backoff, attempt)
-    }
-
     fn validate(&self) -> Result<()> {
+        self.retry.validate("consumer.retry")?;
+        if self.dead_letter_topic.trim().is_empty() {
+            return Err(Error::Config {
+                field: "consumer.dead_letter_topic".to_owned(),
+                reason: "must not be empty".to_owned(),
+            });
+        }
         if self.max_in_flight_per_partition == 0 {
             return Err(Error::Config {
                 field: "consumer.max_in_flight_per_partition".to_owned(),
@@ -180,6 +195,7 @@ pub struct ConsumerBuilder {
     first_event: Option<&'static str>,
     registrations: HashMap<&'static str, Vec<Registration>>,
     settings: ConsumerSettings,
+    idempotency: Option<Arc<dyn DynIdempotencyStore>>,
     error: Option<Error>,
 }
 
@@ -195,7 +211,37 @@ impl ConsumerBuilder {
     /// Registers `handler` for events of type `E`, on `E`'s topic. Several event types may
     /// share a topic (the design's `identity-events`): records are then dispatched on
     /// `ce_type`.
-    pub fn handler<E: Event, H: EventHandler<E>>(mut self, handler: H) -> Self {
+    ///
+    /// Its failures are retried by the consumer's [`ConsumerSettings::retry`] policy.
+    pub fn handler<E: Event, H: EventHandler<E>>(self, handler: H) -> Self {
+        self.register::<E, H>(handler, None)
+    }
+
+    /// Registers `handler` like [`ConsumerBuilder::handler`], with its own retry policy.
+    pub fn handler_with_retry<E: Event, H: EventHandler<E>>(
+        mut self,
+        handler: H,
+        retry: RetryPolicy,
+    ) -> Self {
+        if let Err(error) = retry.validate(&format!("retry policy of `{}`", E::NAME)) {
+            self.error.get_or_insert(error);
+        }
+        self.register::<E, H>(handler, Some(retry))
+    }
+
+    /// Skips events this consumer group handled before, as `store` remembers them, and
+    /// marks each event processed once its handler succeeded (see
+    /// [`crate::idempotency`]).
+    pub fn idempotency(mut self, store: impl IdempotencyStore) -> Self {
+        self.idempotency = Some(Arc::new(store));
+        self
+    }
+
+    fn register<E: Event, H: EventHandler<E>>(
+        mut self,
+        handler: H,
+        retry: Option<RetryPolicy>,
+    ) -> Self {
         self.first_event.get_or_insert(E::NAME);
         let registrations = self.registrations.entry(E::TOPIC).or_default();
         if registrations.iter().any(|r| r.event_type == E::NAME) {
@@ -205,7 +251,7 @@ impl ConsumerBuilder {
             });
             return self;
         }
-        let typed = Arc::new(Typed::<E, H>::new(handler));
+        let typed = Arc::new(Typed::<E, H>::new(handler, retry));
         registrations.push(Registration {
             event_type: E::NAME,
             typed: Arc::clone(&typed) as Arc<dyn SpawnWorker>,
@@ -270,6 +316,7 @@ impl ConsumerBuilder {
             group_id: group_id.into(),
             routes,
             settings: self.settings,
+            idempotency: self.idempotency,
         })
     }
 }
@@ -291,6 +338,7 @@ pub struct EventConsumer {
     group_id: Arc<str>,
     routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
+    idempotency: Option<Arc<dyn DynIdempotencyStore>>,
 }
 
 impl std::fmt::Debug for EventConsumer {
@@ -299,6 +347,7 @@ impl std::fmt::Debug for EventConsumer {
             .field("group_id", &self.group_id)
             .field("topics", &self.routes.keys().collect::<Vec<_>>())
             .field("settings", &self.settings)
+            .field("idempotent", &self.idempotency.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -312,6 +361,7 @@ impl EventConsumer {
             first_event: None,
             registrations: HashMap::new(),
             settings: ConsumerSettings::default(),
+            idempotency: None,
             error: None,
         }
     }
@@ -335,11 +385,20 @@ impl EventConsumer {
             group_id,
             routes,
             settings,
+            idempotency,
         } = self;
+        let env = Arc::new(WorkerEnv {
+            group_id: Arc::clone(&group_id),
+            dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
+            settings: settings.clone(),
+            idempotency,
+            secrets: secrets_of(&config),
+        });
         let shared = Arc::new(Shared {
             group_id,
             routes,
             settings,
+            env,
             runtime: tokio::runtime::Handle::current(),
             workers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
@@ -387,6 +446,23 @@ impl EventConsumer {
         tracing::info!(group = %shared.group_id, "consumer stopped");
         Ok(())
     }
+}
+
+/// The configuration's secret values, to scrub from error text.
+fn secrets_of(config: &KafkaConfig) -> Vec<String> {
+    config
+        .sasl_password
+        .iter()
+        .map(|p| p.expose().to_owned())
+        .chain(
+            config
+                .properties
+                .iter()
+                .filter(|(name, _)| is_secret_property(name))
+                .map(|(_, value)| value.clone()),
+        )
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn create_consumer(
@@ -470,6 +546,7 @@ struct Shared {
     group_id: Arc<str>,
     routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
+    env: Arc<WorkerEnv>,
     runtime: tokio::runtime::Handle,
     workers: Mutex<HashMap<(Arc<str>, i32), Worker>>,
     stopping: AtomicBool,
@@ -515,8 +592,7 @@ impl Shared {
                     strays: stray_receiver,
                     consumer: Arc::clone(consumer),
                     state: Arc::clone(&state),
-                    group_id: Arc::clone(&self.group_id),
-                    settings: self.settings.clone(),
+                    env: Arc::clone(&self.env),
                 },
             );
             tracing::debug!(topic = %state.topic, partition, "partition assigned");

@@ -1,5 +1,9 @@
 //! One worker per assigned partition: records of a partition are handled one after the
 //! other, in offset order, while different partitions run concurrently.
+//!
+//! A record's offset is stored (for the background commit) only once the record is done:
+//! handled, recognised as a duplicate, or acknowledged by the dead-letter topic. Until
+//! then the worker retries, so the partition never moves past an unfinished record.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,8 +15,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
 
-use super::dispatch::{Outcome, Record, RecordHandler};
+use super::dispatch::{panic_message, Env, Outcome, Record, RecordHandler};
+use super::handler::FailureKind;
+use super::retry::RetryPolicy;
 use super::{ConsumerSettings, RuntimeContext};
+use crate::dead_letter::{self, DeadLetterReason, DeadLetterWriter, Failure};
+use crate::idempotency::DynIdempotencyStore;
 
 /// Where a partition's worker stands; changed only under [`PartitionState::phase`]'s lock,
 /// so the poll thread and the worker agree on whether a record is being handled.
@@ -127,6 +135,16 @@ impl PartitionState {
     }
 }
 
+/// What every worker of one consumer shares.
+pub(crate) struct WorkerEnv {
+    pub(crate) group_id: Arc<str>,
+    pub(crate) settings: ConsumerSettings,
+    pub(crate) dead_letters: DeadLetterWriter,
+    pub(crate) idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    /// Secret configuration values, scrubbed from error text.
+    pub(crate) secrets: Vec<String>,
+}
+
 /// What a partition worker needs besides its handler.
 pub(crate) struct WorkerArgs {
     /// The partition's own queue, split from the consumer's; `None` if librdkafka could not
@@ -136,8 +154,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) strays: mpsc::UnboundedReceiver<OwnedMessage>,
     pub(crate) consumer: Arc<BaseConsumer<RuntimeContext>>,
     pub(crate) state: Arc<PartitionState>,
-    pub(crate) group_id: Arc<str>,
-    pub(crate) settings: ConsumerSettings,
+    pub(crate) env: Arc<WorkerEnv>,
 }
 
 /// Starts a worker for a handler whose type was erased at registration.
@@ -161,8 +178,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
         mut strays,
         consumer,
         state,
-        group_id,
-        settings,
+        env,
     } = args;
     let ready = Arc::new(Notify::new());
     if let Some(queue) = queue.as_mut() {
@@ -174,8 +190,11 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
         handler: &*handler,
         consumer: &consumer,
         state: &state,
-        group_id: &group_id,
-        settings: &settings,
+        env: &env,
+        handler_env: Env {
+            group_id: &env.group_id,
+            idempotency: env.idempotency.as_deref(),
+        },
     };
     loop {
         if state.is_closing() {
@@ -226,12 +245,22 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
     drop(queue);
 }
 
+/// Waits between attempts at infrastructure calls (the dead-letter write, the idempotency
+/// store): they are retried for as long as it takes, at most this far apart.
+const INFRASTRUCTURE_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    initial_backoff: Duration::from_millis(100),
+    multiplier: 2.0,
+    max_backoff: Duration::from_secs(5),
+    jitter: 0.2,
+};
+
 struct Worker<'w, R> {
     handler: &'w R,
     consumer: &'w BaseConsumer<RuntimeContext>,
     state: &'w PartitionState,
-    group_id: &'w str,
-    settings: &'w ConsumerSettings,
+    env: &'w WorkerEnv,
+    handler_env: Env<'w>,
 }
 
 impl<R: RecordHandler> Worker<'_, R> {
@@ -240,9 +269,9 @@ impl<R: RecordHandler> Worker<'_, R> {
         if !self.state.start() {
             return;
         }
-        let handled = self.handle_until_done(record).await;
+        let done = self.handle_until_done(record).await;
         self.state.finish(|| {
-            if handled {
+            if done {
                 self.store_offset(record);
             }
         });
@@ -270,72 +299,182 @@ impl<R: RecordHandler> Worker<'_, R> {
         }
     }
 
-    /// Handles one record, retrying failures in place so the partition never moves past
-    /// a record that was not handled. Returns `false` when the worker was stopped first.
+    /// Waits `wait`, or less if the worker is asked to stop; `false` if it was.
+    async fn pause(&self, wait: Duration) -> bool {
+        if self.state.is_closing() {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.state.wake.notified() => {}
+        }
+        !self.state.is_closing()
+    }
+
+    /// `text` without the configuration's secrets.
+    fn scrub(&self, text: String) -> String {
+        if self.env.secrets.iter().any(|s| text.contains(s.as_str())) {
+            dead_letter::redact(&text, self.env.secrets.iter().map(String::as_str))
+        } else {
+            text
+        }
+    }
+
+    /// Takes one record until it is done: handled, a duplicate, or dead-lettered. Returns
+    /// `false` when the worker was stopped first; the record then stays uncommitted.
     async fn handle_until_done(&self, record: Record<'_>) -> bool {
         let state = self.state;
         let mut attempt = 1u32;
+        let mut store_failures = 0u32;
         loop {
-            let outcome = AssertUnwindSafe(self.handler.handle(record, attempt, self.group_id))
+            let outcome = AssertUnwindSafe(self.handler.handle(record, attempt, &self.handler_env))
                 .catch_unwind()
-                .await;
-            let failure = match outcome {
-                Ok(Outcome::Handled) => return true,
-                Ok(Outcome::Undecodable(error)) => {
-                    // Until the dead-letter topic exists, an undecodable record is logged
-                    // with its coordinates and skipped, so it cannot stop the partition.
+                .await
+                // Handlers' panics are caught closer to them; this one came from decoding
+                // or the runtime itself, and the record still must not be lost.
+                .unwrap_or_else(|panic| Outcome::Panicked {
+                    message: panic_message(&*panic),
+                });
+            let (reason, error) = match outcome {
+                Outcome::Handled { mark: None } | Outcome::Duplicate => return true,
+                Outcome::Handled { mark: Some(event_id) } => {
+                    return self.mark_processed(record, event_id).await
+                }
+                Outcome::StoreUnavailable(error) => {
+                    store_failures = store_failures.saturating_add(1);
+                    let wait = INFRASTRUCTURE_RETRY.backoff(store_failures);
                     tracing::error!(
                         topic = %state.topic,
                         partition = state.partition,
                         offset = record.offset(),
-                        group = %self.group_id,
                         error = %error,
-                        "record cannot be decoded; skipped"
+                        retry_in_ms = wait.as_millis() as u64,
+                        "idempotency store unavailable; the record waits"
+                    );
+                    if !self.pause(wait).await {
+                        return false;
+                    }
+                    continue;
+                }
+                Outcome::Undecodable(error) => (DeadLetterReason::Decode, error.to_string()),
+                Outcome::Panicked { message } => (DeadLetterReason::Panic, self.scrub(message)),
+                Outcome::Failed { error, kind, retry } => {
+                    let error = self.scrub(error);
+                    let policy = retry.unwrap_or(self.env.settings.retry);
+                    if kind == FailureKind::Transient && policy.allows_another(attempt) {
+                        let wait = policy.backoff(attempt);
+                        tracing::warn!(
+                            topic = %state.topic,
+                            partition = state.partition,
+                            offset = record.offset(),
+                            group = %self.env.group_id,
+                            attempt,
+                            max_attempts = policy.max_attempts,
+                            error = %error,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "handler failed; the record will be retried"
+                        );
+                        if !self.pause(wait).await {
+                            return false;
+                        }
+                        attempt = attempt.saturating_add(1);
+                        continue;
+                    }
+                    (DeadLetterReason::Handler, error)
+                }
+            };
+            return self.dead_letter(record, reason, &error, attempt).await;
+        }
+    }
+
+    /// Marks the event processed in the idempotency store, retrying until it is written;
+    /// `false` if the worker was stopped first (the record is then handled again later).
+    async fn mark_processed(&self, record: Record<'_>, event_id: uuid::Uuid) -> bool {
+        let Some(store) = self.env.idempotency.as_deref() else {
+            return true;
+        };
+        let mut failures = 0u32;
+        loop {
+            match store.mark_processed(&self.env.group_id, event_id).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let wait = INFRASTRUCTURE_RETRY.backoff(failures);
+                    tracing::error!(
+                        topic = %self.state.topic,
+                        partition = self.state.partition,
+                        offset = record.offset(),
+                        %event_id,
+                        %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot mark the event processed; the record waits"
+                    );
+                    if !self.pause(wait).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `record` to the dead-letter topic, retrying until the write is acknowledged;
+    /// `false` if the worker was stopped first.
+    async fn dead_letter(
+        &self,
+        record: Record<'_>,
+        reason: DeadLetterReason,
+        error: &str,
+        attempts: u32,
+    ) -> bool {
+        let state = self.state;
+        let failure = Failure {
+            group: &self.env.group_id,
+            reason,
+            error,
+            attempts,
+        };
+        let mut failures = 0u32;
+        loop {
+            let written = match record {
+                Record::Borrowed(message) => self.env.dead_letters.write(message, &failure).await,
+                Record::Owned(message) => self.env.dead_letters.write(message, &failure).await,
+            };
+            match written {
+                Ok((partition, offset)) => {
+                    tracing::error!(
+                        topic = %state.topic,
+                        partition = state.partition,
+                        offset = record.offset(),
+                        group = %self.env.group_id,
+                        reason = reason.as_str(),
+                        attempts,
+                        error,
+                        dead_letter_topic = self.env.dead_letters.topic(),
+                        dead_letter_partition = partition,
+                        dead_letter_offset = offset,
+                        "record dead-lettered"
                     );
                     return true;
                 }
-                Ok(Outcome::Failed(error)) => error.message(),
-                Err(panic) => panic_message(&*panic),
-            };
-            let backoff = self.settings.retry_backoff(attempt);
-            tracing::error!(
-                topic = %state.topic,
-                partition = state.partition,
-                offset = record.offset(),
-                group = %self.group_id,
-                attempt,
-                error = %failure,
-                retry_in_ms = backoff.as_millis() as u64,
-                "handler failed; the record will be retried and its offset is not committed"
-            );
-            if state.is_closing() {
-                return false;
+                Err(write_error) => {
+                    failures = failures.saturating_add(1);
+                    let wait = INFRASTRUCTURE_RETRY.backoff(failures);
+                    tracing::error!(
+                        topic = %state.topic,
+                        partition = state.partition,
+                        offset = record.offset(),
+                        group = %self.env.group_id,
+                        reason = reason.as_str(),
+                        error = %write_error,
+                        dead_letter_topic = self.env.dead_letters.topic(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "dead-letter write failed; the record stays uncommitted and the write is retried"
+                    );
+                    if !self.pause(wait).await {
+                        return false;
+                    }
+                }
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = state.wake.notified() => {}
-            }
-            if state.is_closing() {
-                return false;
-            }
-            attempt = attempt.saturating_add(1);
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic payload");
-    format!("handler panicked: {text}")
-}
-
-/// Exponential backoff between attempts: `initial * 2^(attempt-1)`, capped.
-pub(crate) fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1).min(20))
-        .unwrap_or(u32::MAX);
-    initial.saturating_mul(factor).min(max)
 }

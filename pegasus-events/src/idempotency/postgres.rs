@@ -1,0 +1,102 @@
+//! The idempotency store in PostgreSQL.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use super::IdempotencyStore;
+use crate::error::{Error, Result};
+
+/// Marks in a PostgreSQL table `pegasus_processed_events`, created by
+/// [`PostgresIdempotencyStore::connect`] when missing. A mark is committed before
+/// `mark_processed` returns; several consumer instances may share the table.
+#[derive(Clone, Debug)]
+pub struct PostgresIdempotencyStore {
+    pool: PgPool,
+}
+
+fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::IdempotencyStore {
+        store: "postgres",
+        operation,
+        source: Box::new(source),
+    }
+}
+
+impl PostgresIdempotencyStore {
+    /// Connects to `url` (e.g. `postgres://user@host/db`) and creates the table if needed.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(failed("connect"))?;
+        Self::with_pool(pool).await
+    }
+
+    /// Uses an existing pool (the service's own database) and creates the table if needed.
+    pub async fn with_pool(pool: PgPool) -> Result<Self> {
+        // Two instances starting together would race in CREATE TABLE IF NOT EXISTS (it is
+        // not atomic in PostgreSQL); a transaction-scoped advisory lock serialises them.
+        let mut tx = pool.begin().await.map_err(failed("create its table"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pegasus_processed_events'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(failed("create its table"))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS pegasus_processed_events (
+                consumer_group TEXT NOT NULL,
+                event_id UUID NOT NULL,
+                processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (consumer_group, event_id)
+            )",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(failed("create its table"))?;
+        tx.commit().await.map_err(failed("create its table"))?;
+        Ok(PostgresIdempotencyStore { pool })
+    }
+
+    /// Forgets marks older than `age`; returns how many.
+    pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM pegasus_processed_events
+             WHERE processed_at < now() - make_interval(secs => $1)",
+        )
+        .bind(age.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(failed("purge old marks"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl IdempotencyStore for PostgresIdempotencyStore {
+    async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM pegasus_processed_events WHERE consumer_group = $1 AND event_id = $2",
+        )
+        .bind(group)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed("look up an event"))?;
+        Ok(found.is_some())
+    }
+
+    async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pegasus_processed_events (consumer_group, event_id)
+             VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event_id)
+        .execute(&self.pool)
+        .await
+        .map_err(failed("mark an event processed"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! The idempotency store in SQLite, the embedded default database.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use uuid::Uuid;
+
+use super::IdempotencyStore;
+use crate::error::{Error, Result};
+
+/// Marks in a SQLite table `pegasus_processed_events`, created by [`SqliteIdempotencyStore::connect`]
+/// when missing. A mark is committed before `mark_processed` returns, so it survives a
+/// crash of the process.
+#[derive(Clone, Debug)]
+pub struct SqliteIdempotencyStore {
+    pool: SqlitePool,
+}
+
+fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::IdempotencyStore {
+        store: "sqlite",
+        operation,
+        source: Box::new(source),
+    }
+}
+
+impl SqliteIdempotencyStore {
+    /// Opens (creating if needed) the database at `url` (e.g. `sqlite://marks.db` or
+    /// `sqlite::memory:`) and its table.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options: SqliteConnectOptions = url
+            .parse()
+            .map_err(failed("parse the database url"))?;
+        let options = options
+            .create_if_missing(true)
+            // Several workers write at once; WAL lets readers go on while one writes.
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(failed("open the database"))?;
+        Self::with_pool(pool).await
+    }
+
+    /// Uses an existing pool (the service's own database) and creates the table if needed.
+    pub async fn with_pool(pool: SqlitePool) -> Result<Self> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS pegasus_processed_events (
+                consumer_group TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                processed_at TEXT NOT NULL,
+                PRIMARY KEY (consumer_group, event_id)
+            )",
+        )
+        .execute(&pool)
+        .await
+        .map_err(failed("create its table"))?;
+        Ok(SqliteIdempotencyStore { pool })
+    }
+
+    /// Forgets marks older than `age`; returns how many.
+    pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+        let done = sqlx::query("DELETE FROM pegasus_processed_events WHERE processed_at < ?")
+            .bind(cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .execute(&self.pool)
+            .await
+            .map_err(failed("purge old marks"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl IdempotencyStore for SqliteIdempotencyStore {
+    async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM pegasus_processed_events WHERE consumer_group = ? AND event_id = ?",
+        )
+        .bind(group)
+        .bind(event_id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed("look up an event"))?;
+        Ok(found.is_some())
+    }
+
+    async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pegasus_processed_events (consumer_group, event_id, processed_at)
+             VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event_id.to_string())
+        .bind(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .execute(&self.pool)
+        .await
+        .map_err(failed("mark an event processed"))?;
+        Ok(())
+    }
+}
