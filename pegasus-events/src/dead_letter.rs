@@ -276,10 +276,13 @@ impl ReplayFilter {
                 .as_ref()
                 .is_none_or(|g| *g == letter.consumer_group)
             && self.failed_from.is_none_or(|from| letter.failed_at >= from)
-            && self.failed_until.is_none_or(|until| letter.failed_at < until)
-            && self.event_ids.as_ref().is_none_or(|ids| {
-                letter.event_id().is_some_and(|id| ids.contains(&id))
-            })
+            && self
+                .failed_until
+                .is_none_or(|until| letter.failed_at < until)
+            && self
+                .event_ids
+                .as_ref()
+                .is_none_or(|ids| letter.event_id().is_some_and(|id| ids.contains(&id)))
     }
 }
 
@@ -608,11 +611,7 @@ pub(crate) fn redact<'v>(text: &str, values: impl IntoIterator<Item = &'v str>) 
         }
         let debug = format!("{value:?}");
         let json = serde_json::to_string(value).unwrap_or_default();
-        for form in [
-            value,
-            debug.trim_matches('"'),
-            json.trim_matches('"'),
-        ] {
+        for form in [value, debug.trim_matches('"'), json.trim_matches('"')] {
             if !form.is_empty() && out.contains(form) {
                 out = out.replace(form, crate::event::REDACTED);
             }
@@ -636,8 +635,14 @@ mod tests {
     fn redaction_replaces_plain_debug_and_json_forms() {
         let text = r#"rejected "pa\"ss" for pa"ss and pa\"ss"#;
         let out = redact(text, ["pa\"ss"]);
-        assert!(!out.contains("pa\"ss") && !out.contains(r#"pa\"ss"#), "{out}");
-        assert_eq!(redact("user 42 failed", ["42", ""]), "user <redacted> failed");
+        assert!(
+            !out.contains("pa\"ss") && !out.contains(r#"pa\"ss"#),
+            "{out}"
+        );
+        assert_eq!(
+            redact("user 42 failed", ["42", ""]),
+            "user <redacted> failed"
+        );
     }
 
     #[test]
@@ -677,7 +682,9 @@ mod tests {
         assert!(!ReplayFilter::new()
             .reason(DeadLetterReason::Panic)
             .matches(&letter));
-        assert!(!ReplayFilter::new().event_ids([Uuid::nil()]).matches(&letter));
+        assert!(!ReplayFilter::new()
+            .event_ids([Uuid::nil()])
+            .matches(&letter));
         let hour = chrono::Duration::hours(1);
         assert!(ReplayFilter::new()
             .failed_between(letter.failed_at - hour, letter.failed_at + hour)

@@ -92,9 +92,9 @@ pub use config::{
 };
 pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterReason, ReplayFilter};
-pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 pub use error::{Error, Result};
 pub use event::{Event, Redacted};
+pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 pub use producer::{Delivery, EncodedRecord, EventProducer, PublishError};
 pub use wire::{Decoded, EventMetadata, PublishMetadata, WireForm};
 

@@ -31,6 +31,25 @@ pub fn bootstrap() -> String {
     }
 }
 
+/// The environment variable that carries the URL of the PostgreSQL server under test.
+pub const POSTGRES_ENV: &str = "PEGASUS_TEST_POSTGRES_URL";
+
+/// The URL of the real PostgreSQL server under test.
+///
+/// # Panics
+///
+/// When `PEGASUS_TEST_POSTGRES_URL` is unset: the tests must fail, not skip, without one.
+pub fn postgres_url() -> String {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "{POSTGRES_ENV} is not set: run the tests with `scripts/test`, which starts a real \
+             PostgreSQL server (installing it from Debian's packages if needed), or start one \
+             with `scripts/postgres start` and export the URL it prints"
+        ),
+    }
+}
+
 /// A configuration for the broker under test with a short delivery timeout.
 pub fn config(client_id: &str) -> KafkaConfig {
     let mut config = KafkaConfig::new(bootstrap()).with_client_id(client_id);
@@ -157,4 +176,18 @@ pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     let logs =
         String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     (result, logs)
+}
+
+/// The event of the crash tests, shared by the test and the consumer process it kills
+/// (`src/bin/killable_consumer.rs`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, pegasus_events::Event)]
+#[event(topic = "tests.fault.ledger", name = "LedgerEntryEvent")]
+pub struct LedgerEntry {
+    /// Which test run published it.
+    pub run: String,
+    /// The partition key.
+    #[event(key)]
+    pub account: u32,
+    /// Its number in the run, from 0.
+    pub n: u32,
 }

@@ -33,9 +33,11 @@ fn settings(dead_letter_topic: &str) -> ConsumerSettings {
 }
 
 fn fast_retry() -> RetryPolicy {
-    RetryPolicy::default()
-        .with_max_attempts(3)
-        .with_backoff(Duration::from_millis(10), 2.0, Duration::from_millis(50))
+    RetryPolicy::default().with_max_attempts(3).with_backoff(
+        Duration::from_millis(10),
+        2.0,
+        Duration::from_millis(50),
+    )
 }
 
 async fn create_topic(name: &str, partitions: i32) {
@@ -69,7 +71,9 @@ async fn run_with(consumer: EventConsumer, signal: impl std::future::Future<Outp
 
 /// Reads the dead-letter topic until it holds `count` letters; fails after the deadline.
 async fn dead_letters(topic: &str, count: usize) -> Vec<DeadLetter> {
-    let queue = DeadLetterQueue::new(&config("dlq-reader")).unwrap().topic(topic);
+    let queue = DeadLetterQueue::new(&config("dlq-reader"))
+        .unwrap()
+        .topic(topic);
     let deadline = tokio::time::Instant::now() + TEST_DEADLINE;
     loop {
         let letters = queue.read(&ReplayFilter::new()).await.expect("readable");
@@ -194,8 +198,8 @@ fn ce_headers(event_type: &str, version: &str) -> OwnedHeaders {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts_while_good_records_keep_their_order()
-{
+async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts_while_good_records_keep_their_order(
+) {
     let logs = global_logs();
     create_topic(Parcel::TOPIC, 3).await;
     let dlq = unique("tests-dlq");
@@ -248,7 +252,10 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
                 kind => {
                     let good = serde_json::to_string(&parcel).unwrap();
                     let (value, headers) = match kind {
-                        3 => ("{\"run\": not json".to_owned(), ce_headers("ParcelEvent", "1")),
+                        3 => (
+                            "{\"run\": not json".to_owned(),
+                            ce_headers("ParcelEvent", "1"),
+                        ),
                         4 => (good, ce_headers("SomethingElseEvent", "1")),
                         5 => (good, ce_headers("ParcelEvent", "9")),
                         _ => (r#"{"run":42}"#.to_owned(), ce_headers("ParcelEvent", "1")),
@@ -312,7 +319,11 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
     );
 
     let letters = dead_letters(&dlq, poisons.len()).await;
-    assert_eq!(letters.len(), poisons.len(), "one dead letter per poison record");
+    assert_eq!(
+        letters.len(),
+        poisons.len(),
+        "one dead letter per poison record"
+    );
     let by_origin: HashMap<(i32, i64), &DeadLetter> = letters
         .iter()
         .map(|l| ((l.original_partition, l.original_offset), l))
@@ -321,8 +332,16 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
         let letter = by_origin
             .get(&(poison.partition, poison.offset))
             .unwrap_or_else(|| panic!("no dead letter for offset {}", poison.offset));
-        assert_eq!(letter.reason, poison.reason, "reason of offset {}", poison.offset);
-        assert_eq!(letter.attempts, poison.attempts, "attempts of offset {}", poison.offset);
+        assert_eq!(
+            letter.reason, poison.reason,
+            "reason of offset {}",
+            poison.offset
+        );
+        assert_eq!(
+            letter.attempts, poison.attempts,
+            "attempts of offset {}",
+            poison.offset
+        );
         assert_eq!(letter.record.topic, Parcel::TOPIC);
         assert_eq!(letter.consumer_group, group);
         assert!(!letter.error.is_empty());
@@ -378,11 +397,11 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
     assert!(attempts.values().all(|&a| a <= 3));
 
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    assert!(logs.contains("record dead-lettered"), "dead letters are logged");
     assert!(
-        !logs.contains(&email),
-        "a sensitive value reached the log"
+        logs.contains("record dead-lettered"),
+        "dead letters are logged"
     );
+    assert!(!logs.contains(&email), "a sensitive value reached the log");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -447,8 +466,7 @@ async fn a_failed_dead_letter_write_leaves_the_record_uncommitted_and_nothing_af
     let watched = Arc::clone(&first);
     let started = tokio::time::Instant::now();
     run_until(consumer, move || {
-        !watched.seen.lock().unwrap().is_empty()
-            && started.elapsed() > Duration::from_secs(8)
+        !watched.seen.lock().unwrap().is_empty() && started.elapsed() > Duration::from_secs(8)
     })
     .await;
     assert_eq!(
@@ -496,7 +514,11 @@ struct CountingStore {
 }
 
 impl IdempotencyStore for CountingStore {
-    async fn is_processed(&self, group: &str, event_id: uuid::Uuid) -> pegasus_events::Result<bool> {
+    async fn is_processed(
+        &self,
+        group: &str,
+        event_id: uuid::Uuid,
+    ) -> pegasus_events::Result<bool> {
         let seen = self.inner.is_processed(group, event_id).await?;
         if seen {
             self.duplicates.fetch_add(1, Ordering::SeqCst);
@@ -504,7 +526,11 @@ impl IdempotencyStore for CountingStore {
         Ok(seen)
     }
 
-    async fn mark_processed(&self, group: &str, event_id: uuid::Uuid) -> pegasus_events::Result<()> {
+    async fn mark_processed(
+        &self,
+        group: &str,
+        event_id: uuid::Uuid,
+    ) -> pegasus_events::Result<()> {
         self.inner.mark_processed(group, event_id).await
     }
 }
@@ -517,7 +543,11 @@ struct ReplayHandler {
 }
 
 impl EventHandler<Replayed> for Arc<ReplayHandler> {
-    async fn handle(&self, event: Replayed, context: &EventContext<'_>) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        event: Replayed,
+        context: &EventContext<'_>,
+    ) -> Result<(), HandlerError> {
         if event.run != self.run {
             return Ok(());
         }
@@ -582,7 +612,9 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     let letters = dead_letters(&dlq, 4).await;
     assert_eq!(letters.len(), 4, "0, 3, 6 and 9 were dead-lettered");
 
-    let queue = DeadLetterQueue::new(&config("replayer")).unwrap().topic(&dlq);
+    let queue = DeadLetterQueue::new(&config("replayer"))
+        .unwrap()
+        .topic(&dlq);
     // A filter on one event id selects that letter only.
     let only_three = queue
         .read(&ReplayFilter::new().event_ids([ids[&3]]))
@@ -612,7 +644,10 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     let mut seen = fixed.seen.lock().unwrap().clone();
     seen.sort();
     let expected: Vec<(u32, uuid::Uuid)> = [0, 3, 6, 9].iter().map(|n| (*n, ids[n])).collect();
-    assert_eq!(seen, expected, "each replayed record handled once, with its original ce_id");
+    assert_eq!(
+        seen, expected,
+        "each replayed record handled once, with its original ce_id"
+    );
 
     // Replaying the same letters again: the idempotency store recognises every one.
     let report = queue.replay(&filter).await.unwrap();

@@ -337,9 +337,9 @@ impl<R: RecordHandler> Worker<'_, R> {
                 });
             let (reason, error) = match outcome {
                 Outcome::Handled { mark: None } | Outcome::Duplicate => return true,
-                Outcome::Handled { mark: Some(event_id) } => {
-                    return self.mark_processed(record, event_id).await
-                }
+                Outcome::Handled {
+                    mark: Some(event_id),
+                } => return self.mark_processed(record, event_id).await,
                 Outcome::StoreUnavailable(error) => {
                     store_failures = store_failures.saturating_add(1);
                     let wait = INFRASTRUCTURE_RETRY.backoff(store_failures);

@@ -166,7 +166,10 @@ mod tests {
             .with_max_attempts(0)
             .validate("consumer.retry")
             .unwrap_err();
-        assert!(error.to_string().contains("consumer.retry.max_attempts"), "{error}");
+        assert!(
+            error.to_string().contains("consumer.retry.max_attempts"),
+            "{error}"
+        );
         let error = RetryPolicy::default()
             .with_jitter(1.5)
             .validate("retry")

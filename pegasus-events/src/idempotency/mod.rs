@@ -52,10 +52,18 @@ pub use sqlite::SqliteIdempotencyStore;
 /// `mark_processed` must be idempotent itself (marking twice is not an error).
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Whether `group` has handled the event `event_id`.
-    fn is_processed(&self, group: &str, event_id: Uuid) -> impl Future<Output = Result<bool>> + Send;
+    fn is_processed(
+        &self,
+        group: &str,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Records that `group` has handled the event `event_id`.
-    fn mark_processed(&self, group: &str, event_id: Uuid) -> impl Future<Output = Result<()>> + Send;
+    fn mark_processed(
+        &self,
+        group: &str,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -77,11 +85,19 @@ impl<S: IdempotencyStore> DynIdempotencyStore for S {
 }
 
 impl<S: IdempotencyStore> IdempotencyStore for std::sync::Arc<S> {
-    fn is_processed(&self, group: &str, event_id: Uuid) -> impl Future<Output = Result<bool>> + Send {
+    fn is_processed(
+        &self,
+        group: &str,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<bool>> + Send {
         (**self).is_processed(group, event_id)
     }
 
-    fn mark_processed(&self, group: &str, event_id: Uuid) -> impl Future<Output = Result<()>> + Send {
+    fn mark_processed(
+        &self,
+        group: &str,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<()>> + Send {
         (**self).mark_processed(group, event_id)
     }
 }

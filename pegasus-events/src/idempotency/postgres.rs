@@ -74,6 +74,35 @@ impl PostgresIdempotencyStore {
     }
 }
 
+impl PostgresIdempotencyStore {
+    /// The pool, for the handler's own writes in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Marks the event processed inside the caller's transaction, so the mark commits or
+    /// rolls back with the handler's own writes: exactly-once effects in this database.
+    /// Returns `false` when the mark was there already (a duplicate). A concurrent
+    /// transaction marking the same event waits on the row lock, then sees it marked.
+    pub async fn mark_processed_in(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        group: &str,
+        event_id: Uuid,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO pegasus_processed_events (consumer_group, event_id)
+             VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event_id)
+        .execute(&mut **transaction)
+        .await
+        .map_err(failed("mark an event processed"))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
 impl IdempotencyStore for PostgresIdempotencyStore {
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool> {
         let found: Option<i32> = sqlx::query_scalar(

@@ -29,13 +29,15 @@ impl SqliteIdempotencyStore {
     /// Opens (creating if needed) the database at `url` (e.g. `sqlite://marks.db` or
     /// `sqlite::memory:`) and its table.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options: SqliteConnectOptions = url
-            .parse()
-            .map_err(failed("parse the database url"))?;
+        let options: SqliteConnectOptions =
+            url.parse().map_err(failed("parse the database url"))?;
         let options = options
             .create_if_missing(true)
             // Several workers write at once; WAL lets readers go on while one writes.
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            // In WAL mode, NORMAL keeps every commit through a crash of the process (what
+            // at-least-once needs); only a power loss can take back the last commits.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -70,6 +72,36 @@ impl SqliteIdempotencyStore {
             .await
             .map_err(failed("purge old marks"))?;
         Ok(done.rows_affected())
+    }
+}
+
+impl SqliteIdempotencyStore {
+    /// The pool, for the handler's own writes in the same database.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Marks the event processed inside the caller's transaction, so the mark commits or
+    /// rolls back with the handler's own writes: exactly-once effects in this database.
+    /// Returns `false` when the mark was there already (a duplicate: the caller should
+    /// apply nothing and roll back or commit an empty transaction).
+    pub async fn mark_processed_in(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        group: &str,
+        event_id: Uuid,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO pegasus_processed_events (consumer_group, event_id, processed_at)
+             VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event_id.to_string())
+        .bind(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .execute(&mut **transaction)
+        .await
+        .map_err(failed("mark an event processed"))?;
+        Ok(done.rows_affected() == 1)
     }
 }
 
