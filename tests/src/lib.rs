@@ -191,3 +191,49 @@ pub struct LedgerEntry {
     /// Its number in the run, from 0.
     pub n: u32,
 }
+
+/// The counts of one fault scenario, as the README's table shows them.
+#[derive(Debug)]
+pub struct FaultScenario<'a> {
+    /// What happened.
+    pub name: &'a str,
+    /// Events (records) put on the topic.
+    pub sent: usize,
+    /// Of those, acknowledged by the broker.
+    pub acknowledged: usize,
+    /// Distinct events handled (or, for poison, dead-lettered).
+    pub handled: usize,
+    /// Acknowledged events neither handled nor dead-lettered.
+    pub lost: usize,
+    /// Deliveries of an event that had been delivered before.
+    pub duplicate_deliveries: usize,
+    /// Events whose effect was applied more than once.
+    pub duplicate_effects: usize,
+}
+
+impl FaultScenario<'_> {
+    /// Prints the counts and appends them to `target/fault-scenarios.tsv`, which
+    /// `scripts/test` prints at the end of the run.
+    pub fn record(&self) {
+        let line = format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            self.name,
+            self.sent,
+            self.acknowledged,
+            self.handled,
+            self.lost,
+            self.duplicate_deliveries,
+            self.duplicate_effects
+        );
+        eprint!("fault scenario: {line}");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/fault-scenarios.tsv");
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            use std::io::Write;
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+}
