@@ -197,6 +197,23 @@ fn redacted_view_hides_every_sensitive_field() {
 }
 
 #[test]
+fn visit_sensitive_yields_the_sensitive_values_and_nothing_else() {
+    let event = UserRegistered {
+        user_id: "u-1".to_owned(),
+        email_address: "secret-mail@example.com".to_owned(),
+        password_hash: "secret-hash".to_owned(),
+        display_name: "Ada".to_owned(),
+    };
+    let mut visited = Vec::new();
+    event.visit_sensitive(&mut |value| visited.push(value.to_owned()));
+    assert_eq!(visited, ["secret-mail@example.com", "secret-hash"]);
+
+    let mut none = Vec::new();
+    MetricsSampled { depots: 3 }.visit_sensitive(&mut |value| none.push(value.to_owned()));
+    assert!(none.is_empty(), "no sensitive field, nothing visited");
+}
+
+#[test]
 fn redacted_view_is_debug_with_rust_field_names() {
     let event = UserRegistered {
         user_id: "u-1".to_owned(),

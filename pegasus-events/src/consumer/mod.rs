@@ -716,3 +716,31 @@ impl ConsumerContext for RuntimeContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn secrets_scrubbed_from_error_text_are_the_password_and_password_like_properties() {
+        let mut config = KafkaConfig::new("localhost:9092");
+        config.sasl_password = Some(Secret::new("hunter2-sasl"));
+        config
+            .properties
+            .insert("ssl.key.password".to_owned(), "hunter2-key".to_owned());
+        config
+            .properties
+            .insert("socket.timeout.ms".to_owned(), "60000".to_owned());
+        let secrets = secrets_of(&config);
+        assert_eq!(secrets, ["hunter2-sasl", "hunter2-key"]);
+        let scrubbed = crate::dead_letter::redact(
+            "login with hunter2-sasl failed; key hunter2-key; timeout 60000",
+            secrets.iter().map(String::as_str),
+        );
+        assert_eq!(
+            scrubbed,
+            "login with <redacted> failed; key <redacted>; timeout 60000"
+        );
+    }
+}
