@@ -462,6 +462,19 @@ impl DeadLetterQueue {
                 });
             }
             let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+                // Nothing came: a partition whose position reached its end is done even if
+                // its last offsets held no record to return (a transaction marker).
+                if let Ok(positions) = consumer.position() {
+                    for element in positions.elements() {
+                        if let (Offset::Offset(at), Some(&end)) =
+                            (element.offset(), remaining.get(&element.partition()))
+                        {
+                            if at >= end {
+                                remaining.remove(&element.partition());
+                            }
+                        }
+                    }
+                }
                 continue;
             };
             let message = polled.map_err(|e| consumer_error("read the dead-letter topic", e))?;

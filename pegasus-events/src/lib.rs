@@ -14,6 +14,10 @@
 //! - **Nothing is lost on failure.** A publish that fails (after the configured delivery
 //!   timeout) returns a [`PublishError`] with the exact record, `ce_id` included, to send
 //!   again with [`EventProducer::republish`].
+//! - **Consumers lose nothing either.** The [`consumer`] runtime commits an offset only
+//!   after the record was handled, recognised as a duplicate by an [`IdempotencyStore`], or
+//!   copied byte for byte to the [dead-letter topic](dead_letter) and acknowledged there;
+//!   failures are retried by a [`RetryPolicy`] first, with the partition's order kept.
 //! - **The wire contract is fixed** ([`wire`]): CloudEvents 1.0 binary mode headers and the
 //!   plain JSON payload; reading also accepts structured mode and plain JSON from services
 //!   that write no CloudEvents headers. Older schema versions are upcast in transit.

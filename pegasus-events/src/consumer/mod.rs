@@ -138,7 +138,7 @@ pub struct ConsumerSettings {
     /// own: [`RetryPolicy::default`] (3 attempts, 100 ms doubling, 20 % jitter, 10 s cap).
     pub retry: RetryPolicy,
     /// Where records that cannot be handled go: `dlq-events`
-    /// ([`DEFAULT_TOPIC`](crate::dead_letter::DEFAULT_TOPIC)). Create it like the other
+    /// ([`DEFAULT_TOPIC`]). Create it like the other
     /// topics, or let the broker create it on first use.
     pub dead_letter_topic: String,
     /// librdkafka properties for the consumer only (e.g. `fetch.wait.max.ms`), on top of
