@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
@@ -548,19 +548,15 @@ impl DeadLetterWriter {
     }
 
     /// Copies `message` to the dead-letter topic and waits for the acknowledgement.
-    pub(crate) async fn write<M: Message>(
+    ///
+    /// The original headers are copied by librdkafka itself, never read back as Rust
+    /// strings: names and values stay exactly as they were, whatever their bytes.
+    pub(crate) async fn write(
         &self,
-        message: &M,
+        message: &OwnedMessage,
         failure: &Failure<'_>,
     ) -> std::result::Result<(i32, i64), KafkaError> {
-        let original = message.headers();
-        let count = original.map_or(0, |h| h.count());
-        let mut headers = OwnedHeaders::new_with_capacity(count + 9);
-        if let Some(original) = original {
-            for h in original.iter() {
-                headers = headers.insert(h);
-            }
-        }
+        let mut headers = message.headers().cloned().unwrap_or_default();
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let timestamp = message.timestamp().to_millis().map(|t| t.to_string());

@@ -181,20 +181,20 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
                 retry: self.retry,
             },
             Err(panic) => Outcome::Panicked {
-                message: redact_sensitive::<E>(record, &panic_message(&*panic)),
+                message: redact_sensitive::<E>(record, &panic_message("the handler", &*panic)),
             },
         }
     }
 }
 
-/// The text of a panic, as the dead-letter header and the log show it.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic in `during`, as the dead-letter header and the log show it.
+pub(crate) fn panic_message(during: &str, panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic payload");
-    format!("handler panicked: {text}")
+    format!("panicked in {during}: {text}")
 }
 
 type BoxedOutcome<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;

@@ -330,10 +330,11 @@ impl<R: RecordHandler> Worker<'_, R> {
             let outcome = AssertUnwindSafe(self.handler.handle(record, attempt, &self.handler_env))
                 .catch_unwind()
                 .await
-                // Handlers' panics are caught closer to them; this one came from decoding
-                // or the runtime itself, and the record still must not be lost.
+                // Handlers' panics are caught closer to them; this one came from reading
+                // the record (e.g. a header name that is not UTF-8, which rdkafka's header
+                // accessor rejects by panicking), and the record still must not be lost.
                 .unwrap_or_else(|panic| Outcome::Panicked {
-                    message: panic_message(&*panic),
+                    message: panic_message("reading the record", &*panic),
                 });
             let (reason, error) = match outcome {
                 Outcome::Handled { mark: None } | Outcome::Duplicate => return true,
@@ -436,7 +437,12 @@ impl<R: RecordHandler> Worker<'_, R> {
         let mut failures = 0u32;
         loop {
             let written = match record {
-                Record::Borrowed(message) => self.env.dead_letters.write(message, &failure).await,
+                Record::Borrowed(message) => {
+                    self.env
+                        .dead_letters
+                        .write(&message.detach(), &failure)
+                        .await
+                }
                 Record::Owned(message) => self.env.dead_letters.write(message, &failure).await,
             };
             match written {
