@@ -237,3 +237,41 @@ impl FaultScenario<'_> {
         }
     }
 }
+
+/// How long a test waits for a consumer to see what it expects before it fails.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `consumer` until `done()` holds, then shuts it down gracefully.
+///
+/// # Panics
+///
+/// When `done()` does not hold within [`TEST_DEADLINE`], or the consumer fails.
+pub async fn run_until_done(
+    consumer: pegasus_events::EventConsumer,
+    done: impl Fn() -> bool + Send + 'static,
+) {
+    let stop = async move {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(stop))
+        .await
+        .expect("the consumer saw what it waited for before the deadline")
+        .expect("the consumer ran");
+}
+
+/// Runs `consumer` until `signal` completes, then shuts it down gracefully.
+///
+/// # Panics
+///
+/// When that takes longer than [`TEST_DEADLINE`], or the consumer fails.
+pub async fn run_with_signal(
+    consumer: pegasus_events::EventConsumer,
+    signal: impl std::future::Future<Output = ()> + Send,
+) {
+    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(signal))
+        .await
+        .expect("stopped before the deadline")
+        .expect("the consumer ran");
+}

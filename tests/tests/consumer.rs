@@ -6,7 +6,6 @@
 //! the tests also pass against a broker that kept data from earlier runs.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,11 +14,10 @@ use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
 };
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
-use pegasus_events_tests::{bootstrap, config, kafka_script, unique};
+use pegasus_events_tests::{
+    bootstrap, config, kafka_script, run_until_done, run_with_signal, unique, TEST_DEADLINE,
+};
 use serde::{Deserialize, Serialize};
-
-/// Bounds every test: a consumer that never sees what it waits for fails the test.
-const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 async fn create_topic<E: Event>(partitions: i32) {
     TopicAdmin::new(&config("admin"))
@@ -52,28 +50,6 @@ fn fast_settings() -> ConsumerSettings {
         dead_letter_topic: unique("tests-dlq"),
         ..ConsumerSettings::default()
     }
-}
-
-/// Runs `consumer` until `done()` holds, then shuts it down; fails the test after the
-/// deadline.
-async fn run_until_done(consumer: EventConsumer, done: impl Fn() -> bool + Send + 'static) {
-    let stop = async move {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(stop))
-        .await
-        .expect("the consumer saw what it waited for before the deadline")
-        .expect("the consumer ran");
-}
-
-/// Runs `consumer` until `signal` completes.
-async fn run_with_signal(consumer: EventConsumer, signal: impl Future<Output = ()> + Send) {
-    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(signal))
-        .await
-        .expect("stopped before the deadline")
-        .expect("the consumer ran");
 }
 
 // ---------------------------------------------------------------------------------------

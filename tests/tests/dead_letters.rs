@@ -15,13 +15,13 @@ use pegasus_events::dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterReason,
 use pegasus_events::{
     Event, EventProducer, IdempotencyStore, MemoryIdempotencyStore, TopicAdmin, TopicSpec,
 };
-use pegasus_events_tests::{bootstrap, config, read_record, unique, FaultScenario};
+use pegasus_events_tests::{
+    bootstrap, config, read_record, run_until_done, run_with_signal, unique, FaultScenario,
+    TEST_DEADLINE,
+};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
-
-/// Bounds every wait of these tests.
-const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 fn settings(dead_letter_topic: &str) -> ConsumerSettings {
     ConsumerSettings {
@@ -46,27 +46,6 @@ async fn create_topic(name: &str, partitions: i32) {
         .ensure_topics(&[TopicSpec::new(name).partitions(partitions)])
         .await
         .expect("topic");
-}
-
-/// Runs `consumer` until `done()` holds, then shuts it down; fails after the deadline.
-async fn run_until(consumer: EventConsumer, done: impl Fn() -> bool + Send + 'static) {
-    let stop = async move {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(stop))
-        .await
-        .expect("the consumer saw what it waited for before the deadline")
-        .expect("the consumer ran");
-}
-
-/// Runs `consumer` until `signal` completes; fails after the deadline.
-async fn run_with(consumer: EventConsumer, signal: impl std::future::Future<Output = ()> + Send) {
-    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(signal))
-        .await
-        .expect("stopped before the deadline")
-        .expect("the consumer ran");
 }
 
 /// Reads the dead-letter topic until it holds `count` letters; fails after the deadline.
@@ -307,7 +286,7 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
         .build()
         .unwrap();
     let watched = Arc::clone(&handler);
-    run_until(consumer, move || {
+    run_until_done(consumer, move || {
         watched.ok_count.load(Ordering::SeqCst) >= expected_good
     })
     .await;
@@ -500,7 +479,7 @@ async fn a_failed_dead_letter_write_leaves_the_record_uncommitted_and_nothing_af
         .unwrap();
     let watched = Arc::clone(&first);
     let started = tokio::time::Instant::now();
-    run_until(consumer, move || {
+    run_until_done(consumer, move || {
         !watched.seen.lock().unwrap().is_empty() && started.elapsed() > Duration::from_secs(8)
     })
     .await;
@@ -520,7 +499,7 @@ async fn a_failed_dead_letter_write_leaves_the_record_uncommitted_and_nothing_af
         .build()
         .unwrap();
     let watched = Arc::clone(&second);
-    run_until(consumer, move || watched.seen.lock().unwrap().contains(&2)).await;
+    run_until_done(consumer, move || watched.seen.lock().unwrap().contains(&2)).await;
     assert_eq!(
         *second.seen.lock().unwrap(),
         vec![1, 2],
@@ -639,7 +618,7 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     let buggy = handler(true);
     let watched = Arc::clone(&buggy);
     let dlq_name = dlq.clone();
-    run_with(consumer_with(&buggy), async move {
+    run_with_signal(consumer_with(&buggy), async move {
         // Stop once the good records are handled and the bad ones dead-lettered.
         while watched.seen.lock().unwrap().len() < 6 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -675,7 +654,7 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
 
     let fixed = handler(false);
     let watched = Arc::clone(&fixed);
-    run_until(consumer_with(&fixed), move || {
+    run_until_done(consumer_with(&fixed), move || {
         watched.seen.lock().unwrap().len() >= 4
     })
     .await;
@@ -692,7 +671,7 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     assert_eq!(report.replayed, 4);
     let again = handler(false);
     let counted = Arc::clone(&store);
-    run_until(consumer_with(&again), move || {
+    run_until_done(consumer_with(&again), move || {
         counted.duplicates.load(Ordering::SeqCst) >= 4
     })
     .await;
