@@ -1,7 +1,9 @@
 //! The design's Identity service: it publishes `UserCreatedEvent` to
 //! `identity.user.created`, and consumes `ShipmentCreatedEvent` from
 //! `shipping.shipment.created` in the group `identity-api-shipmentcreated-consumer`,
-//! keeping a per-user activity log, until Ctrl-C.
+//! keeping a per-user activity log, until Ctrl-C. As the design's "Error Handling" and
+//! "Idempotency" sections ask: failures are retried (5 attempts, exponential backoff with
+//! jitter) and then go to `dlq-events`, and a redelivered event (same `ce_id`) is skipped.
 //!
 //! Run it beside the shipping service, against any Kafka broker:
 //!
@@ -18,8 +20,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use pegasus_events::consumer::{EventConsumer, EventContext, EventHandler, HandlerError};
-use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
+use pegasus_events::consumer::{
+    EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
+};
+use pegasus_events::{
+    Event, EventProducer, KafkaConfig, MemoryIdempotencyStore, TopicAdmin, TopicSpec,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -121,7 +127,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let consumer = EventConsumer::builder(config)
-        .handler::<ShipmentCreated, _>(ShipmentCreatedConsumer::default())
+        // Remembers handled events for a day; SqliteIdempotencyStore (feature "sqlite") or
+        // PostgresIdempotencyStore keep them across restarts.
+        .idempotency(MemoryIdempotencyStore::default())
+        .handler_with_retry::<ShipmentCreated, _>(
+            ShipmentCreatedConsumer::default(),
+            RetryPolicy::default().with_max_attempts(5),
+        )
         .build()?;
     println!(
         "consuming {} as group {} (Ctrl-C to stop)",
