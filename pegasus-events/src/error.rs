@@ -195,6 +195,18 @@ pub enum Error {
     #[error("record has no payload")]
     EmptyPayload,
 
+    /// The outbox table could not be read or written.
+    #[error("outbox in `{store}` failed to {operation}")]
+    Outbox {
+        /// The database, e.g. `postgres`.
+        store: &'static str,
+        /// What it was doing, e.g. `store an event`.
+        operation: &'static str,
+        /// The database's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// An idempotency store could not be read or written.
     #[error("idempotency store `{store}` failed to {operation}")]
     IdempotencyStore {

@@ -63,6 +63,7 @@
 //! | [`producer`] | [`EventProducer`], [`Delivery`], [`PublishError`] |
 //! | [`consumer`] | [`EventConsumer`], [`EventHandler`], consumer groups, at-least-once commits, [`RetryPolicy`] |
 //! | [`dead_letter`] | the dead-letter topic's headers, [`DeadLetterQueue`]: reading and replaying dead letters |
+//! | `outbox` | the transactional outbox and its relay (features `sqlite`, `postgres`) |
 //! | [`idempotency`] | [`IdempotencyStore`] and its memory, SQLite and PostgreSQL implementations |
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
@@ -87,6 +88,8 @@ pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod idempotency;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod outbox;
 pub mod producer;
 pub mod wire;
 

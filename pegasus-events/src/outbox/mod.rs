@@ -1,0 +1,350 @@
+//! The transactional outbox: an event is stored in the same database transaction as the
+//! business write that caused it, and a relay publishes it afterwards.
+//!
+//! # Guarantees
+//!
+//! - **Atomic with the business write.** [`PostgresOutbox::enqueue`] and
+//!   [`SqliteOutbox::enqueue`] insert the encoded event (topic, key, the `ce_` headers of
+//!   `shared/WIRE.md`, payload) inside the caller's transaction: if it rolls back, the event
+//!   never existed; if it commits, the event will be published.
+//! - **Published at least once, marked only after the acknowledgement.** The relay marks a
+//!   row published only after the broker acknowledged it (`acks=all`, idempotent producer).
+//!   A crash between the acknowledgement and the mark publishes the row again, with the
+//!   same `ce_id`, so idempotent consumers drop the duplicate.
+//! - **Order per key.** Rows are published in insertion order by one active relay at a
+//!   time; the idempotent producer keeps that order within each partition, so events with
+//!   the same key arrive in the order they were committed.
+//! - **One active relay per database.** On PostgreSQL a relay publishes only while it holds
+//!   a session advisory lock; other instances wait as hot standbys and take over when the
+//!   holder's connection ends (a crash included). SQLite is embedded: one relay per file.
+//! - **Bad rows do not block.** A row that cannot be read (malformed headers) goes to the
+//!   dead-letter topic with reason `decode` and is marked, so the rows behind it move on.
+//!
+//! On PostgreSQL, `enqueue` also sends `NOTIFY pegasus_outbox` (delivered on commit), and
+//! the relay wakes on it, so an event is published within milliseconds of the commit;
+//! polling is the fallback. On SQLite the relay polls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use uuid::Uuid;
+
+use crate::config::{client_error, KafkaConfig};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::wire::{self, OutgoingHeaders, PublishMetadata};
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresOutbox;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteOutbox;
+
+/// An event encoded for the outbox table, exactly as the producer would put it on the wire.
+pub(crate) struct EncodedEvent {
+    pub(crate) event_id: Uuid,
+    pub(crate) topic: &'static str,
+    pub(crate) key: String,
+    pub(crate) payload: Vec<u8>,
+    /// The headers as a JSON array of `[name, value]` pairs, in wire order.
+    pub(crate) headers: String,
+}
+
+/// Encodes `event` for an outbox row; a serialization failure is the typed
+/// [`Error::Serialize`], returned before anything is written.
+pub(crate) fn encode<E: Event>(
+    source: &str,
+    event: &E,
+    metadata: Option<&PublishMetadata>,
+) -> Result<EncodedEvent> {
+    let mut payload = Vec::with_capacity(256);
+    wire::encode_payload(event, &mut payload)?;
+    let mut key = String::new();
+    let keyed = event.write_partition_key(&mut key);
+    let outgoing = OutgoingHeaders::new::<E>(source, keyed.then_some(key.as_str()), metadata);
+    let mut pairs: Vec<(&str, String)> = Vec::with_capacity(10);
+    outgoing.for_each(|name, value| pairs.push((name, value.to_owned())));
+    let headers = serde_json::to_string(&pairs).map_err(|e| Error::Serialize {
+        event_type: E::NAME,
+        detail: e.to_string(),
+    })?;
+    Ok(EncodedEvent {
+        event_id: outgoing.event_id(),
+        topic: E::TOPIC,
+        key: outgoing.record_key().to_owned(),
+        payload,
+        headers,
+    })
+}
+
+/// One stored event, as the relay reads it.
+#[derive(Clone, Debug)]
+pub struct OutboxRow {
+    /// Its position in the outbox: rows are published in this order.
+    pub id: i64,
+    /// The event id (`ce_id`).
+    pub event_id: Uuid,
+    /// The topic to publish to.
+    pub topic: String,
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The record value.
+    pub payload: Vec<u8>,
+    /// The headers as stored: a JSON array of `[name, value]` pairs.
+    pub headers: String,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the relay needs from a database.
+pub(crate) trait OutboxStorage: Send + Sync + 'static {
+    /// Whether this relay may publish now (it holds the lease, or needs none).
+    fn hold_lease(&self) -> BoxFuture<'_, Result<bool>>;
+    /// The oldest unpublished rows, at most `limit`, in id order.
+    fn unpublished(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>>>;
+    /// Marks rows published.
+    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<()>>;
+    /// Deletes rows published more than `age` ago; returns how many.
+    fn purge_published(&self, age: Duration) -> BoxFuture<'_, Result<u64>>;
+    /// Returns when new rows may be there: on a notification, or after `at_most`.
+    fn wait_for_rows(&self, at_most: Duration) -> BoxFuture<'_, ()>;
+}
+
+/// Settings of the relay; defaults next to each field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelaySettings {
+    /// Rows read and published per round: 500.
+    pub batch_size: i64,
+    /// How long the relay sleeps when it found nothing and no notification came: 1 s on
+    /// PostgreSQL (a fallback for lost notifications), and SQLite's polling interval.
+    pub poll_interval: Duration,
+    /// Wait after a failed round (database or broker down), doubling up to 30 s: 200 ms.
+    pub error_backoff: Duration,
+    /// Published rows are deleted after this long: 7 days.
+    pub retention: Duration,
+    /// Where rows that cannot be read go: `dlq-events`.
+    pub dead_letter_topic: String,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            error_backoff: Duration::from_millis(200),
+            retention: Duration::from_secs(7 * 24 * 60 * 60),
+            dead_letter_topic: crate::dead_letter::DEFAULT_TOPIC.to_owned(),
+        }
+    }
+}
+
+/// Publishes what the outbox holds, in order, and marks it published after the broker's
+/// acknowledgement. Made by [`PostgresOutbox::relay`] or [`SqliteOutbox::relay`].
+pub struct OutboxRelay {
+    storage: Arc<dyn OutboxStorage>,
+    producer: FutureProducer,
+    delivery_timeout: Duration,
+    settings: RelaySettings,
+}
+
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one round of the relay did.
+enum Round {
+    /// Published this many rows; a full batch means more may be waiting.
+    Published(usize),
+    /// Another relay holds the lease.
+    Standby,
+}
+
+impl OutboxRelay {
+    pub(crate) fn new(
+        storage: Arc<dyn OutboxStorage>,
+        config: &KafkaConfig,
+        settings: RelaySettings,
+    ) -> Result<Self> {
+        config.validate()?;
+        if settings.batch_size < 1 {
+            return Err(Error::Config {
+                field: "relay.batch_size".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        let producer = config
+            .producer_config()
+            .create()
+            .map_err(|e| client_error("outbox relay producer", e))?;
+        Ok(OutboxRelay {
+            storage,
+            producer,
+            delivery_timeout: config.producer.delivery_timeout,
+            settings,
+        })
+    }
+
+    /// Publishes until `shutdown` completes. A round in progress finishes (its rows are
+    /// acknowledged and marked) before it returns; the database or the broker being down
+    /// is logged and retried with backoff, never returned.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut failures = 0u32;
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            let wait = match self.round().await {
+                Ok(Round::Published(n)) => {
+                    failures = 0;
+                    if n as i64 >= self.settings.batch_size {
+                        Duration::ZERO
+                    } else {
+                        self.settings.poll_interval
+                    }
+                }
+                Ok(Round::Standby) => self.settings.poll_interval,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let wait = self
+                        .settings
+                        .error_backoff
+                        .saturating_mul(1 << failures.min(8))
+                        .min(Duration::from_secs(30));
+                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "outbox relay round failed");
+                    wait
+                }
+            };
+            if last_purge.elapsed() > Duration::from_secs(60) {
+                last_purge = tokio::time::Instant::now();
+                match self.storage.purge_published(self.settings.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "published outbox rows purged"),
+                    Err(error) => tracing::warn!(%error, "purging the outbox failed"),
+                }
+            }
+            if wait.is_zero() {
+                // Still check for shutdown between full batches.
+                if futures_util::FutureExt::now_or_never(&mut shutdown).is_some() {
+                    return Ok(());
+                }
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = self.storage.wait_for_rows(wait) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch: every row is handed to the producer before any
+    /// acknowledgement is awaited, then the acknowledged rows are marked.
+    async fn round(&self) -> Result<Round> {
+        if !self.storage.hold_lease().await? {
+            return Ok(Round::Standby);
+        }
+        let rows = self.storage.unpublished(self.settings.batch_size).await?;
+        if rows.is_empty() {
+            return Ok(Round::Published(0));
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for row in &rows {
+            let headers: Vec<(String, String)> = match serde_json::from_str(&row.headers) {
+                Ok(headers) => headers,
+                Err(error) => {
+                    unreadable.push((row, error.to_string()));
+                    continue;
+                }
+            };
+            let headers = headers.iter().fold(
+                OwnedHeaders::new_with_capacity(headers.len()),
+                |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                },
+            );
+            let mut record = FutureRecord::to(&row.topic)
+                .payload(row.payload.as_slice())
+                .headers(headers);
+            if let Some(key) = &row.key {
+                record = record.key(key.as_slice());
+            }
+            pending.push((row.id, self.producer.send(record, self.delivery_timeout)));
+        }
+        let mut published = Vec::with_capacity(pending.len());
+        let mut first_error = None;
+        for (id, delivery) in pending {
+            match delivery.await {
+                Ok(_) => published.push(id),
+                Err((error, _)) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        for (row, reason) in unreadable {
+            self.dead_letter(row, &reason).await?;
+            published.push(row.id);
+        }
+        self.storage.mark_published(&published).await?;
+        if let Some(source) = first_error {
+            return Err(Error::Delivery {
+                topic: "outbox".to_owned(),
+                source,
+            });
+        }
+        Ok(Round::Published(rows.len()))
+    }
+
+    /// Sends an unreadable row to the dead-letter topic, as it is stored.
+    async fn dead_letter(&self, row: &OutboxRow, reason: &str) -> Result<()> {
+        use crate::dead_letter::header;
+        let id = row.id.to_string();
+        let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let error = format!("outbox row {id} has malformed headers: {reason}");
+        let headers = [
+            (header::ORIGINAL_TOPIC, row.topic.as_str()),
+            (header::ORIGINAL_PARTITION, "-1"),
+            (header::ORIGINAL_OFFSET, id.as_str()),
+            (header::CONSUMER_GROUP, "outbox-relay"),
+            (header::REASON, "decode"),
+            (header::ERROR, error.as_str()),
+            (header::ATTEMPTS, "1"),
+            (header::FAILED_AT, failed_at.as_str()),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        });
+        let mut record = FutureRecord::to(&self.settings.dead_letter_topic)
+            .payload(row.payload.as_slice())
+            .headers(headers);
+        if let Some(key) = &row.key {
+            record = record.key(key.as_slice());
+        }
+        self.producer
+            .send(record, self.delivery_timeout)
+            .await
+            .map_err(|(source, _)| Error::Delivery {
+                topic: self.settings.dead_letter_topic.clone(),
+                source,
+            })?;
+        tracing::error!(row = row.id, topic = %row.topic, "outbox row dead-lettered: malformed headers");
+        Ok(())
+    }
+}

@@ -1,0 +1,446 @@
+//! The transactional outbox on a real PostgreSQL server and on SQLite, relayed to the real
+//! broker: atomic with the caller's transaction, the wire contract's headers, order per
+//! key, and a malformed row that does not block the rows behind it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter};
+use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
+use pegasus_events::{Event, PublishMetadata, TopicAdmin, TopicSpec};
+use pegasus_events_tests::{bootstrap, config, header, headers_of, postgres_url, unique};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[serde(rename_all = "camelCase")]
+#[event(topic = "tests.outbox.placed", name = "OrderPlacedEvent")]
+struct OrderPlaced {
+    run: String,
+    #[event(key)]
+    order_id: u32,
+    seq: u32,
+}
+
+async fn create_topic() {
+    TopicAdmin::new(&config("admin"))
+        .unwrap()
+        .ensure_topics(&[TopicSpec::for_event::<OrderPlaced>().partitions(3)])
+        .await
+        .unwrap();
+}
+
+fn relay_settings(dead_letter_topic: &str) -> RelaySettings {
+    RelaySettings {
+        poll_interval: Duration::from_millis(100),
+        dead_letter_topic: dead_letter_topic.to_owned(),
+        ..RelaySettings::default()
+    }
+}
+
+/// Reads `topic` from the beginning until `want` records of `run` arrived; returns them
+/// in the order they were read, per partition.
+fn read_run(topic: &str, run: &str, want: usize) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("outbox-readback"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut found = Vec::new();
+    while found.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {want} records arrived",
+            found.len()
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let ours = message
+                .payload()
+                .and_then(|p| serde_json::from_slice::<OrderPlaced>(p).ok())
+                .is_some_and(|e| e.run == run);
+            if ours {
+                found.push(message.detach());
+            }
+        }
+    }
+    found
+}
+
+/// Runs `relay` while `body` runs, then stops it.
+async fn with_relay<T>(relay: OutboxRelay, body: impl std::future::Future<Output = T>) -> T {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let result = body.await;
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("the relay stopped")
+        .unwrap()
+        .unwrap();
+    result
+}
+
+fn assert_wire_headers(record: &OwnedMessage, event_id: Uuid, event: &OrderPlaced) {
+    let headers = headers_of(record);
+    let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "content-type",
+            "ce_schemaversion",
+            "ce_partitionkey",
+            "ce_correlationid"
+        ]
+    );
+    assert_eq!(header(&headers, "ce_specversion"), Some("1.0"));
+    assert_eq!(
+        header(&headers, "ce_id"),
+        Some(event_id.to_string().as_str())
+    );
+    assert_eq!(header(&headers, "ce_source"), Some("orders-api"));
+    assert_eq!(header(&headers, "ce_type"), Some("OrderPlacedEvent"));
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(header(&headers, "ce_schemaversion"), Some("1"));
+    let key = event.order_id.to_string();
+    assert_eq!(header(&headers, "ce_partitionkey"), Some(key.as_str()));
+    assert_eq!(header(&headers, "ce_correlationid"), Some("checkout-42"));
+    assert!(chrono::DateTime::parse_from_rfc3339(header(&headers, "ce_time").unwrap()).is_ok());
+    assert_eq!(record.key(), Some(key.as_bytes()));
+    assert_eq!(
+        serde_json::from_slice::<OrderPlaced>(record.payload().unwrap()).unwrap(),
+        *event
+    );
+}
+
+fn metadata() -> PublishMetadata {
+    PublishMetadata {
+        correlation_id: Some("checkout-42".to_owned()),
+        ..PublishMetadata::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_headers() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let outbox = PostgresOutbox::connect(&postgres_url(), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    let event = |seq| OrderPlaced {
+        run: run.clone(),
+        order_id: 7,
+        seq,
+    };
+
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let rolled_back = outbox
+        .enqueue_with(&mut tx, &event(0), &metadata())
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE event_id = $1")
+        .bind(rolled_back)
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "a rolled-back event does not exist");
+
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let committed = outbox
+        .enqueue_with(&mut tx, &event(1), &metadata())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = outbox
+        .relay(&kafka, relay_settings(&unique("tests-dlq")))
+        .unwrap();
+    let records = with_relay(relay, async {
+        tokio::task::spawn_blocking({
+            let run = run.clone();
+            move || read_run(OrderPlaced::TOPIC, &run, 1)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(records.len(), 1, "only the committed event is published");
+    assert_wire_headers(&records[0], committed, &event(1));
+    let published: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT published_at FROM pegasus_outbox WHERE event_id = $1")
+            .bind(committed)
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap();
+    assert!(
+        published.is_some(),
+        "marked published after the acknowledgement"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_headers() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    let event = |seq| OrderPlaced {
+        run: run.clone(),
+        order_id: 9,
+        seq,
+    };
+
+    let mut tx = outbox.pool().begin().await.unwrap();
+    outbox
+        .enqueue_with(&mut tx, &event(0), &metadata())
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "a rolled-back event does not exist");
+
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let committed = outbox
+        .enqueue_with(&mut tx, &event(1), &metadata())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = outbox
+        .relay(&kafka, relay_settings(&unique("tests-dlq")))
+        .unwrap();
+    let records = with_relay(relay, async {
+        tokio::task::spawn_blocking({
+            let run = run.clone();
+            move || read_run(OrderPlaced::TOPIC, &run, 1)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(records.len(), 1);
+    assert_wire_headers(&records[0], committed, &event(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_keeps_the_order_of_each_keys_events_across_many_transactions() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let outbox = PostgresOutbox::connect(&postgres_url(), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    let relay = outbox
+        .relay(&kafka, relay_settings(&unique("tests-dlq")))
+        .unwrap();
+    const EVENTS: u32 = 2_000;
+    let records = with_relay(relay, async {
+        // Committed while the relay runs, in transactions of 1 to 20 events.
+        let mut seq_of: HashMap<u32, u32> = HashMap::new();
+        let mut n = 0;
+        while n < EVENTS {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            for _ in 0..(1 + n % 20).min(EVENTS - n) {
+                let order_id = n % 25;
+                let seq = seq_of.entry(order_id).or_default();
+                let event = OrderPlaced {
+                    run: run.clone(),
+                    order_id,
+                    seq: *seq,
+                };
+                *seq += 1;
+                outbox.enqueue(&mut tx, &event).await.unwrap();
+                n += 1;
+            }
+            tx.commit().await.unwrap();
+        }
+        tokio::task::spawn_blocking({
+            let run = run.clone();
+            move || read_run(OrderPlaced::TOPIC, &run, EVENTS as usize)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    let mut per_key: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for record in &records {
+        let event: OrderPlaced = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        per_key.entry(event.order_id).or_default().push(event.seq);
+    }
+    assert_eq!(per_key.len(), 25);
+    for (key, seqs) in per_key {
+        let expected: Vec<u32> = (0..seqs.len() as u32).collect();
+        assert_eq!(seqs, expected, "order of key {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_outbox_row_is_dead_lettered_and_does_not_block_the_rows_behind_it() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    // A row written by hand (another writer, a bad migration): its headers are not JSON.
+    sqlx::query(
+        "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
+         VALUES (?, ?, ?, ?, 'not json')",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(OrderPlaced::TOPIC)
+    .bind(b"3".as_slice())
+    .bind(br#"{"broken":true}"#.as_slice())
+    .execute(outbox.pool())
+    .await
+    .unwrap();
+    let mut tx = outbox.pool().begin().await.unwrap();
+    for seq in 0..3 {
+        outbox
+            .enqueue(
+                &mut tx,
+                &OrderPlaced {
+                    run: run.clone(),
+                    order_id: 3,
+                    seq,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let dlq = unique("tests-dlq");
+    let relay = outbox.relay(&kafka, relay_settings(&dlq)).unwrap();
+    let records = with_relay(relay, async {
+        tokio::task::spawn_blocking({
+            let run = run.clone();
+            move || read_run(OrderPlaced::TOPIC, &run, 3)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(records.len(), 3, "the good rows were published");
+    let letters = DeadLetterQueue::new(&config("dlq-reader"))
+        .unwrap()
+        .topic(&dlq)
+        .read(&ReplayFilter::new())
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Decode);
+    assert_eq!(letters[0].record.topic, OrderPlaced::TOPIC);
+    assert_eq!(
+        letters[0].record.payload.as_deref(),
+        Some(br#"{"broken":true}"#.as_slice())
+    );
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        unpublished, 0,
+        "the malformed row is marked too, so it is not retried forever"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_standby_takes_over() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let first = PostgresOutbox::connect(&postgres_url(), &kafka)
+        .await
+        .unwrap();
+    let second = PostgresOutbox::connect(&postgres_url(), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    let enqueue = |outbox: PostgresOutbox, range: std::ops::Range<u32>| {
+        let run = run.clone();
+        async move {
+            for seq in range {
+                let mut tx = outbox.pool().begin().await.unwrap();
+                for order_id in 0..5 {
+                    let event = OrderPlaced {
+                        run: run.clone(),
+                        order_id,
+                        seq,
+                    };
+                    outbox.enqueue(&mut tx, &event).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    let read = |want: usize| {
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, want))
+    };
+
+    // The first relay starts alone and becomes the active one; the second waits.
+    let active = first
+        .relay(&kafka, relay_settings(&unique("tests-dlq")))
+        .unwrap();
+    let (stop_active, active_stopped) = tokio::sync::oneshot::channel::<()>();
+    let active = tokio::spawn(active.run_until(async move {
+        let _ = active_stopped.await;
+    }));
+    enqueue(first.clone(), 0..100).await;
+    read(500).await.unwrap();
+    let standby = second
+        .relay(&kafka, relay_settings(&unique("tests-dlq")))
+        .unwrap();
+    let records = with_relay(standby, async {
+        enqueue(second.clone(), 100..200).await;
+        read(1_000).await.unwrap();
+        // The active relay goes away; the standby must take over the rest.
+        stop_active.send(()).unwrap();
+        tokio::time::timeout(DEADLINE, active)
+            .await
+            .expect("the active relay stopped")
+            .unwrap()
+            .unwrap();
+        enqueue(first.clone(), 200..300).await;
+        read(1_500).await.unwrap()
+    })
+    .await;
+
+    let mut ids = std::collections::HashSet::new();
+    let mut per_key: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for record in &records {
+        ids.insert(header(&headers_of(record), "ce_id").unwrap().to_owned());
+        let event: OrderPlaced = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        per_key.entry(event.order_id).or_default().push(event.seq);
+    }
+    assert_eq!(ids.len(), 1_500, "no event published twice");
+    for (key, seqs) in per_key {
+        assert_eq!(seqs, (0..300).collect::<Vec<u32>>(), "order of key {key}");
+    }
+}
