@@ -9,7 +9,9 @@ use std::time::Duration;
 use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
 };
-use pegasus_events::idempotency::{PostgresIdempotencyStore, SqliteIdempotencyStore};
+use pegasus_events::idempotency::{
+    Inbox, InboxHandler, PostgresIdempotencyStore, SqliteIdempotencyStore,
+};
 use pegasus_events::{
     Event, EventProducer, IdempotencyStore, MemoryIdempotencyStore, PublishMetadata, TopicAdmin,
     TopicSpec,
@@ -306,4 +308,200 @@ async fn a_duplicate_delivery_is_acknowledged_without_calling_the_handler_postgr
             .unwrap(),
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The inbox: the handler's writes and the mark in one transaction.
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.idempotency.deposited")]
+struct Deposited {
+    run: String,
+    #[event(key)]
+    account: u32,
+    amount: i64,
+}
+
+/// Writes a ledger row, then fails on the first attempt of every event: the row must roll
+/// back with the mark.
+struct Ledger {
+    run: String,
+    calls: AtomicUsize,
+    saw_last: std::sync::atomic::AtomicBool,
+}
+
+macro_rules! ledger_for {
+    ($db:ty, $insert:literal) => {
+        impl InboxHandler<Deposited, $db> for Arc<Ledger> {
+            async fn handle(
+                &self,
+                event: Deposited,
+                context: &EventContext<'_>,
+                transaction: &mut sqlx::Transaction<'static, $db>,
+            ) -> Result<(), HandlerError> {
+                if event.run != self.run {
+                    return Ok(());
+                }
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                sqlx::query($insert)
+                    .bind(context.event_id().to_string())
+                    .bind(event.amount)
+                    .execute(&mut **transaction)
+                    .await?;
+                if context.attempt == 1 {
+                    return Err(HandlerError::transient(std::io::Error::other(
+                        "the business write failed after the row was written",
+                    )));
+                }
+                if event.amount == 999 {
+                    self.saw_last.store(true, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+        }
+    };
+}
+ledger_for!(
+    sqlx::Sqlite,
+    "INSERT INTO ledger (event_id, amount) VALUES (?, ?)"
+);
+ledger_for!(
+    sqlx::Postgres,
+    "INSERT INTO ledger (event_id, amount) VALUES ($1, $2)"
+);
+
+/// Publishes 3 deposits, each twice with the same `ce_id`, then a last one; returns the
+/// ids of the 4 distinct events.
+async fn publish_deposits(run: &str) -> Vec<Uuid> {
+    TopicAdmin::new(&config("admin"))
+        .unwrap()
+        .ensure_topics(&[TopicSpec::for_event::<Deposited>().partitions(1)])
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&config("deposits-publisher")).unwrap();
+    let mut ids = Vec::new();
+    for amount in [10, 20, 30, 999] {
+        let event = Deposited {
+            run: run.to_owned(),
+            account: 1,
+            amount,
+        };
+        let metadata = PublishMetadata {
+            event_id: Some(Uuid::now_v7()),
+            ..PublishMetadata::default()
+        };
+        ids.push(metadata.event_id.unwrap());
+        producer.publish_with(&event, &metadata).await.unwrap();
+        if amount != 999 {
+            producer.publish_with(&event, &metadata).await.unwrap();
+        }
+    }
+    ids
+}
+
+fn ledger(run: &str) -> Arc<Ledger> {
+    Arc::new(Ledger {
+        run: run.to_owned(),
+        calls: AtomicUsize::new(0),
+        saw_last: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+async fn run_inbox_consumer(consumer: EventConsumer, ledger: &Arc<Ledger>) {
+    let watched = Arc::clone(ledger);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        consumer.run_until(async move {
+            while !watched.saw_last.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }),
+    )
+    .await
+    .expect("in time")
+    .expect("ran");
+}
+
+fn consumer_settings() -> ConsumerSettings {
+    ConsumerSettings {
+        dead_letter_topic: unique("tests-dlq"),
+        retry: pegasus_events::RetryPolicy::default().with_backoff(
+            Duration::from_millis(10),
+            2.0,
+            Duration::from_millis(50),
+        ),
+        ..ConsumerSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_inbox_rolls_back_the_mark_with_a_failed_write_and_applies_each_event_once() {
+    let run = unique("run");
+    let ids = publish_deposits(&run).await;
+    let url = format!("sqlite://{}", sqlite_path().display());
+    let store = SqliteIdempotencyStore::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE ledger (event_id TEXT NOT NULL, amount INTEGER NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let handler = ledger(&run);
+    let consumer = EventConsumer::builder(config("inbox-test"))
+        .group_id(unique("inbox"))
+        .settings(consumer_settings())
+        .handler::<Deposited, _>(Inbox::new(store.clone(), Arc::clone(&handler)))
+        .build()
+        .unwrap();
+    run_inbox_consumer(consumer, &handler).await;
+
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_id, amount FROM ledger ORDER BY amount")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let expected: Vec<(String, i64)> = ids
+        .iter()
+        .zip([10, 20, 30, 999])
+        .map(|(id, amount)| (id.to_string(), amount))
+        .collect();
+    assert_eq!(rows, expected, "each deposit applied exactly once");
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        8,
+        "each event: a failed first attempt, rolled back, and one that committed; duplicates never reach the handler"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_inbox_rolls_back_the_mark_with_a_failed_write_and_applies_each_event_once() {
+    let run = unique("run");
+    let ids = publish_deposits(&run).await;
+    let store = PostgresIdempotencyStore::connect(&postgres_url())
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS ledger (event_id TEXT NOT NULL, amount BIGINT NOT NULL)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let handler = ledger(&run);
+    let consumer = EventConsumer::builder(config("inbox-test"))
+        .group_id(unique("inbox"))
+        .settings(consumer_settings())
+        .handler::<Deposited, _>(Inbox::new(store.clone(), Arc::clone(&handler)))
+        .build()
+        .unwrap();
+    run_inbox_consumer(consumer, &handler).await;
+
+    let id_texts: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_id, amount FROM ledger WHERE event_id = ANY($1) ORDER BY amount",
+    )
+    .bind(&id_texts)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64)> = id_texts.into_iter().zip([10, 20, 30, 999]).collect();
+    assert_eq!(rows, expected, "each deposit applied exactly once");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 8);
 }

@@ -14,8 +14,9 @@
 //! - **Marked only after success.** The event is marked processed after its handler
 //!   returned `Ok`, and the offset is stored only after the mark was written. A crash
 //!   between the handler and the mark leads to a redelivery that calls the handler again:
-//!   at least once, never lost. (For effects that must not be applied twice even then,
-//!   the handler's write and the mark must share one database transaction: the inbox.)
+//!   at least once, never lost. For effects that must not be applied twice even then,
+//!   wrap the handler in an [`Inbox`] (features `sqlite`, `postgres`): its writes and the
+//!   mark share one database transaction.
 //! - **Store failures never lose or skip an event.** If the store cannot be read or
 //!   written, the record is held, the call is retried with backoff, and the partition
 //!   waits, as for a failed dead-letter write.
@@ -36,11 +37,15 @@ use uuid::Uuid;
 
 use crate::error::Result;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod inbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use inbox::{Inbox, InboxHandler};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresIdempotencyStore;
 #[cfg(feature = "sqlite")]

@@ -3,8 +3,8 @@
 //!
 //! Usage: `killable_consumer <group> <sqlite file> <run> <deliveries file>`, with the
 //! broker in `PEGASUS_TEST_BOOTSTRAP`. The effect of an entry is a row in `effects`,
-//! written in the same transaction as the idempotency mark, so a duplicate delivery can
-//! never apply it twice. Every delivery of a record to the runtime (each idempotency check)
+//! written through the library's `Inbox`, in the same transaction as the idempotency
+//! mark, so a duplicate delivery can never apply it twice. Every delivery of a record to the runtime (each idempotency check)
 //! is appended to the deliveries file (one line, unbuffered), so the test can count
 //! redeliveries across the kills.
 
@@ -12,17 +12,15 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pegasus_events::consumer::{
-    ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
-};
-use pegasus_events::idempotency::SqliteIdempotencyStore;
+use pegasus_events::consumer::{ConsumerSettings, EventConsumer, EventContext, HandlerError};
+use pegasus_events::idempotency::{Inbox, InboxHandler, SqliteIdempotencyStore};
 use pegasus_events::IdempotencyStore;
 use pegasus_events_tests::{config, LedgerEntry};
 use uuid::Uuid;
 
+/// Applies an entry: one row in `effects`, in the inbox's transaction.
 struct Ledger {
     run: String,
-    store: SqliteIdempotencyStore,
 }
 
 /// The SQLite store, writing down every event id it is asked about: one line per delivery.
@@ -45,30 +43,21 @@ impl IdempotencyStore for Counted {
     }
 }
 
-impl EventHandler<LedgerEntry> for Ledger {
+impl InboxHandler<LedgerEntry, sqlx::Sqlite> for Ledger {
     async fn handle(
         &self,
         entry: LedgerEntry,
         context: &EventContext<'_>,
+        transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     ) -> Result<(), HandlerError> {
         if entry.run != self.run {
-            return Ok(());
-        }
-        let mut transaction = self.store.pool().begin().await?;
-        if !self
-            .store
-            .mark_processed_in(&mut transaction, context.group_id, context.event_id())
-            .await?
-        {
-            // Applied before, in a transaction that committed: nothing to do.
             return Ok(());
         }
         sqlx::query("INSERT INTO effects (event_id, n) VALUES (?, ?)")
             .bind(context.event_id().to_string())
             .bind(entry.n)
-            .execute(&mut *transaction)
+            .execute(&mut **transaction)
             .await?;
-        transaction.commit().await?;
         Ok(())
     }
 }
@@ -106,10 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             store: store.clone(),
             deliveries: Mutex::new(deliveries),
         })
-        .handler::<LedgerEntry, _>(Ledger {
-            run: run.clone(),
-            store,
-        })
+        .handler::<LedgerEntry, _>(Inbox::new(store, Ledger { run: run.clone() }))
         .build()?
         .run()
         .await?;

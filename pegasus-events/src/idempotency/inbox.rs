@@ -1,0 +1,110 @@
+//! The inbox: a handler's database writes and the idempotency mark in one transaction.
+
+use std::future::Future;
+
+use crate::consumer::{EventContext, EventHandler, HandlerError};
+use crate::event::Event;
+
+/// Handles an event inside a database transaction that also holds its idempotency mark.
+///
+/// Wrapped in an [`Inbox`], it is called with an open transaction in which the event was
+/// just marked processed for the consumer group. The transaction commits after `handle`
+/// returned `Ok`, before the record's offset is stored; on `Err` (or a panic) it rolls back,
+/// mark included, and the record is retried or dead-lettered like any failure. So the
+/// handler's writes happen exactly once in that database, however often the record is
+/// delivered.
+pub trait InboxHandler<E: Event, DB: sqlx::Database>: Send + Sync + 'static {
+    /// Handles one event; `transaction` is committed if this returns `Ok`.
+    fn handle(
+        &self,
+        event: E,
+        context: &EventContext<'_>,
+        transaction: &mut sqlx::Transaction<'static, DB>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// An [`EventHandler`] that runs an [`InboxHandler`] in a transaction of `store`'s
+/// database, with the idempotency mark written in the same transaction.
+///
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # async fn run(config: pegasus_events::KafkaConfig) -> Result<(), Box<dyn std::error::Error>> {
+/// use pegasus_events::consumer::{EventConsumer, EventContext, HandlerError};
+/// use pegasus_events::idempotency::{Inbox, InboxHandler, SqliteIdempotencyStore};
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, pegasus_events::Event)]
+/// # #[event(topic = "shipping.shipment.created")]
+/// # struct ShipmentCreated { #[event(key)] shipment_id: String }
+///
+/// struct RecordShipment;
+///
+/// impl InboxHandler<ShipmentCreated, sqlx::Sqlite> for RecordShipment {
+///     async fn handle(
+///         &self,
+///         event: ShipmentCreated,
+///         _: &EventContext<'_>,
+///         transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+///     ) -> Result<(), HandlerError> {
+///         sqlx::query("INSERT INTO shipments (id) VALUES (?)")
+///             .bind(&event.shipment_id)
+///             .execute(&mut **transaction)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+///
+/// let store = SqliteIdempotencyStore::connect("sqlite://identity.db").await?;
+/// EventConsumer::builder(config)
+///     .idempotency(store.clone()) // skips known duplicates before opening a transaction
+///     .handler::<ShipmentCreated, _>(Inbox::new(store, RecordShipment))
+///     .build()?
+///     .run()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Inbox<S, H> {
+    store: S,
+    handler: H,
+}
+
+impl<S, H> Inbox<S, H> {
+    /// `handler`'s writes and the marks of `store`, in one transaction per event.
+    pub fn new(store: S, handler: H) -> Self {
+        Inbox { store, handler }
+    }
+}
+
+/// Begins a transaction, marks the event, runs the handler, commits; a duplicate (the
+/// mark was there) rolls back without calling the handler.
+macro_rules! inbox_for {
+    ($store:ty, $db:ty) => {
+        impl<E: Event, H: InboxHandler<E, $db>> EventHandler<E> for Inbox<$store, H> {
+            async fn handle(
+                &self,
+                event: E,
+                context: &EventContext<'_>,
+            ) -> Result<(), HandlerError> {
+                let mut transaction = self.store.pool().begin().await?;
+                let fresh = self
+                    .store
+                    .mark_processed_in(&mut transaction, context.group_id, context.event_id())
+                    .await
+                    .map_err(HandlerError::transient)?;
+                if !fresh {
+                    // Handled before, in a transaction that committed.
+                    return Ok(());
+                }
+                self.handler
+                    .handle(event, context, &mut transaction)
+                    .await?;
+                transaction.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+inbox_for!(super::SqliteIdempotencyStore, sqlx::Sqlite);
+#[cfg(feature = "postgres")]
+inbox_for!(super::PostgresIdempotencyStore, sqlx::Postgres);
