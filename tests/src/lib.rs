@@ -50,6 +50,27 @@ pub fn postgres_url() -> String {
     }
 }
 
+/// A new, empty database on the PostgreSQL server under test, for a test that must not
+/// see other tests' tables; returns its URL.
+///
+/// # Panics
+///
+/// When the server is unreachable or refuses to create it.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let url = postgres_url();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("the PostgreSQL server under test answers");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("a test database can be created");
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
 /// A configuration for the broker under test with a short delivery timeout.
 pub fn config(client_id: &str) -> KafkaConfig {
     let mut config = KafkaConfig::new(bootstrap()).with_client_id(client_id);

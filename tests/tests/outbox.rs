@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter};
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, PublishMetadata, TopicAdmin, TopicSpec};
-use pegasus_events_tests::{bootstrap, config, header, headers_of, postgres_url, unique};
+use pegasus_events_tests::{
+    bootstrap, config, fresh_postgres_database, header, headers_of, postgres_url, unique,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -375,12 +377,10 @@ async fn a_malformed_outbox_row_is_dead_lettered_and_does_not_block_the_rows_beh
 async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_standby_takes_over() {
     create_topic().await;
     let kafka = config("orders-api");
-    let first = PostgresOutbox::connect(&postgres_url(), &kafka)
-        .await
-        .unwrap();
-    let second = PostgresOutbox::connect(&postgres_url(), &kafka)
-        .await
-        .unwrap();
+    // A database of its own, so no other test's relay holds the lease.
+    let url = fresh_postgres_database().await;
+    let first = PostgresOutbox::connect(&url, &kafka).await.unwrap();
+    let second = PostgresOutbox::connect(&url, &kafka).await.unwrap();
     let run = unique("run");
     let enqueue = |outbox: PostgresOutbox, range: std::ops::Range<u32>| {
         let run = run.clone();
