@@ -444,3 +444,61 @@ async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_sta
         assert_eq!(seqs, (0..300).collect::<Vec<u32>>(), "order of key {key}");
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.outbox.unserializable")]
+struct GridUpdated {
+    /// JSON objects need string keys: serde_json refuses to write this map.
+    cells: HashMap<(u32, u32), String>,
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_serialized_fails_the_enqueue_with_a_typed_error_and_stores_nothing(
+) {
+    let kafka = config("grid-api");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
+        .await
+        .unwrap();
+    let event = GridUpdated {
+        cells: HashMap::from([((1, 2), "x".to_owned())]),
+    };
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let error = outbox.enqueue(&mut tx, &event).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            pegasus_events::Error::Serialize {
+                event_type: "GridUpdated",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // The caller's transaction is still usable; it decides to roll back.
+    tx.rollback().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    let outbox = PostgresOutbox::connect(&fresh_postgres_database().await, &kafka)
+        .await
+        .unwrap();
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let error = outbox.enqueue(&mut tx, &event).await.unwrap_err();
+    assert!(
+        matches!(&error, pegasus_events::Error::Serialize { .. }),
+        "{error:?}"
+    );
+    tx.commit().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, 0,
+        "nothing was written even though the transaction committed"
+    );
+}
