@@ -1,0 +1,279 @@
+//! The outbox relay against publishing directly, on the same broker, in the same run.
+//!
+//! Throughput: `EventProducer::publish_all` of N events, against the same N events
+//! committed to the outbox (transactions of 100) while the relay runs, timed from the
+//! first commit until the relay marked the last one published (so after the broker's
+//! acknowledgement), on PostgreSQL and on SQLite. Ratios are relay/direct.
+//!
+//! Latency (PostgreSQL, LISTEN/NOTIFY): one event committed every 5 ms, 1,000 of them;
+//! latency is `published_at - created_at` of each row, both taken by the server's clock
+//! (`created_at` is the start of the enqueuing transaction, `published_at` the start of
+//! the relay's marking, after the acknowledgement). Median and p99 are reported.
+//!
+//! Run with `scripts/bench` (starts a broker and PostgreSQL), or `cargo bench -p
+//! pegasus-events-benches --bench outbox` with `PEGASUS_BENCH_BOOTSTRAP` and
+//! `PEGASUS_BENCH_POSTGRES_URL` (or the `PEGASUS_TEST_` ones) set. Without `--bench` (as
+//! `cargo test --all-targets` runs it) it does a short smoke run.
+
+use std::time::{Duration, Instant};
+
+use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
+use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
+use serde::{Deserialize, Serialize};
+
+/// The event relayed; shaped like the design's ShipmentCreatedEvent.
+#[derive(Clone, Debug, Serialize, Deserialize, Event)]
+#[serde(rename_all = "camelCase")]
+#[event(topic = "bench.outbox.shipment", name = "ShipmentCreatedEvent")]
+struct Shipment {
+    #[event(key)]
+    shipment_id: uuid::Uuid,
+    tracking_number: String,
+    status: String,
+    created_by_user_id: String,
+}
+
+fn shipment(i: u64) -> Shipment {
+    Shipment {
+        shipment_id: uuid::Uuid::from_u64_pair(11, i % 1_000),
+        tracking_number: format!("TRACK{i:07}"),
+        status: "Created".to_owned(),
+        created_by_user_id: "auth0|123".to_owned(),
+    }
+}
+
+fn env(names: &[&str]) -> String {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| {
+            eprintln!("outbox bench: set {}", names.join(" or "));
+            std::process::exit(1);
+        })
+}
+
+fn settings() -> RelaySettings {
+    RelaySettings {
+        poll_interval: Duration::from_millis(100),
+        ..RelaySettings::default()
+    }
+}
+
+/// A fresh database on the server of `url`, so rows of earlier runs do not count.
+async fn fresh_database(url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(url).await.expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// Runs `relay` in the background; the returned sender stops it.
+fn spawn_relay(
+    relay: OutboxRelay,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        relay
+            .run_until(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("relay ran");
+    });
+    (stop, handle)
+}
+
+async fn direct(config: &KafkaConfig, count: u64) -> f64 {
+    let producer = EventProducer::new(config).expect("producer");
+    let events: Vec<Shipment> = (0..count).map(shipment).collect();
+    let started = Instant::now();
+    for result in producer.publish_all(&events).await {
+        result.expect("published");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn through_postgres(config: &KafkaConfig, url: &str, count: u64) -> f64 {
+    let outbox = PostgresOutbox::connect(&fresh_database(url).await, config)
+        .await
+        .expect("outbox");
+    let (stop, relay) = spawn_relay(outbox.relay(config, settings()).expect("relay"));
+    let started = Instant::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut tx = outbox.pool().begin().await.expect("begin");
+        for i in chunk {
+            outbox
+                .enqueue(&mut tx, &shipment(*i))
+                .await
+                .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
+                .fetch_one(outbox.pool())
+                .await
+                .expect("count");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    relay.await.expect("relay stopped");
+    rate
+}
+
+async fn through_sqlite(config: &KafkaConfig, count: u64) -> f64 {
+    let path = std::env::temp_dir().join(format!("pegasus-bench-{}.db", uuid::Uuid::new_v4()));
+    let outbox = SqliteOutbox::connect(&format!("sqlite://{}", path.display()), config)
+        .await
+        .expect("outbox");
+    let (stop, relay) = spawn_relay(outbox.relay(config, settings()).expect("relay"));
+    let started = Instant::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut tx = outbox.pool().begin().await.expect("begin");
+        for i in chunk {
+            outbox
+                .enqueue(&mut tx, &shipment(*i))
+                .await
+                .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
+                .fetch_one(outbox.pool())
+                .await
+                .expect("count");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    relay.await.expect("relay stopped");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    rate
+}
+
+/// Median and p99 of commit-to-publish latency in ms, at one event per 5 ms.
+async fn latency(config: &KafkaConfig, url: &str, count: u64) -> (f64, f64) {
+    let outbox = PostgresOutbox::connect(&fresh_database(url).await, config)
+        .await
+        .expect("outbox");
+    let (stop, relay) = spawn_relay(outbox.relay(config, settings()).expect("relay"));
+    // Let the relay take its lease and start listening before the clock matters.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for i in 0..count {
+        tick.tick().await;
+        let mut tx = outbox.pool().begin().await.expect("begin");
+        outbox
+            .enqueue(&mut tx, &shipment(i))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
+                .fetch_one(outbox.pool())
+                .await
+                .expect("count");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (median, p99): (f64, f64) = sqlx::query_as(
+        "SELECT
+            percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)),
+            percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at))
+         FROM pegasus_outbox",
+    )
+    .fetch_one(outbox.pool())
+    .await
+    .expect("percentiles");
+    let _ = stop.send(());
+    relay.await.expect("relay stopped");
+    (median * 1000.0, p99 * 1000.0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (count, rounds, latency_count) = if full {
+        (20_000, 5, 1_000)
+    } else {
+        (500, 1, 50)
+    };
+    let bootstrap = env(&["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"]);
+    let postgres = env(&["PEGASUS_BENCH_POSTGRES_URL", "PEGASUS_TEST_POSTGRES_URL"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let config = KafkaConfig::new(&bootstrap).with_client_id("bench-outbox");
+        TopicAdmin::new(&config)
+            .expect("admin")
+            .ensure_topics(&[TopicSpec::for_event::<Shipment>().partitions(3)])
+            .await
+            .expect("topic");
+        let (mut direct_rates, mut postgres_rates, mut sqlite_rates) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let (mut postgres_ratios, mut sqlite_ratios) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let d = direct(&config, count).await;
+            let p = through_postgres(&config, &postgres, count).await;
+            let s = through_sqlite(&config, count).await;
+            postgres_ratios.push(p / d);
+            sqlite_ratios.push(s / d);
+            direct_rates.push(d);
+            postgres_rates.push(p);
+            sqlite_rates.push(s);
+        }
+        let (p50, p99) = latency(&config, &postgres, latency_count).await;
+        println!(
+            "outbox bench ({} mode): {count} events x {rounds} rounds, broker {bootstrap}",
+            if full { "full" } else { "smoke" }
+        );
+        println!(
+            "  direct publish_all                 : {:>9.0} events/s (median)",
+            median(direct_rates)
+        );
+        println!(
+            "  through the outbox, PostgreSQL     : {:>9.0} events/s (median), ratio {:.3}",
+            median(postgres_rates),
+            median(postgres_ratios)
+        );
+        println!(
+            "  through the outbox, SQLite         : {:>9.0} events/s (median), ratio {:.3}",
+            median(sqlite_rates),
+            median(sqlite_ratios)
+        );
+        println!(
+            "  commit-to-publish latency, PostgreSQL LISTEN/NOTIFY, 1 event / 5 ms: median {p50:.1} ms, p99 {p99:.1} ms ({latency_count} events)"
+        );
+    });
+}
