@@ -29,7 +29,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
@@ -282,14 +284,22 @@ impl OutboxRelay {
             if let Some(key) = &row.key {
                 record = record.key(key.as_slice());
             }
-            pending.push((row.id, self.producer.send(record, self.delivery_timeout)));
+            pending.push((row.id, self.enqueue(record).await));
         }
         let mut published = Vec::with_capacity(pending.len());
         let mut first_error = None;
         for (id, delivery) in pending {
-            match delivery.await {
-                Ok(_) => published.push(id),
-                Err((error, _)) => {
+            let acknowledged = match delivery {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(error),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(error) => Err(error),
+            };
+            match acknowledged {
+                Ok(()) => published.push(id),
+                Err(error) => {
                     first_error.get_or_insert(error);
                 }
             }
@@ -306,6 +316,27 @@ impl OutboxRelay {
             });
         }
         Ok(Round::Published(rows.len()))
+    }
+
+    /// Hands `record` to librdkafka without waiting for its acknowledgement, so a whole
+    /// batch is in flight at once; waits only while librdkafka's queue is full.
+    async fn enqueue(
+        &self,
+        mut record: FutureRecord<'_, [u8], [u8]>,
+    ) -> std::result::Result<DeliveryFuture, KafkaError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if started.elapsed() < self.delivery_timeout =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
     }
 
     /// Sends an unreadable row to the dead-letter topic, as it is stored.
