@@ -11,7 +11,9 @@ use crate::wire::EventMetadata;
 ///
 /// The runtime calls it once per record, in offset order within a partition, and commits
 /// the record's offset only after it returned `Ok` (and every earlier record of the
-/// partition did). An `Err` or a panic leaves the offset uncommitted.
+/// partition did). An `Err` is retried by the handler's [`RetryPolicy`](super::RetryPolicy) and
+/// then dead-lettered; a panic is dead-lettered at once. Either way the offset is committed
+/// only after the dead-letter topic acknowledged the record.
 ///
 /// ```
 /// use pegasus_events::consumer::{EventContext, EventHandler, HandlerError};
