@@ -42,7 +42,7 @@ mod inbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use inbox::{Inbox, InboxHandler};

@@ -25,25 +25,34 @@ fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     }
 }
 
+/// Opens (creating if needed) the SQLite database at `url` the way this crate's stores use
+/// it; an error says which step failed. Shared with the outbox.
+pub(crate) async fn open_pool(
+    url: &str,
+) -> std::result::Result<SqlitePool, (&'static str, sqlx::Error)> {
+    let options: SqliteConnectOptions = url.parse().map_err(|e| ("parse the database url", e))?;
+    let options = options
+        .create_if_missing(true)
+        // Several workers write at once; WAL lets readers go on while one writes.
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        // In WAL mode, NORMAL keeps every commit through a crash of the process (what
+        // at-least-once needs); only a power loss can take back the last commits.
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|e| ("open the database", e))
+}
+
 impl SqliteIdempotencyStore {
     /// Opens (creating if needed) the database at `url` (e.g. `sqlite://marks.db` or
     /// `sqlite::memory:`) and its table.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options: SqliteConnectOptions =
-            url.parse().map_err(failed("parse the database url"))?;
-        let options = options
-            .create_if_missing(true)
-            // Several workers write at once; WAL lets readers go on while one writes.
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            // In WAL mode, NORMAL keeps every commit through a crash of the process (what
-            // at-least-once needs); only a power loss can take back the last commits.
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = open_pool(url)
             .await
-            .map_err(failed("open the database"))?;
+            .map_err(|(operation, source)| failed(operation)(source))?;
         Self::with_pool(pool).await
     }
 

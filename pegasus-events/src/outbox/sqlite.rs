@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use super::{encode, BoxFuture, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings};
@@ -32,19 +32,9 @@ impl SqliteOutbox {
     /// Opens (creating if needed) the database at `url` (e.g. `sqlite://service.db`) and
     /// the outbox table. `config` gives the `ce_source` of the events.
     pub async fn connect(url: &str, config: &KafkaConfig) -> Result<Self> {
-        let options: SqliteConnectOptions =
-            url.parse().map_err(failed("parse the database url"))?;
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            // With WAL, NORMAL keeps every commit through a crash of the process.
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = crate::idempotency::sqlite::open_pool(url)
             .await
-            .map_err(failed("open the database"))?;
+            .map_err(|(operation, source)| failed(operation)(source))?;
         Self::with_pool(pool, config).await
     }
 
