@@ -104,73 +104,105 @@ async fn direct(config: &KafkaConfig, count: u64) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn through_postgres(config: &KafkaConfig, url: &str, count: u64) -> f64 {
-    let outbox = PostgresOutbox::connect(&fresh_database(url).await, config)
-        .await
-        .expect("outbox");
-    let (stop, relay) = spawn_relay(outbox.relay(config, settings()).expect("relay"));
-    let started = Instant::now();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
-        let mut tx = outbox.pool().begin().await.expect("begin");
-        for i in chunk {
-            outbox
-                .enqueue(&mut tx, &shipment(*i))
-                .await
-                .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
-    }
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
-                .fetch_one(outbox.pool())
-                .await
-                .expect("count");
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    relay.await.expect("relay stopped");
-    rate
+/// The outbox under test, on one of the two databases.
+enum Outbox {
+    Postgres(PostgresOutbox),
+    Sqlite(SqliteOutbox, std::path::PathBuf),
 }
 
-async fn through_sqlite(config: &KafkaConfig, count: u64) -> f64 {
-    let path = std::env::temp_dir().join(format!("pegasus-bench-{}.db", uuid::Uuid::new_v4()));
-    let outbox = SqliteOutbox::connect(&format!("sqlite://{}", path.display()), config)
-        .await
-        .expect("outbox");
-    let (stop, relay) = spawn_relay(outbox.relay(config, settings()).expect("relay"));
-    let started = Instant::now();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
-        let mut tx = outbox.pool().begin().await.expect("begin");
-        for i in chunk {
-            outbox
-                .enqueue(&mut tx, &shipment(*i))
-                .await
-                .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
+impl Outbox {
+    async fn postgres(config: &KafkaConfig, url: &str) -> Self {
+        let outbox = PostgresOutbox::connect(&fresh_database(url).await, config)
+            .await
+            .expect("outbox");
+        Outbox::Postgres(outbox)
     }
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
-                .fetch_one(outbox.pool())
-                .await
-                .expect("count");
-        if left == 0 {
-            break;
+
+    async fn sqlite(config: &KafkaConfig) -> Self {
+        let path = std::env::temp_dir().join(format!("pegasus-bench-{}.db", uuid::Uuid::new_v4()));
+        let outbox = SqliteOutbox::connect(&format!("sqlite://{}", path.display()), config)
+            .await
+            .expect("outbox");
+        Outbox::Sqlite(outbox, path)
+    }
+
+    fn relay(&self, config: &KafkaConfig) -> OutboxRelay {
+        match self {
+            Outbox::Postgres(outbox) => outbox.relay(config, settings()),
+            Outbox::Sqlite(outbox, _) => outbox.relay(config, settings()),
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        .expect("relay")
+    }
+
+    /// Commits `events` in one transaction, with one `enqueue_all` or an `enqueue` each.
+    async fn commit(&self, events: &[Shipment], all_at_once: bool) {
+        match self {
+            Outbox::Postgres(outbox) => {
+                let mut tx = outbox.pool().begin().await.expect("begin");
+                if all_at_once {
+                    outbox.enqueue_all(&mut tx, events).await.expect("enqueue");
+                } else {
+                    for event in events {
+                        outbox.enqueue(&mut tx, event).await.expect("enqueue");
+                    }
+                }
+                tx.commit().await.expect("commit");
+            }
+            Outbox::Sqlite(outbox, _) => {
+                let mut tx = outbox.pool().begin().await.expect("begin");
+                if all_at_once {
+                    outbox.enqueue_all(&mut tx, events).await.expect("enqueue");
+                } else {
+                    for event in events {
+                        outbox.enqueue(&mut tx, event).await.expect("enqueue");
+                    }
+                }
+                tx.commit().await.expect("commit");
+            }
+        }
+    }
+
+    /// Whether any event is still unpublished; cheap (the first entry of the partial
+    /// index), so polling it does not take much CPU from the relay being measured.
+    async fn any_unpublished(&self) -> bool {
+        const LEFT: &str =
+            "SELECT EXISTS (SELECT 1 FROM pegasus_outbox WHERE published_at IS NULL)";
+        match self {
+            Outbox::Postgres(outbox) => sqlx::query_scalar(LEFT).fetch_one(outbox.pool()).await,
+            Outbox::Sqlite(outbox, _) => sqlx::query_scalar(LEFT).fetch_one(outbox.pool()).await,
+        }
+        .expect("count")
+    }
+
+    async fn remove(self) {
+        match self {
+            Outbox::Postgres(_) => {}
+            Outbox::Sqlite(outbox, path) => {
+                outbox.pool().close().await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+/// Events per second from the first commit (transactions of 100 events) until the relay
+/// marked the last event published, i.e. after the broker acknowledged it.
+async fn through(config: &KafkaConfig, outbox: Outbox, count: u64, all_at_once: bool) -> f64 {
+    let (stop, relay) = spawn_relay(outbox.relay(config));
+    let events: Vec<Shipment> = (0..count).map(shipment).collect();
+    let started = Instant::now();
+    for transaction in events.chunks(100) {
+        outbox.commit(transaction, all_at_once).await;
+    }
+    while outbox.any_unpublished().await {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     let _ = stop.send(());
     relay.await.expect("relay stopped");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    outbox.remove().await;
     rate
 }
 
@@ -243,38 +275,45 @@ fn main() {
             .ensure_topics(&[TopicSpec::for_event::<Shipment>().partitions(3)])
             .await
             .expect("topic");
-        let (mut direct_rates, mut postgres_rates, mut sqlite_rates) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let (mut postgres_ratios, mut sqlite_ratios) = (Vec::new(), Vec::new());
+        // (label, database, enqueue_all?, rates, ratios to the same round's direct rate)
+        let mut variants = [
+            ("PostgreSQL, enqueue_all", true, true),
+            ("PostgreSQL, enqueue each", true, false),
+            ("SQLite, enqueue_all", false, true),
+            ("SQLite, enqueue each", false, false),
+        ]
+        .map(|(label, postgres, all)| (label, postgres, all, Vec::new(), Vec::new()));
+        let mut direct_rates = Vec::new();
         for _ in 0..rounds {
             let d = direct(&config, count).await;
-            let p = through_postgres(&config, &postgres, count).await;
-            let s = through_sqlite(&config, count).await;
-            postgres_ratios.push(p / d);
-            sqlite_ratios.push(s / d);
             direct_rates.push(d);
-            postgres_rates.push(p);
-            sqlite_rates.push(s);
+            for (_, on_postgres, all_at_once, rates, ratios) in &mut variants {
+                let outbox = if *on_postgres {
+                    Outbox::postgres(&config, &postgres).await
+                } else {
+                    Outbox::sqlite(&config).await
+                };
+                let rate = through(&config, outbox, count, *all_at_once).await;
+                rates.push(rate);
+                ratios.push(rate / d);
+            }
         }
         let (p50, p99) = latency(&config, &postgres, latency_count).await;
         println!(
-            "outbox bench ({} mode): {count} events x {rounds} rounds, broker {bootstrap}",
+            "outbox bench ({} mode): {count} events x {rounds} rounds, transactions of 100 events, broker {bootstrap}",
             if full { "full" } else { "smoke" }
         );
         println!(
-            "  direct publish_all                 : {:>9.0} events/s (median)",
+            "  direct publish_all                          : {:>9.0} events/s (median)",
             median(direct_rates)
         );
-        println!(
-            "  through the outbox, PostgreSQL     : {:>9.0} events/s (median), ratio {:.3}",
-            median(postgres_rates),
-            median(postgres_ratios)
-        );
-        println!(
-            "  through the outbox, SQLite         : {:>9.0} events/s (median), ratio {:.3}",
-            median(sqlite_rates),
-            median(sqlite_ratios)
-        );
+        for (label, _, _, rates, ratios) in variants {
+            println!(
+                "  through the outbox, {label:<24}: {:>9.0} events/s (median), ratio {:.3}",
+                median(rates),
+                median(ratios)
+            );
+        }
         println!(
             "  commit-to-publish latency, PostgreSQL LISTEN/NOTIFY, 1 event / 5 ms: median {p50:.1} ms, p99 {p99:.1} ms ({latency_count} events)"
         );

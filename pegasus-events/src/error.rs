@@ -207,6 +207,23 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The database holds the library's tables at a newer schema version than this
+    /// version of the library knows; it refuses to write rows in a layout it does not know.
+    #[error(
+        "the `{component}` tables in `{store}` are at schema version {found}, newer than \
+         version {known}, the newest this version of pegasus-events knows; upgrade pegasus-events"
+    )]
+    SchemaTooNew {
+        /// The database, e.g. `postgres`.
+        store: &'static str,
+        /// The library's component whose tables they are: `outbox` or `idempotency`.
+        component: &'static str,
+        /// The version recorded in `pegasus_schema_history`.
+        found: i64,
+        /// The newest version this library knows.
+        known: i64,
+    },
+
     /// An idempotency store could not be read or written.
     #[error("idempotency store `{store}` failed to {operation}")]
     IdempotencyStore {

@@ -89,6 +89,8 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod migrations;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod outbox;
 pub mod producer;
 pub mod wire;

@@ -248,46 +248,40 @@ async fn sqlite_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_h
     assert_wire_headers(&records[0], committed, &event(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_keeps_the_order_of_each_keys_events_across_many_transactions() {
-    create_topic().await;
-    let kafka = config("orders-api");
-    let outbox = PostgresOutbox::connect(&postgres_url(), &kafka)
-        .await
-        .unwrap();
-    let run = unique("run");
-    let relay = outbox
-        .relay(&kafka, relay_settings(&unique("tests-dlq")))
-        .unwrap();
-    const EVENTS: u32 = 2_000;
-    let records = with_relay(relay, async {
-        // Committed while the relay runs, in transactions of 1 to 20 events.
-        let mut seq_of: HashMap<u32, u32> = HashMap::new();
-        let mut n = 0;
-        while n < EVENTS {
-            let mut tx = outbox.pool().begin().await.unwrap();
-            for _ in 0..(1 + n % 20).min(EVENTS - n) {
-                let order_id = n % 25;
+/// `events` events of `run` in transactions of 1 to 20 events, over 25 keys, each key's
+/// events numbered 0, 1, 2, ... in commit order.
+fn transactions_over_25_keys(run: &str, events: u32) -> Vec<Vec<OrderPlaced>> {
+    let mut seq_of: HashMap<u32, u32> = HashMap::new();
+    let mut transactions = Vec::new();
+    let mut n = 0;
+    while n < events {
+        let size = (1 + n % 20).min(events - n);
+        let transaction = (n..n + size)
+            .map(|i| {
+                let order_id = i % 25;
                 let seq = seq_of.entry(order_id).or_default();
-                let event = OrderPlaced {
-                    run: run.clone(),
-                    order_id,
-                    seq: *seq,
-                };
                 *seq += 1;
-                outbox.enqueue(&mut tx, &event).await.unwrap();
-                n += 1;
-            }
-            tx.commit().await.unwrap();
-        }
-        tokio::task::spawn_blocking({
-            let run = run.clone();
-            move || read_run(OrderPlaced::TOPIC, &run, EVENTS as usize)
-        })
-        .await
-        .unwrap()
-    })
-    .await;
+                OrderPlaced {
+                    run: run.to_owned(),
+                    order_id,
+                    seq: *seq - 1,
+                }
+            })
+            .collect();
+        transactions.push(transaction);
+        n += size;
+    }
+    transactions
+}
+
+/// Reads `events` records of `run` back and checks that every key's events arrived in
+/// the order they were committed.
+async fn assert_each_keys_order(run: &str, events: u32) {
+    let run = run.to_owned();
+    let records =
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, events as usize))
+            .await
+            .unwrap();
     let mut per_key: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for record in &records {
         let event: OrderPlaced = serde_json::from_slice(record.payload().unwrap()).unwrap();
@@ -298,6 +292,68 @@ async fn the_relay_keeps_the_order_of_each_keys_events_across_many_transactions(
         let expected: Vec<u32> = (0..seqs.len() as u32).collect();
         assert_eq!(seqs, expected, "order of key {key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_relay_keeps_the_order_of_each_keys_events_across_many_transactions() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let outbox = PostgresOutbox::connect(&postgres_url(), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    let relay = outbox
+        .relay(&kafka, relay_settings(&unique("tests-dlq")))
+        .unwrap();
+    const EVENTS: u32 = 2_000;
+    with_relay(relay, async {
+        // Committed while the relay runs; every other transaction uses enqueue_all.
+        for (n, events) in transactions_over_25_keys(&run, EVENTS).iter().enumerate() {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            if n % 2 == 0 {
+                outbox.enqueue_all(&mut tx, events).await.unwrap();
+            } else {
+                for event in events {
+                    outbox.enqueue(&mut tx, event).await.unwrap();
+                }
+            }
+            tx.commit().await.unwrap();
+        }
+        assert_each_keys_order(&run, EVENTS).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_relay_keeps_the_order_of_each_keys_events_across_a_backlog_of_pipelined_batches(
+) {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
+        .await
+        .unwrap();
+    let run = unique("run");
+    // A backlog first, read by a relay in batches of 100: the relay keeps two batches in
+    // flight, so this checks the order across batches sent before the previous was acked.
+    const EVENTS: u32 = 2_000;
+    for (n, events) in transactions_over_25_keys(&run, EVENTS).iter().enumerate() {
+        let mut tx = outbox.pool().begin().await.unwrap();
+        if n % 2 == 0 {
+            outbox.enqueue_all(&mut tx, events).await.unwrap();
+        } else {
+            for event in events {
+                outbox.enqueue(&mut tx, event).await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+    }
+    let settings = RelaySettings {
+        batch_size: 100,
+        ..relay_settings(&unique("tests-dlq"))
+    };
+    let relay = outbox.relay(&kafka, settings).unwrap();
+    with_relay(relay, assert_each_keys_order(&run, EVENTS)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,6 +531,18 @@ async fn an_event_that_cannot_be_serialized_fails_the_enqueue_with_a_typed_error
         ),
         "{error:?}"
     );
+    // enqueue_all encodes every event before it writes any.
+    let fine = GridUpdated {
+        cells: HashMap::new(),
+    };
+    let error = outbox
+        .enqueue_all(&mut tx, [&fine, &event, &fine])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, pegasus_events::Error::Serialize { .. }),
+        "{error:?}"
+    );
     // The caller's transaction is still usable; it decides to roll back.
     tx.rollback().await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
@@ -488,6 +556,14 @@ async fn an_event_that_cannot_be_serialized_fails_the_enqueue_with_a_typed_error
         .unwrap();
     let mut tx = outbox.pool().begin().await.unwrap();
     let error = outbox.enqueue(&mut tx, &event).await.unwrap_err();
+    assert!(
+        matches!(&error, pegasus_events::Error::Serialize { .. }),
+        "{error:?}"
+    );
+    let error = outbox
+        .enqueue_all(&mut tx, vec![&fine, &event])
+        .await
+        .unwrap_err();
     assert!(
         matches!(&error, pegasus_events::Error::Serialize { .. }),
         "{error:?}"

@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::IdempotencyStore;
 use crate::error::{Error, Result};
 
-/// Marks in a PostgreSQL table `pegasus_processed_events`, created by
-/// [`PostgresIdempotencyStore::connect`] when missing. A mark is committed before
+/// Marks in a PostgreSQL table `pegasus_processed_events`, created and migrated by
+/// [`PostgresIdempotencyStore::connect`]. A mark is committed before
 /// `mark_processed` returns; several consumer instances may share the table.
 #[derive(Clone, Debug)]
 pub struct PostgresIdempotencyStore {
@@ -36,27 +36,14 @@ impl PostgresIdempotencyStore {
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool (the service's own database) and creates the table if needed.
+    /// Uses an existing pool (the service's own database) and brings the table to the
+    /// newest schema ([`crate::migrations::POSTGRES_IDEMPOTENCY`]).
     pub async fn with_pool(pool: PgPool) -> Result<Self> {
-        // Two instances starting together would race in CREATE TABLE IF NOT EXISTS (it is
-        // not atomic in PostgreSQL); a transaction-scoped advisory lock serialises them.
-        let mut tx = pool.begin().await.map_err(failed("create its table"))?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pegasus_processed_events'))")
-            .execute(&mut *tx)
+        crate::migrations::apply_postgres(&pool, crate::migrations::POSTGRES_IDEMPOTENCY)
             .await
-            .map_err(failed("create its table"))?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS pegasus_processed_events (
-                consumer_group TEXT NOT NULL,
-                event_id UUID NOT NULL,
-                processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-                PRIMARY KEY (consumer_group, event_id)
-            )",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(failed("create its table"))?;
-        tx.commit().await.map_err(failed("create its table"))?;
+            .map_err(|failure| {
+                failure.into_error("postgres", "idempotency", failed("migrate its schema"))
+            })?;
         Ok(PostgresIdempotencyStore { pool })
     }
 

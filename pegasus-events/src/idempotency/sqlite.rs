@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::IdempotencyStore;
 use crate::error::{Error, Result};
 
-/// Marks in a SQLite table `pegasus_processed_events`, created by [`SqliteIdempotencyStore::connect`]
-/// when missing. A mark is committed before `mark_processed` returns, so it survives a
+/// Marks in a SQLite table `pegasus_processed_events`, created and migrated by
+/// [`SqliteIdempotencyStore::connect`]. A mark is committed before `mark_processed` returns, so it survives a
 /// crash of the process.
 #[derive(Clone, Debug)]
 pub struct SqliteIdempotencyStore {
@@ -56,19 +56,14 @@ impl SqliteIdempotencyStore {
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool (the service's own database) and creates the table if needed.
+    /// Uses an existing pool (the service's own database) and brings the table to the
+    /// newest schema ([`crate::migrations::SQLITE_IDEMPOTENCY`]).
     pub async fn with_pool(pool: SqlitePool) -> Result<Self> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS pegasus_processed_events (
-                consumer_group TEXT NOT NULL,
-                event_id TEXT NOT NULL,
-                processed_at TEXT NOT NULL,
-                PRIMARY KEY (consumer_group, event_id)
-            )",
-        )
-        .execute(&pool)
-        .await
-        .map_err(failed("create its table"))?;
+        crate::migrations::apply_sqlite(&pool, crate::migrations::SQLITE_IDEMPOTENCY)
+            .await
+            .map_err(|failure| {
+                failure.into_error("sqlite", "idempotency", failed("migrate its schema"))
+            })?;
         Ok(SqliteIdempotencyStore { pool })
     }
 

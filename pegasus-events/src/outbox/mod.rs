@@ -110,8 +110,13 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait OutboxStorage: Send + Sync + 'static {
     /// Whether this relay may publish now (it holds the lease, or needs none).
     fn hold_lease(&self) -> BoxFuture<'_, Result<bool>>;
-    /// The oldest unpublished rows, at most `limit`, in id order.
-    fn unpublished(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>>>;
+    /// The oldest unpublished rows, at most `limit`, in id order, leaving out the rows of
+    /// `in_flight` (sent, not yet acknowledged).
+    fn unpublished<'a>(
+        &'a self,
+        limit: i64,
+        in_flight: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<OutboxRow>>>;
     /// Marks rows published.
     fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<()>>;
     /// Deletes rows published more than `age` ago; returns how many.
@@ -165,6 +170,16 @@ impl std::fmt::Debug for OutboxRelay {
     }
 }
 
+/// A batch handed to the producer whose acknowledgements are not yet awaited.
+struct InFlight {
+    /// Every row of the batch, in id order.
+    ids: Vec<i64>,
+    /// Each readable row's delivery, in id order.
+    deliveries: Vec<(i64, std::result::Result<DeliveryFuture, KafkaError>)>,
+    /// Rows whose headers cannot be read, with why.
+    unreadable: Vec<(OutboxRow, String)>,
+}
+
 /// What one round of the relay did.
 enum Round {
     /// Published this many rows; a full batch means more may be waiting.
@@ -198,15 +213,16 @@ impl OutboxRelay {
         })
     }
 
-    /// Publishes until `shutdown` completes. A round in progress finishes (its rows are
-    /// acknowledged and marked) before it returns; the database or the broker being down
-    /// is logged and retried with backoff, never returned.
+    /// Publishes until `shutdown` completes. The batch in flight is acknowledged and
+    /// marked before it returns; the database or the broker being down is logged and
+    /// retried with backoff, never returned.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         let mut last_purge = tokio::time::Instant::now();
+        let mut in_flight = None;
         loop {
-            let wait = match self.round().await {
+            let wait = match self.round(&mut in_flight).await {
                 Ok(Round::Published(n)) => {
                     failures = 0;
                     if n as i64 >= self.settings.batch_size {
@@ -235,37 +251,67 @@ impl OutboxRelay {
                     Err(error) => tracing::warn!(%error, "purging the outbox failed"),
                 }
             }
-            if wait.is_zero() {
+            let stop = if wait.is_zero() {
                 // Still check for shutdown between full batches.
-                if futures_util::FutureExt::now_or_never(&mut shutdown).is_some() {
-                    return Ok(());
+                futures_util::FutureExt::now_or_never(&mut shutdown).is_some()
+            } else {
+                tokio::select! {
+                    () = &mut shutdown => true,
+                    () = self.storage.wait_for_rows(wait) => false,
                 }
-                continue;
-            }
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                () = self.storage.wait_for_rows(wait) => {}
+            };
+            if stop {
+                if let Some(batch) = in_flight.take() {
+                    self.complete(batch).await?;
+                }
+                return Ok(());
             }
         }
     }
 
-    /// Publishes one batch: every row is handed to the producer before any
-    /// acknowledgement is awaited, then the acknowledged rows are marked.
-    async fn round(&self) -> Result<Round> {
+    /// One round: reads the next batch (leaving out the one in flight), hands it to the
+    /// producer, then awaits and marks the batch sent in the previous round. So reading
+    /// and marking overlap the broker's acknowledgements, and two batches at most are in
+    /// flight, in id order. When the outbox is drained, the new batch is completed too.
+    async fn round(&self, in_flight: &mut Option<InFlight>) -> Result<Round> {
         if !self.storage.hold_lease().await? {
+            // Lost the lease: whatever is in flight is still ours to mark.
+            if let Some(batch) = in_flight.take() {
+                self.complete(batch).await?;
+            }
             return Ok(Round::Standby);
         }
-        let rows = self.storage.unpublished(self.settings.batch_size).await?;
-        if rows.is_empty() {
-            return Ok(Round::Published(0));
+        let sending = in_flight.as_ref().map_or(&[][..], |batch| &batch.ids);
+        let rows = self
+            .storage
+            .unpublished(self.settings.batch_size, sending)
+            .await?;
+        let read = rows.len();
+        let batch = self.send(rows).await;
+        let previous = in_flight.replace(batch);
+        if let Some(previous) = previous {
+            self.complete(previous).await?;
         }
-        let mut pending = Vec::with_capacity(rows.len());
-        let mut unreadable = Vec::new();
-        for row in &rows {
+        if (read as i64) < self.settings.batch_size {
+            if let Some(batch) = in_flight.take() {
+                self.complete(batch).await?;
+            }
+        }
+        Ok(Round::Published(read))
+    }
+
+    /// Hands every readable row to the producer without awaiting acknowledgements.
+    async fn send(&self, rows: Vec<OutboxRow>) -> InFlight {
+        let mut batch = InFlight {
+            ids: rows.iter().map(|row| row.id).collect(),
+            deliveries: Vec::with_capacity(rows.len()),
+            unreadable: Vec::new(),
+        };
+        for row in rows {
             let headers: Vec<(String, String)> = match serde_json::from_str(&row.headers) {
                 Ok(headers) => headers,
                 Err(error) => {
-                    unreadable.push((row, error.to_string()));
+                    batch.unreadable.push((row, error.to_string()));
                     continue;
                 }
             };
@@ -284,11 +330,19 @@ impl OutboxRelay {
             if let Some(key) = &row.key {
                 record = record.key(key.as_slice());
             }
-            pending.push((row.id, self.enqueue(record).await));
+            let delivery = self.enqueue(record).await;
+            batch.deliveries.push((row.id, delivery));
         }
-        let mut published = Vec::with_capacity(pending.len());
+        batch
+    }
+
+    /// Awaits the batch's acknowledgements, dead-letters its unreadable rows and marks
+    /// every row that was acknowledged (or dead-lettered). A row whose delivery failed
+    /// stays unmarked, to be read again, and the round reports the failure.
+    async fn complete(&self, batch: InFlight) -> Result<()> {
+        let mut published = Vec::with_capacity(batch.ids.len());
         let mut first_error = None;
-        for (id, delivery) in pending {
+        for (id, delivery) in batch.deliveries {
             let acknowledged = match delivery {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
@@ -304,18 +358,18 @@ impl OutboxRelay {
                 }
             }
         }
-        for (row, reason) in unreadable {
-            self.dead_letter(row, &reason).await?;
+        for (row, reason) in &batch.unreadable {
+            self.dead_letter(row, reason).await?;
             published.push(row.id);
         }
         self.storage.mark_published(&published).await?;
-        if let Some(source) = first_error {
-            return Err(Error::Delivery {
+        match first_error {
+            Some(source) => Err(Error::Delivery {
                 topic: "outbox".to_owned(),
                 source,
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(Round::Published(rows.len()))
     }
 
     /// Hands `record` to librdkafka without waiting for its acknowledgement, so a whole

@@ -1,5 +1,5 @@
-//! The outbox in PostgreSQL: enqueue in the caller's transaction, NOTIFY on commit, one
-//! active relay through a session advisory lock.
+//! The outbox in PostgreSQL: enqueue in the caller's transaction, NOTIFY on commit (from
+//! the table's statement trigger), one active relay through a session advisory lock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::wire::PublishMetadata;
 
-/// The channel `enqueue` notifies and the relay listens on.
+/// The channel the outbox table's trigger notifies and the relay listens on.
 const CHANNEL: &str = "pegasus_outbox";
 /// The advisory lock key of the active relay.
 const RELAY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('pegasus_outbox_relay'))";
@@ -35,7 +35,7 @@ pub struct PostgresOutbox {
 }
 
 impl PostgresOutbox {
-    /// Connects to `url` and creates the outbox table if needed. `config` gives the
+    /// Connects to `url` and creates or migrates the outbox table. `config` gives the
     /// `ce_source` of the events (its client id, or `source_service`).
     pub async fn connect(url: &str, config: &KafkaConfig) -> Result<Self> {
         let pool = PgPoolOptions::new()
@@ -47,34 +47,14 @@ impl PostgresOutbox {
         Self::with_pool(pool, config).await
     }
 
-    /// Uses the service's own pool and creates the outbox table if needed.
+    /// Uses the service's own pool and brings the outbox table to the newest schema
+    /// ([`crate::migrations::POSTGRES_OUTBOX`]).
     pub async fn with_pool(pool: PgPool, config: &KafkaConfig) -> Result<Self> {
-        let mut tx = pool.begin().await.map_err(failed("create its table"))?;
-        // CREATE ... IF NOT EXISTS is not atomic in PostgreSQL: serialise instances.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pegasus_outbox'))")
-            .execute(&mut *tx)
+        crate::migrations::apply_postgres(&pool, crate::migrations::POSTGRES_OUTBOX)
             .await
-            .map_err(failed("create its table"))?;
-        for statement in [
-            "CREATE TABLE IF NOT EXISTS pegasus_outbox (
-                id BIGSERIAL PRIMARY KEY,
-                event_id UUID NOT NULL,
-                topic TEXT NOT NULL,
-                message_key BYTEA,
-                payload BYTEA NOT NULL,
-                headers TEXT NOT NULL,
-                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-                published_at TIMESTAMPTZ
-            )",
-            "CREATE INDEX IF NOT EXISTS pegasus_outbox_unpublished
-                ON pegasus_outbox (id) WHERE published_at IS NULL",
-        ] {
-            sqlx::query(statement)
-                .execute(&mut *tx)
-                .await
-                .map_err(failed("create its table"))?;
-        }
-        tx.commit().await.map_err(failed("create its table"))?;
+            .map_err(|failure| {
+                failure.into_error("postgres", "outbox", failed("migrate its schema"))
+            })?;
         Ok(PostgresOutbox {
             pool,
             source: config.source().into(),
@@ -107,6 +87,54 @@ impl PostgresOutbox {
         self.enqueue_inner(transaction, event, Some(metadata)).await
     }
 
+    /// Stores every event of `events` in the outbox inside `transaction`, in order, with
+    /// one statement: the way to enqueue several events of one business transaction.
+    /// Every event is encoded before anything is written, so an event that cannot be
+    /// serialized fails the call with [`Error::Serialize`] and stores none of them.
+    /// Returns the event ids, in order.
+    pub async fn enqueue_all<'e, E: Event + 'e>(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        events: impl IntoIterator<Item = &'e E>,
+    ) -> Result<Vec<uuid::Uuid>> {
+        let encoded = events
+            .into_iter()
+            .map(|event| encode(&self.source, event, None))
+            .collect::<Result<Vec<_>>>()?;
+        if encoded.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = encoded.iter().map(|e| e.event_id).collect();
+        // The rows' ids follow the arrays' order (WITH ORDINALITY), which is the order
+        // the relay publishes them in.
+        sqlx::query(
+            "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
+             SELECT event_id, topic, message_key, payload, headers
+             FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
+                 WITH ORDINALITY AS e(event_id, topic, message_key, payload, headers, n)
+             ORDER BY n",
+        )
+        .bind(&ids)
+        .bind(encoded.iter().map(|e| e.topic).collect::<Vec<_>>())
+        .bind(encoded.iter().map(|e| e.key.as_bytes()).collect::<Vec<_>>())
+        .bind(
+            encoded
+                .iter()
+                .map(|e| e.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            encoded
+                .iter()
+                .map(|e| e.headers.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **transaction)
+        .await
+        .map_err(failed("store events"))?;
+        Ok(ids)
+    }
+
     async fn enqueue_inner<E: Event>(
         &self,
         transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -114,6 +142,8 @@ impl PostgresOutbox {
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
         let encoded = encode(&self.source, event, metadata)?;
+        // The table's statement trigger sends NOTIFY pegasus_outbox, delivered when (and
+        // only if) the transaction commits.
         sqlx::query(
             "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
              VALUES ($1, $2, $3, $4, $5)",
@@ -126,12 +156,6 @@ impl PostgresOutbox {
         .execute(&mut **transaction)
         .await
         .map_err(failed("store an event"))?;
-        // Delivered when (and only if) the transaction commits.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&mut **transaction)
-            .await
-            .map_err(failed("notify the relay"))?;
         Ok(encoded.event_id)
     }
 
@@ -185,13 +209,18 @@ impl OutboxStorage for PostgresStorage {
         })
     }
 
-    fn unpublished(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>>> {
+    fn unpublished<'a>(
+        &'a self,
+        limit: i64,
+        in_flight: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<OutboxRow>>> {
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT id, event_id, topic, message_key, payload, headers FROM pegasus_outbox
-                 WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                 WHERE published_at IS NULL AND NOT (id = ANY($2)) ORDER BY id LIMIT $1",
             )
             .bind(limit)
+            .bind(in_flight)
             .fetch_all(&self.pool)
             .await
             .map_err(failed("read unpublished events"))?;

@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::wire::PublishMetadata;
 
+/// Rows per INSERT statement of [`SqliteOutbox::enqueue_all`]: 5 parameters each, well
+/// under SQLite's limit of 32,766 parameters per statement.
+const ROWS_PER_INSERT: usize = 200;
+
 fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| Error::Outbox {
         store: "sqlite",
@@ -30,7 +34,7 @@ pub struct SqliteOutbox {
 
 impl SqliteOutbox {
     /// Opens (creating if needed) the database at `url` (e.g. `sqlite://service.db`) and
-    /// the outbox table. `config` gives the `ce_source` of the events.
+    /// creates or migrates the outbox table. `config` gives the `ce_source` of the events.
     pub async fn connect(url: &str, config: &KafkaConfig) -> Result<Self> {
         let pool = crate::idempotency::sqlite::open_pool(url)
             .await
@@ -38,27 +42,14 @@ impl SqliteOutbox {
         Self::with_pool(pool, config).await
     }
 
-    /// Uses the service's own pool and creates the outbox table if needed.
+    /// Uses the service's own pool and brings the outbox table to the newest schema
+    /// ([`crate::migrations::SQLITE_OUTBOX`]).
     pub async fn with_pool(pool: SqlitePool, config: &KafkaConfig) -> Result<Self> {
-        for statement in [
-            "CREATE TABLE IF NOT EXISTS pegasus_outbox (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                event_id TEXT NOT NULL,
-                topic TEXT NOT NULL,
-                message_key BLOB,
-                payload BLOB NOT NULL,
-                headers TEXT NOT NULL,
-                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-                published_at TEXT
-            )",
-            "CREATE INDEX IF NOT EXISTS pegasus_outbox_unpublished
-                ON pegasus_outbox (id) WHERE published_at IS NULL",
-        ] {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .map_err(failed("create its table"))?;
-        }
+        crate::migrations::apply_sqlite(&pool, crate::migrations::SQLITE_OUTBOX)
+            .await
+            .map_err(|failure| {
+                failure.into_error("sqlite", "outbox", failed("migrate its schema"))
+            })?;
         Ok(SqliteOutbox {
             pool,
             source: config.source().into(),
@@ -88,6 +79,46 @@ impl SqliteOutbox {
         metadata: &PublishMetadata,
     ) -> Result<uuid::Uuid> {
         self.enqueue_inner(transaction, event, Some(metadata)).await
+    }
+
+    /// Stores every event of `events` in the outbox inside `transaction`, in order, with
+    /// one statement per 200 events. Every event is encoded before anything
+    /// is written, so an event that cannot be serialized fails the call with
+    /// [`Error::Serialize`] and stores none of them. Returns the event ids, in order.
+    pub async fn enqueue_all<'e, E: Event + 'e>(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: impl IntoIterator<Item = &'e E>,
+    ) -> Result<Vec<uuid::Uuid>> {
+        let encoded = events
+            .into_iter()
+            .map(|event| encode(&self.source, event, None))
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in encoded.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers) VALUES ",
+            );
+            for n in 0..chunk.len() {
+                sql.push_str(if n == 0 {
+                    "(?, ?, ?, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?)"
+                });
+            }
+            let query = chunk.iter().fold(sqlx::query(&sql), |query, e| {
+                query
+                    .bind(e.event_id.to_string())
+                    .bind(e.topic)
+                    .bind(e.key.as_bytes())
+                    .bind(e.payload.as_slice())
+                    .bind(e.headers.as_str())
+            });
+            query
+                .execute(&mut **transaction)
+                .await
+                .map_err(failed("store events"))?;
+        }
+        Ok(encoded.iter().map(|e| e.event_id).collect())
     }
 
     async fn enqueue_inner<E: Event>(
@@ -125,6 +156,20 @@ impl SqliteOutbox {
     }
 }
 
+/// `ids` as a JSON array, for `json_each`.
+fn json_list(ids: &[i64]) -> String {
+    let mut list = String::with_capacity(ids.len() * 8 + 2);
+    list.push('[');
+    for (n, id) in ids.iter().enumerate() {
+        if n > 0 {
+            list.push(',');
+        }
+        list.push_str(&id.to_string());
+    }
+    list.push(']');
+    list
+}
+
 struct SqliteStorage {
     pool: SqlitePool,
 }
@@ -134,12 +179,19 @@ impl OutboxStorage for SqliteStorage {
         Box::pin(async { Ok(true) })
     }
 
-    fn unpublished(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>>> {
+    fn unpublished<'a>(
+        &'a self,
+        limit: i64,
+        in_flight: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<OutboxRow>>> {
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT id, event_id, topic, message_key, payload, headers FROM pegasus_outbox
-                 WHERE published_at IS NULL ORDER BY id LIMIT ?",
+                 WHERE published_at IS NULL
+                   AND id NOT IN (SELECT value FROM json_each(?))
+                 ORDER BY id LIMIT ?",
             )
+            .bind(json_list(in_flight))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -166,22 +218,17 @@ impl OutboxStorage for SqliteStorage {
             if ids.is_empty() {
                 return Ok(());
             }
-            let mut tx = self
-                .pool
-                .begin()
-                .await
-                .map_err(failed("mark events published"))?;
-            for id in ids {
-                sqlx::query(
-                    "UPDATE pegasus_outbox
-                     SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(failed("mark events published"))?;
-            }
-            tx.commit().await.map_err(failed("mark events published"))?;
+            // One statement for the whole batch: the ids go in as one JSON array.
+            let ids = json_list(ids);
+            sqlx::query(
+                "UPDATE pegasus_outbox
+                 SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(failed("mark events published"))?;
             Ok(())
         })
     }

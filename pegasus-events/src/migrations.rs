@@ -1,0 +1,279 @@
+//! Versioned schema migrations of the library's own tables (the outbox and the
+//! idempotency marks), applied by the stores themselves when they connect.
+//!
+//! # Guarantees
+//!
+//! - **Each migration is applied once, in version order, atomically.** The missing
+//!   migrations of a component and their rows in `pegasus_schema_history` are written in
+//!   one transaction: a crash leaves the schema at the last version that fully committed.
+//! - **Instances starting together do not race.** PostgreSQL serialises them with a
+//!   transaction-scoped advisory lock; SQLite with `BEGIN IMMEDIATE`. The second instance
+//!   finds the work done.
+//! - **A database newer than the library is refused**, with
+//!   [`Error::SchemaTooNew`](crate::Error::SchemaTooNew) naming both versions, instead of
+//!   writing rows an older layout does not expect.
+//! - **Existing tables are adopted.** Version 1 of each component is written with
+//!   `IF NOT EXISTS`, so tables created before migrations were versioned are kept.
+//!
+//! The history table is `pegasus_schema_history (component, version, description,
+//! applied_at)`, apart from the service's own migration tool (sqlx's `_sqlx_migrations`,
+//! Flyway, ...), so neither sees the other's versions. Teams whose database schema is
+//! applied by such a tool can take the SQL from the `POSTGRES_*`/`SQLITE_*` lists here.
+
+/// One schema change of one component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The component whose tables it changes: `outbox` or `idempotency`.
+    pub component: &'static str,
+    /// Its version; a component's migrations are numbered 1, 2, ... with no gaps.
+    pub version: i64,
+    /// What it does, stored in the history.
+    pub description: &'static str,
+    /// Its statements, run in order inside one transaction.
+    pub statements: &'static [&'static str],
+}
+
+/// The outbox's migrations on PostgreSQL.
+pub const POSTGRES_OUTBOX: &[Migration] = &[
+    Migration {
+        component: "outbox",
+        version: 1,
+        description: "the outbox table and its index of unpublished rows",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS pegasus_outbox (
+                id BIGSERIAL PRIMARY KEY,
+                event_id UUID NOT NULL,
+                topic TEXT NOT NULL,
+                message_key BYTEA,
+                payload BYTEA NOT NULL,
+                headers TEXT NOT NULL,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                published_at TIMESTAMPTZ
+            )",
+            "CREATE INDEX IF NOT EXISTS pegasus_outbox_unpublished
+                ON pegasus_outbox (id) WHERE published_at IS NULL",
+        ],
+    },
+    Migration {
+        component: "outbox",
+        version: 2,
+        description: "NOTIFY pegasus_outbox from a statement trigger, not one call per event",
+        statements: &[
+            // One notification per INSERT statement, sent by the server on commit: the
+            // enqueueing transaction pays no extra round trip, and PostgreSQL folds the
+            // identical notifications of one transaction into one.
+            "CREATE OR REPLACE FUNCTION pegasus_outbox_notify() RETURNS trigger
+                LANGUAGE plpgsql AS $$
+                BEGIN
+                    PERFORM pg_notify('pegasus_outbox', '');
+                    RETURN NULL;
+                END
+                $$",
+            "DROP TRIGGER IF EXISTS pegasus_outbox_notify ON pegasus_outbox",
+            "CREATE TRIGGER pegasus_outbox_notify AFTER INSERT ON pegasus_outbox
+                FOR EACH STATEMENT EXECUTE FUNCTION pegasus_outbox_notify()",
+        ],
+    },
+];
+
+/// The outbox's migrations on SQLite.
+pub const SQLITE_OUTBOX: &[Migration] = &[Migration {
+    component: "outbox",
+    version: 1,
+    description: "the outbox table and its index of unpublished rows",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS pegasus_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            message_key BLOB,
+            payload BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            published_at TEXT
+        )",
+        "CREATE INDEX IF NOT EXISTS pegasus_outbox_unpublished
+            ON pegasus_outbox (id) WHERE published_at IS NULL",
+    ],
+}];
+
+/// The idempotency marks' migrations on PostgreSQL.
+pub const POSTGRES_IDEMPOTENCY: &[Migration] = &[Migration {
+    component: "idempotency",
+    version: 1,
+    description: "the table of processed events per consumer group",
+    statements: &["CREATE TABLE IF NOT EXISTS pegasus_processed_events (
+            consumer_group TEXT NOT NULL,
+            event_id UUID NOT NULL,
+            processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (consumer_group, event_id)
+        )"],
+}];
+
+/// The idempotency marks' migrations on SQLite.
+pub const SQLITE_IDEMPOTENCY: &[Migration] = &[Migration {
+    component: "idempotency",
+    version: 1,
+    description: "the table of processed events per consumer group",
+    statements: &["CREATE TABLE IF NOT EXISTS pegasus_processed_events (
+            consumer_group TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            processed_at TEXT NOT NULL,
+            PRIMARY KEY (consumer_group, event_id)
+        )"],
+}];
+
+/// Why applying migrations failed.
+#[derive(Debug)]
+pub(crate) enum MigrationFailure {
+    /// The database refused a statement.
+    Database(sqlx::Error),
+    /// The database is at a version this library does not know.
+    TooNew { found: i64, known: i64 },
+}
+
+impl From<sqlx::Error> for MigrationFailure {
+    fn from(error: sqlx::Error) -> Self {
+        MigrationFailure::Database(error)
+    }
+}
+
+impl MigrationFailure {
+    /// The crate error for `store`/`component`; `database` wraps a refused statement.
+    pub(crate) fn into_error(
+        self,
+        store: &'static str,
+        component: &'static str,
+        database: impl FnOnce(sqlx::Error) -> crate::Error,
+    ) -> crate::Error {
+        match self {
+            MigrationFailure::Database(source) => database(source),
+            MigrationFailure::TooNew { found, known } => crate::Error::SchemaTooNew {
+                store,
+                component,
+                found,
+                known,
+            },
+        }
+    }
+}
+
+/// The newest version of `migrations`, and a check that they are numbered 1, 2, ...
+fn known_version(migrations: &[Migration]) -> i64 {
+    for (position, migration) in migrations.iter().enumerate() {
+        debug_assert_eq!(migration.version, position as i64 + 1, "{migration:?}");
+        debug_assert_eq!(migration.component, migrations[0].component);
+    }
+    migrations.len() as i64
+}
+
+/// Brings `component`'s tables in the PostgreSQL database of `pool` to the newest of
+/// `migrations`; returns the versions applied now.
+#[cfg(feature = "postgres")]
+pub(crate) async fn apply_postgres(
+    pool: &sqlx::PgPool,
+    migrations: &[Migration],
+) -> Result<Vec<i64>, MigrationFailure> {
+    let known = known_version(migrations);
+    let mut tx = pool.begin().await?;
+    // CREATE ... IF NOT EXISTS is not atomic in PostgreSQL, and two instances must not
+    // both apply a migration: one at a time per database.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pegasus_schema_history'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
+            component TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            description TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (component, version)
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let found: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(max(version), 0) FROM pegasus_schema_history WHERE component = $1",
+    )
+    .bind(migrations[0].component)
+    .fetch_one(&mut *tx)
+    .await?;
+    if found > known {
+        return Err(MigrationFailure::TooNew { found, known });
+    }
+    let mut applied = Vec::new();
+    for migration in &migrations[found as usize..] {
+        for statement in migration.statements {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO pegasus_schema_history (component, version, description)
+             VALUES ($1, $2, $3)",
+        )
+        .bind(migration.component)
+        .bind(migration.version)
+        .bind(migration.description)
+        .execute(&mut *tx)
+        .await?;
+        applied.push(migration.version);
+    }
+    tx.commit().await?;
+    if !applied.is_empty() {
+        tracing::info!(component = migrations[0].component, versions = ?applied, "schema migrated (postgres)");
+    }
+    Ok(applied)
+}
+
+/// Brings `component`'s tables in the SQLite database of `pool` to the newest of
+/// `migrations`; returns the versions applied now.
+#[cfg(feature = "sqlite")]
+pub(crate) async fn apply_sqlite(
+    pool: &sqlx::SqlitePool,
+    migrations: &[Migration],
+) -> Result<Vec<i64>, MigrationFailure> {
+    let known = known_version(migrations);
+    // IMMEDIATE takes the write lock up front, so a second instance waits (busy timeout)
+    // and then reads the history this one wrote.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
+            component TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            description TEXT NOT NULL,
+            applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            PRIMARY KEY (component, version)
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let found: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(max(version), 0) FROM pegasus_schema_history WHERE component = ?",
+    )
+    .bind(migrations[0].component)
+    .fetch_one(&mut *tx)
+    .await?;
+    if found > known {
+        return Err(MigrationFailure::TooNew { found, known });
+    }
+    let mut applied = Vec::new();
+    for migration in &migrations[found as usize..] {
+        for statement in migration.statements {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO pegasus_schema_history (component, version, description)
+             VALUES (?, ?, ?)",
+        )
+        .bind(migration.component)
+        .bind(migration.version)
+        .bind(migration.description)
+        .execute(&mut *tx)
+        .await?;
+        applied.push(migration.version);
+    }
+    tx.commit().await?;
+    if !applied.is_empty() {
+        tracing::info!(component = migrations[0].component, versions = ?applied, "schema migrated (sqlite)");
+    }
+    Ok(applied)
+}
