@@ -187,21 +187,43 @@ impl Outbox {
     }
 }
 
+/// One way of going through the outbox.
+struct Variant {
+    label: &'static str,
+    on_postgres: bool,
+    /// `enqueue_all` per transaction, or an `enqueue` per event.
+    all_at_once: bool,
+    /// With the relay running; without it, only the commits are timed: the ceiling the
+    /// database sets on this machine, whatever the relay does.
+    relay: bool,
+}
+
 /// Events per second from the first commit (transactions of 100 events) until the relay
-/// marked the last event published, i.e. after the broker acknowledged it.
-async fn through(config: &KafkaConfig, outbox: Outbox, count: u64, all_at_once: bool) -> f64 {
-    let (stop, relay) = spawn_relay(outbox.relay(config));
+/// marked the last event published, i.e. after the broker acknowledged it; without a
+/// relay, until the last commit.
+async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64) -> f64 {
+    let outbox = if variant.on_postgres {
+        Outbox::postgres(config, url).await
+    } else {
+        Outbox::sqlite(config).await
+    };
+    let relay = variant.relay.then(|| spawn_relay(outbox.relay(config)));
     let events: Vec<Shipment> = (0..count).map(shipment).collect();
     let started = Instant::now();
     for transaction in events.chunks(100) {
-        outbox.commit(transaction, all_at_once).await;
+        outbox.commit(transaction, variant.all_at_once).await;
     }
-    while outbox.any_unpublished().await {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if let Some((stop, relay)) = relay {
+        while outbox.any_unpublished().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        relay.await.expect("relay stopped");
+        outbox.remove().await;
+        return rate;
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    relay.await.expect("relay stopped");
     outbox.remove().await;
     rate
 }
@@ -276,26 +298,30 @@ fn main() {
             .await
             .expect("topic");
         // (label, database, enqueue_all?, rates, ratios to the same round's direct rate)
-        let mut variants = [
-            ("PostgreSQL, enqueue_all", true, true),
-            ("PostgreSQL, enqueue each", true, false),
-            ("SQLite, enqueue_all", false, true),
-            ("SQLite, enqueue each", false, false),
-        ]
-        .map(|(label, postgres, all)| (label, postgres, all, Vec::new(), Vec::new()));
+        let variant = |label, on_postgres, all_at_once, relay| Variant {
+            label,
+            on_postgres,
+            all_at_once,
+            relay,
+        };
+        let variants = [
+            variant("PostgreSQL, enqueue_all", true, true, true),
+            variant("PostgreSQL, enqueue each", true, false, true),
+            variant("SQLite, enqueue_all", false, true, true),
+            variant("SQLite, enqueue each", false, false, true),
+            variant("PostgreSQL, commits only (no relay)", true, true, false),
+            variant("SQLite, commits only (no relay)", false, true, false),
+        ];
+        let mut rates = vec![Vec::new(); variants.len()];
+        let mut ratios = vec![Vec::new(); variants.len()];
         let mut direct_rates = Vec::new();
         for _ in 0..rounds {
             let d = direct(&config, count).await;
             direct_rates.push(d);
-            for (_, on_postgres, all_at_once, rates, ratios) in &mut variants {
-                let outbox = if *on_postgres {
-                    Outbox::postgres(&config, &postgres).await
-                } else {
-                    Outbox::sqlite(&config).await
-                };
-                let rate = through(&config, outbox, count, *all_at_once).await;
-                rates.push(rate);
-                ratios.push(rate / d);
+            for (n, variant) in variants.iter().enumerate() {
+                let rate = through(&config, variant, &postgres, count).await;
+                rates[n].push(rate);
+                ratios[n].push(rate / d);
             }
         }
         let (p50, p99) = latency(&config, &postgres, latency_count).await;
@@ -304,12 +330,13 @@ fn main() {
             if full { "full" } else { "smoke" }
         );
         println!(
-            "  direct publish_all                          : {:>9.0} events/s (median)",
+            "  direct publish_all                                      : {:>9.0} events/s (median)",
             median(direct_rates)
         );
-        for (label, _, _, rates, ratios) in variants {
+        for ((variant, rates), ratios) in variants.iter().zip(rates).zip(ratios) {
             println!(
-                "  through the outbox, {label:<24}: {:>9.0} events/s (median), ratio {:.3}",
+                "  through the outbox, {:<36}: {:>9.0} events/s (median), ratio {:.3}",
+                variant.label,
                 median(rates),
                 median(ratios)
             );

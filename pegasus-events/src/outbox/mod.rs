@@ -110,13 +110,15 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait OutboxStorage: Send + Sync + 'static {
     /// Whether this relay may publish now (it holds the lease, or needs none).
     fn hold_lease(&self) -> BoxFuture<'_, Result<bool>>;
-    /// The oldest unpublished rows, at most `limit`, in id order, leaving out the rows of
-    /// `in_flight` (sent, not yet acknowledged).
-    fn unpublished<'a>(
-        &'a self,
+    /// The oldest unpublished rows, at most `limit`, in id order, leaving out the id range
+    /// `in_flight` (first and last id of the batch sent and not yet acknowledged). A row
+    /// committed late inside that range is read in the next round, once the range is no
+    /// longer in flight: delayed by one round, never skipped.
+    fn unpublished(
+        &self,
         limit: i64,
-        in_flight: &'a [i64],
-    ) -> BoxFuture<'a, Result<Vec<OutboxRow>>>;
+        in_flight: Option<(i64, i64)>,
+    ) -> BoxFuture<'_, Result<Vec<OutboxRow>>>;
     /// Marks rows published.
     fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<()>>;
     /// Deletes rows published more than `age` ago; returns how many.
@@ -281,7 +283,9 @@ impl OutboxRelay {
             }
             return Ok(Round::Standby);
         }
-        let sending = in_flight.as_ref().map_or(&[][..], |batch| &batch.ids);
+        let sending = in_flight
+            .as_ref()
+            .and_then(|batch| Some((*batch.ids.first()?, *batch.ids.last()?)));
         let rows = self
             .storage
             .unpublished(self.settings.batch_size, sending)

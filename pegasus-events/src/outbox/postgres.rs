@@ -209,18 +209,21 @@ impl OutboxStorage for PostgresStorage {
         })
     }
 
-    fn unpublished<'a>(
-        &'a self,
+    fn unpublished(
+        &self,
         limit: i64,
-        in_flight: &'a [i64],
-    ) -> BoxFuture<'a, Result<Vec<OutboxRow>>> {
+        in_flight: Option<(i64, i64)>,
+    ) -> BoxFuture<'_, Result<Vec<OutboxRow>>> {
         Box::pin(async move {
+            // An empty range (first > last) when nothing is in flight.
+            let (first, last) = in_flight.unwrap_or((0, -1));
             let rows = sqlx::query(
                 "SELECT id, event_id, topic, message_key, payload, headers FROM pegasus_outbox
-                 WHERE published_at IS NULL AND NOT (id = ANY($2)) ORDER BY id LIMIT $1",
+                 WHERE published_at IS NULL AND (id < $2 OR id > $3) ORDER BY id LIMIT $1",
             )
             .bind(limit)
-            .bind(in_flight)
+            .bind(first)
+            .bind(last)
             .fetch_all(&self.pool)
             .await
             .map_err(failed("read unpublished events"))?;

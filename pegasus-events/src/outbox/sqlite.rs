@@ -179,19 +179,21 @@ impl OutboxStorage for SqliteStorage {
         Box::pin(async { Ok(true) })
     }
 
-    fn unpublished<'a>(
-        &'a self,
+    fn unpublished(
+        &self,
         limit: i64,
-        in_flight: &'a [i64],
-    ) -> BoxFuture<'a, Result<Vec<OutboxRow>>> {
+        in_flight: Option<(i64, i64)>,
+    ) -> BoxFuture<'_, Result<Vec<OutboxRow>>> {
         Box::pin(async move {
+            // An empty range (first > last) when nothing is in flight.
+            let (first, last) = in_flight.unwrap_or((0, -1));
             let rows = sqlx::query(
                 "SELECT id, event_id, topic, message_key, payload, headers FROM pegasus_outbox
-                 WHERE published_at IS NULL
-                   AND id NOT IN (SELECT value FROM json_each(?))
+                 WHERE published_at IS NULL AND (id < ? OR id > ?)
                  ORDER BY id LIMIT ?",
             )
-            .bind(json_list(in_flight))
+            .bind(first)
+            .bind(last)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
