@@ -77,12 +77,13 @@ pub const POSTGRES_OUTBOX: &[Migration] = &[
 ];
 
 /// The outbox's migrations on SQLite.
-pub const SQLITE_OUTBOX: &[Migration] = &[Migration {
-    component: "outbox",
-    version: 1,
-    description: "the outbox table and its index of unpublished rows",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS pegasus_outbox (
+pub const SQLITE_OUTBOX: &[Migration] = &[
+    Migration {
+        component: "outbox",
+        version: 1,
+        description: "the outbox table and its index of unpublished rows",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS pegasus_outbox (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             event_id TEXT NOT NULL,
             topic TEXT NOT NULL,
@@ -92,10 +93,21 @@ pub const SQLITE_OUTBOX: &[Migration] = &[Migration {
             created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
             published_at TEXT
         )",
-        "CREATE INDEX IF NOT EXISTS pegasus_outbox_unpublished
+            "CREATE INDEX IF NOT EXISTS pegasus_outbox_unpublished
             ON pegasus_outbox (id) WHERE published_at IS NULL",
-    ],
-}];
+        ],
+    },
+    Migration {
+        component: "outbox",
+        version: 2,
+        description: "the relay lease: one active relay per database file",
+        statements: &["CREATE TABLE IF NOT EXISTS pegasus_outbox_relay_lease (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                holder TEXT NOT NULL,
+                expires_at_ms INTEGER NOT NULL
+            )"],
+    },
+];
 
 /// The idempotency marks' migrations on PostgreSQL.
 pub const POSTGRES_IDEMPOTENCY: &[Migration] = &[Migration {

@@ -429,31 +429,53 @@ async fn a_malformed_outbox_row_is_dead_lettered_and_does_not_block_the_rows_beh
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_standby_takes_over() {
+/// What the two-relay test needs of an outbox, on either database.
+trait TestOutbox: Clone + Send + Sync + 'static {
+    /// Commits `events` in one transaction.
+    fn commit(&self, events: Vec<OrderPlaced>) -> impl std::future::Future<Output = ()> + Send;
+    fn relay_with(&self, settings: RelaySettings) -> OutboxRelay;
+}
+
+impl TestOutbox for PostgresOutbox {
+    async fn commit(&self, events: Vec<OrderPlaced>) {
+        let mut tx = self.pool().begin().await.unwrap();
+        self.enqueue_all(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
+        self.relay(&config("orders-api"), settings).unwrap()
+    }
+}
+
+impl TestOutbox for SqliteOutbox {
+    async fn commit(&self, events: Vec<OrderPlaced>) {
+        let mut tx = self.pool().begin().await.unwrap();
+        self.enqueue_all(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
+        self.relay(&config("orders-api"), settings).unwrap()
+    }
+}
+
+/// Two relays on one database, `first` and `second` being two connections to it: the
+/// first becomes active and the second waits; with both running, each event is published
+/// once; when the first stops, the second takes over; every key's order is kept.
+async fn two_relays_publish_each_event_once(first: impl TestOutbox, second: impl TestOutbox) {
     create_topic().await;
-    let kafka = config("orders-api");
-    // A database of its own, so no other test's relay holds the lease.
-    let url = fresh_postgres_database().await;
-    let first = PostgresOutbox::connect(&url, &kafka).await.unwrap();
-    let second = PostgresOutbox::connect(&url, &kafka).await.unwrap();
     let run = unique("run");
-    let enqueue = |outbox: PostgresOutbox, range: std::ops::Range<u32>| {
-        let run = run.clone();
-        async move {
-            for seq in range {
-                let mut tx = outbox.pool().begin().await.unwrap();
-                for order_id in 0..5 {
-                    let event = OrderPlaced {
+    let batch = |range: std::ops::Range<u32>| -> Vec<Vec<OrderPlaced>> {
+        range
+            .map(|seq| {
+                (0..5)
+                    .map(|order_id| OrderPlaced {
                         run: run.clone(),
                         order_id,
                         seq,
-                    };
-                    outbox.enqueue(&mut tx, &event).await.unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
-        }
+                    })
+                    .collect()
+            })
+            .collect()
     };
     let read = |want: usize| {
         let run = run.clone();
@@ -461,20 +483,20 @@ async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_sta
     };
 
     // The first relay starts alone and becomes the active one; the second waits.
-    let active = first
-        .relay(&kafka, relay_settings(&unique("tests-dlq")))
-        .unwrap();
+    let active = first.relay_with(relay_settings(&unique("tests-dlq")));
     let (stop_active, active_stopped) = tokio::sync::oneshot::channel::<()>();
     let active = tokio::spawn(active.run_until(async move {
         let _ = active_stopped.await;
     }));
-    enqueue(first.clone(), 0..100).await;
+    for events in batch(0..100) {
+        first.commit(events).await;
+    }
     read(500).await.unwrap();
-    let standby = second
-        .relay(&kafka, relay_settings(&unique("tests-dlq")))
-        .unwrap();
+    let standby = second.relay_with(relay_settings(&unique("tests-dlq")));
     let records = with_relay(standby, async {
-        enqueue(second.clone(), 100..200).await;
+        for events in batch(100..200) {
+            second.commit(events).await;
+        }
         read(1_000).await.unwrap();
         // The active relay goes away; the standby must take over the rest.
         stop_active.send(()).unwrap();
@@ -483,7 +505,9 @@ async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_sta
             .expect("the active relay stopped")
             .unwrap()
             .unwrap();
-        enqueue(first.clone(), 200..300).await;
+        for events in batch(200..300) {
+            first.commit(events).await;
+        }
         read(1_500).await.unwrap()
     })
     .await;
@@ -499,6 +523,27 @@ async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_sta
     for (key, seqs) in per_key {
         assert_eq!(seqs, (0..300).collect::<Vec<u32>>(), "order of key {key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_standby_takes_over() {
+    let kafka = config("orders-api");
+    // A database of its own, so no other test's relay holds the lease.
+    let url = fresh_postgres_database().await;
+    let first = PostgresOutbox::connect(&url, &kafka).await.unwrap();
+    let second = PostgresOutbox::connect(&url, &kafka).await.unwrap();
+    two_relays_publish_each_event_once(first, second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_sqlite_file_publish_each_event_once_and_the_standby_takes_over() {
+    let kafka = config("orders-api");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let url = format!("sqlite://{}.db", path.display());
+    // Two pools on one file, as two processes of the service would have.
+    let first = SqliteOutbox::connect(&url, &kafka).await.unwrap();
+    let second = SqliteOutbox::connect(&url, &kafka).await.unwrap();
+    two_relays_publish_each_event_once(first, second).await;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -576,5 +621,78 @@ async fn an_event_that_cannot_be_serialized_fails_the_enqueue_with_a_typed_error
     assert_eq!(
         stored, 0,
         "nothing was written even though the transaction committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_relay_takes_over_the_lease_of_a_crashed_relay_once_it_expired() {
+    create_topic().await;
+    let kafka = config("orders-api");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let url = format!("sqlite://{}.db", path.display());
+    let outbox = SqliteOutbox::connect(&url, &kafka).await.unwrap();
+    let run = unique("run");
+    let event = |seq| OrderPlaced {
+        run: run.clone(),
+        order_id: 1,
+        seq,
+    };
+    let unpublished = || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
+                .fetch_one(outbox.pool())
+                .await
+                .unwrap();
+        n
+    };
+    let settings = RelaySettings {
+        lease_ttl: Duration::from_secs(4),
+        ..relay_settings(&unique("tests-dlq"))
+    };
+    // The first relay takes the lease and publishes, then dies without giving it up (its
+    // task is dropped mid-run, as a crashed process would leave it).
+    let crashed = tokio::spawn(
+        outbox
+            .relay(&kafka, settings.clone())
+            .unwrap()
+            .run_until(std::future::pending()),
+    );
+    outbox.commit(vec![event(0)]).await;
+    let deadline = Instant::now() + DEADLINE;
+    while unpublished().await > 0 {
+        assert!(Instant::now() < deadline, "the first relay published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crashed.abort();
+    let _ = crashed.await;
+
+    // Its lease has seconds left: the successor stands by until it expires.
+    let successor = outbox.relay(&kafka, settings).unwrap();
+    let records = with_relay(successor, async {
+        outbox.commit(vec![event(1), event(2)]).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(
+            unpublished().await,
+            2,
+            "nothing published while the crashed relay's lease lasts"
+        );
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 3))
+            .await
+            .unwrap()
+    })
+    .await;
+    let seqs: Vec<u32> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<OrderPlaced>(r.payload().unwrap())
+                .unwrap()
+                .seq
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        [0, 1, 2],
+        "all published, in order, once the lease expired"
     );
 }

@@ -14,9 +14,11 @@
 //! - **Order per key.** Rows are published in insertion order by one active relay at a
 //!   time; the idempotent producer keeps that order within each partition, so events with
 //!   the same key arrive in the order they were committed.
-//! - **One active relay per database.** On PostgreSQL a relay publishes only while it holds
-//!   a session advisory lock; other instances wait as hot standbys and take over when the
-//!   holder's connection ends (a crash included). SQLite is embedded: one relay per file.
+//! - **One active relay per database.** A relay publishes only while it holds the lease;
+//!   other instances wait as hot standbys. On PostgreSQL the lease is a session advisory
+//!   lock, taken over the moment the holder's connection ends (a crash included). On
+//!   SQLite it is a row with an expiry ([`RelaySettings::lease_ttl`]), renewed as the relay
+//!   works, given up when it stops, taken over after the expiry when it crashed.
 //! - **Bad rows do not block.** A row that cannot be read (malformed headers) goes to the
 //!   dead-letter topic with reason `decode` and is marked, so the rows behind it move on.
 //!
@@ -108,8 +110,10 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the relay needs from a database.
 pub(crate) trait OutboxStorage: Send + Sync + 'static {
-    /// Whether this relay may publish now (it holds the lease, or needs none).
+    /// Whether this relay may publish now: it holds the lease, or just took it.
     fn hold_lease(&self) -> BoxFuture<'_, Result<bool>>;
+    /// Gives the lease up, so a standby takes over at once (the relay is stopping).
+    fn release_lease(&self) -> BoxFuture<'_, ()>;
     /// The oldest unpublished rows, at most `limit`, in id order, leaving out the id range
     /// `in_flight` (first and last id of the batch sent and not yet acknowledged). A row
     /// committed late inside that range is read in the next round, once the range is no
@@ -141,6 +145,12 @@ pub struct RelaySettings {
     pub retention: Duration,
     /// Where rows that cannot be read go: `dlq-events`.
     pub dead_letter_topic: String,
+    /// SQLite: how long the active relay's lease lasts without renewal: 60 s. It is renewed
+    /// every round once a third of it passed; a relay that crashed is replaced after at
+    /// most this long (one that stops gracefully gives the lease up at once). Keep it above
+    /// the producer's delivery timeout, the longest a round can take. (PostgreSQL's lease
+    /// is a session advisory lock, released the moment the holder's connection ends.)
+    pub lease_ttl: Duration,
 }
 
 impl Default for RelaySettings {
@@ -151,6 +161,7 @@ impl Default for RelaySettings {
             error_backoff: Duration::from_millis(200),
             retention: Duration::from_secs(7 * 24 * 60 * 60),
             dead_letter_topic: crate::dead_letter::DEFAULT_TOPIC.to_owned(),
+            lease_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -201,6 +212,12 @@ impl OutboxRelay {
             return Err(Error::Config {
                 field: "relay.batch_size".to_owned(),
                 reason: "must be at least 1".to_owned(),
+            });
+        }
+        if settings.lease_ttl < Duration::from_millis(10) {
+            return Err(Error::Config {
+                field: "relay.lease_ttl".to_owned(),
+                reason: "must be at least 10 ms".to_owned(),
             });
         }
         let producer = config
@@ -263,10 +280,12 @@ impl OutboxRelay {
                 }
             };
             if stop {
-                if let Some(batch) = in_flight.take() {
-                    self.complete(batch).await?;
-                }
-                return Ok(());
+                let completed = match in_flight.take() {
+                    Some(batch) => self.complete(batch).await,
+                    None => Ok(()),
+                };
+                self.storage.release_lease().await;
+                return completed;
             }
         }
     }

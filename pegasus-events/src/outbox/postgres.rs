@@ -209,6 +209,15 @@ impl OutboxStorage for PostgresStorage {
         })
     }
 
+    fn release_lease(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Closing the session (close_on_drop) releases its advisory lock.
+            if self.lease.lock().await.take().is_some() {
+                tracing::info!("outbox relay gave up its lease");
+            }
+        })
+    }
+
     fn unpublished(
         &self,
         limit: i64,

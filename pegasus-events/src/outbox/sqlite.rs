@@ -1,11 +1,13 @@
 //! The outbox in SQLite, the embedded default database: enqueue in the caller's
-//! transaction; the relay polls.
+//! transaction; the relay polls; one active relay per file through a lease row with an
+//! expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
+use tokio::sync::Mutex;
 
 use super::{encode, BoxFuture, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings};
 use crate::config::KafkaConfig;
@@ -143,16 +145,16 @@ impl SqliteOutbox {
         Ok(encoded.event_id)
     }
 
-    /// A relay publishing this outbox through the cluster of `config`. Run one per
-    /// database file.
+    /// A relay publishing this outbox through the cluster of `config`. Several may run
+    /// against one database file: the one holding the lease publishes, the others stand by.
     pub fn relay(&self, config: &KafkaConfig, settings: RelaySettings) -> Result<OutboxRelay> {
-        OutboxRelay::new(
-            Arc::new(SqliteStorage {
-                pool: self.pool.clone(),
-            }),
-            config,
-            settings,
-        )
+        let storage = SqliteStorage {
+            pool: self.pool.clone(),
+            holder: uuid::Uuid::new_v4().to_string(),
+            lease_ttl: settings.lease_ttl,
+            renewed: Mutex::new(None),
+        };
+        OutboxRelay::new(Arc::new(storage), config, settings)
     }
 }
 
@@ -172,11 +174,68 @@ fn json_list(ids: &[i64]) -> String {
 
 struct SqliteStorage {
     pool: SqlitePool,
+    /// This relay's name in the lease row.
+    holder: String,
+    lease_ttl: Duration,
+    /// When this relay last took or renewed the lease.
+    renewed: Mutex<Option<std::time::Instant>>,
+}
+
+/// Milliseconds since the Unix epoch: the lease's clock, shared by every process on the
+/// machine that holds the database file.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl OutboxStorage for SqliteStorage {
     fn hold_lease(&self) -> BoxFuture<'_, Result<bool>> {
-        Box::pin(async { Ok(true) })
+        Box::pin(async move {
+            let mut renewed = self.renewed.lock().await;
+            // Renewing is a write: do it only once a third of the lease has passed.
+            if renewed.is_some_and(|at| at.elapsed() < self.lease_ttl / 3) {
+                return Ok(true);
+            }
+            let now = now_ms();
+            let ttl = i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+            let taken = sqlx::query(
+                "INSERT INTO pegasus_outbox_relay_lease (id, holder, expires_at_ms)
+                 VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE
+                 SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms
+                 WHERE pegasus_outbox_relay_lease.holder = excluded.holder
+                    OR pegasus_outbox_relay_lease.expires_at_ms < ?3",
+            )
+            .bind(&self.holder)
+            .bind(now.saturating_add(ttl))
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(failed("take the relay lease"))?
+            .rows_affected()
+                == 1;
+            if taken && renewed.is_none() {
+                tracing::info!("outbox relay is active");
+            }
+            *renewed = taken.then(std::time::Instant::now);
+            Ok(taken)
+        })
+    }
+
+    fn release_lease(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.renewed.lock().await.take().is_none() {
+                return;
+            }
+            let released = sqlx::query("DELETE FROM pegasus_outbox_relay_lease WHERE holder = ?")
+                .bind(&self.holder)
+                .execute(&self.pool)
+                .await;
+            match released {
+                Ok(_) => tracing::info!("outbox relay gave up its lease"),
+                // It expires on its own.
+                Err(error) => tracing::warn!(%error, "giving up the outbox relay lease failed"),
+            }
+        })
     }
 
     fn unpublished(
