@@ -1,21 +1,28 @@
-//! The design's Shipping service, publishing side: it creates a shipment, publishes
-//! `ShipmentCreatedEvent` to `shipping.shipment.created`, then moves it through two statuses
-//! with `ShipmentStatusChangedEvent` on `shipping.shipment.status-changed`, all tied
-//! together by one correlation id and keyed by the shipment id (same shipment, same
-//! partition, in order).
+//! The design's Shipping service, publishing side, with the transactional outbox the
+//! design asks for: it creates a shipment and moves it through two statuses, and each
+//! change is saved in its SQLite database in the same transaction as its event
+//! (`ShipmentCreatedEvent` on `shipping.shipment.created`, then
+//! `ShipmentStatusChangedEvent` on `shipping.shipment.status-changed`). The outbox relay
+//! publishes the stored events, in order, keyed by the shipment id (same shipment, same
+//! partition, in order), tied together by one correlation id; the example stops once all
+//! of them were acknowledged.
 //!
 //! Run it against any Kafka broker, for example one started by the project's script:
 //!
 //! ```sh
 //! export KAFKA_BOOTSTRAP_SERVERS=$(scripts/kafka start)
-//! cargo run -p shipping-service
+//! cargo run -p shipping-service            # database: sqlite://shipping.db
+//! SHIPPING_DATABASE_URL=sqlite:///tmp/shipping.db cargo run -p shipping-service
 //! ```
 //!
 //! Configuration comes from `appsettings.json` in the working directory if there is one
 //! (the `Kafka` section, as in the .NET services), then from `KAFKA_*` variables.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use pegasus_events::{Event, EventProducer, KafkaConfig, PublishMetadata, TopicAdmin, TopicSpec};
+use pegasus_events::outbox::{RelaySettings, SqliteOutbox};
+use pegasus_events::{Event, KafkaConfig, PublishMetadata, TopicAdmin, TopicSpec};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -71,10 +78,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ])
         .await?;
 
-    let producer = EventProducer::new(&config)?;
+    // The service's own database; the outbox table lives beside its shipments.
+    let database =
+        std::env::var("SHIPPING_DATABASE_URL").unwrap_or_else(|_| "sqlite://shipping.db".into());
+    let outbox = SqliteOutbox::connect(&database, &config).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS shipments (
+            id TEXT PRIMARY KEY, tracking_number TEXT NOT NULL, status TEXT NOT NULL)",
+    )
+    .execute(outbox.pool())
+    .await?;
+
+    // The relay runs beside the service's work, as it would in the real service.
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = outbox.relay(
+        &config,
+        RelaySettings {
+            poll_interval: Duration::from_millis(100),
+            ..RelaySettings::default()
+        },
+    )?;
+    let relay = tokio::spawn(relay.run_until(async move {
+        let _ = relay_stopped.await;
+    }));
+
     let shipment_id = Uuid::now_v7();
     let correlation = Uuid::now_v7().to_string();
+    let metadata = PublishMetadata::new()
+        .subject(shipment_id.to_string())
+        .correlation_id(&correlation);
 
+    // Create the shipment and its event in one transaction: both or neither.
     let created = ShipmentCreated {
         shipment_id,
         tracking_number: "TRACK123".to_owned(),
@@ -83,20 +117,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_by_user_id: "auth0|123".to_owned(),
         created_by_email: "user@example.com".to_owned(),
     };
-    let metadata = PublishMetadata::new()
-        .subject(shipment_id.to_string())
-        .correlation_id(&correlation);
-    let delivery = producer.publish_with(&created, &metadata).await?;
+    let mut tx = outbox.pool().begin().await?;
+    sqlx::query("INSERT INTO shipments (id, tracking_number, status) VALUES (?, ?, ?)")
+        .bind(shipment_id.to_string())
+        .bind(&created.tracking_number)
+        .bind(&created.status)
+        .execute(&mut *tx)
+        .await?;
+    let mut cause = outbox.enqueue_with(&mut tx, &created, &metadata).await?;
+    tx.commit().await?;
     println!(
-        "published {} {:?} -> {} partition {} offset {}",
+        "saved shipment and {} {:?} ({cause})",
         ShipmentCreated::NAME,
-        created.redacted(),
-        ShipmentCreated::TOPIC,
-        delivery.partition,
-        delivery.offset
+        created.redacted()
     );
 
-    let mut cause = delivery.event_id;
     for (old, new) in [("Created", "PickedUp"), ("PickedUp", "InTransit")] {
         let changed = ShipmentStatusChanged {
             shipment_id,
@@ -104,16 +139,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             new_status: new.to_owned(),
             changed_at: Utc::now(),
         };
-        let delivery = producer
-            .publish_with(&changed, &metadata.clone().causation_id(cause.to_string()))
+        let mut tx = outbox.pool().begin().await?;
+        sqlx::query("UPDATE shipments SET status = ? WHERE id = ?")
+            .bind(new)
+            .bind(shipment_id.to_string())
+            .execute(&mut *tx)
             .await?;
-        cause = delivery.event_id;
+        let metadata = metadata.clone().causation_id(cause.to_string());
+        cause = outbox.enqueue_with(&mut tx, &changed, &metadata).await?;
+        tx.commit().await?;
         println!(
-            "published {} {old} -> {new} -> partition {} offset {}",
-            ShipmentStatusChanged::NAME,
-            delivery.partition,
-            delivery.offset
+            "saved status {old} -> {new} and {} ({cause})",
+            ShipmentStatusChanged::NAME
         );
     }
+
+    // Wait until the relay has published (and marked) every stored event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
+                .fetch_one(outbox.pool())
+                .await?;
+        if waiting == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{waiting} events still unpublished after 60 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_relay.send(());
+    relay.await??;
+    println!("the outbox relay published all three events");
     Ok(())
 }
