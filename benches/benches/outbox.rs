@@ -1,9 +1,12 @@
 //! The outbox relay against publishing directly, on the same broker, in the same run.
 //!
 //! Throughput: `EventProducer::publish_all` of N events, against the same N events
-//! committed to the outbox (transactions of 100) while the relay runs, timed from the
-//! first commit until the relay marked the last one published (so after the broker's
-//! acknowledgement), on PostgreSQL and on SQLite. Ratios are relay/direct.
+//! committed to the outbox (transactions of 100, with `enqueue_all` or an `enqueue` per
+//! event) while the relay runs, timed from the first commit until the relay marked the
+//! last one published (so after the broker's acknowledgement), on PostgreSQL and on
+//! SQLite; with the default retention (rows marked) and with a retention of zero (rows
+//! deleted). The commits alone, without a relay, give the ceiling the database sets on
+//! the machine. Ratios are against the direct rate of the same round.
 //!
 //! Latency (PostgreSQL, LISTEN/NOTIFY): one event committed every 5 ms, 1,000 of them;
 //! latency is `published_at - created_at` of each row, both taken by the server's clock
@@ -126,10 +129,10 @@ impl Outbox {
         Outbox::Sqlite(outbox, path)
     }
 
-    fn relay(&self, config: &KafkaConfig) -> OutboxRelay {
+    fn relay(&self, config: &KafkaConfig, settings: RelaySettings) -> OutboxRelay {
         match self {
-            Outbox::Postgres(outbox) => outbox.relay(config, settings()),
-            Outbox::Sqlite(outbox, _) => outbox.relay(config, settings()),
+            Outbox::Postgres(outbox) => outbox.relay(config, settings),
+            Outbox::Sqlite(outbox, _) => outbox.relay(config, settings),
         }
         .expect("relay")
     }
@@ -196,6 +199,8 @@ struct Variant {
     /// With the relay running; without it, only the commits are timed: the ceiling the
     /// database sets on this machine, whatever the relay does.
     relay: bool,
+    /// A retention of zero: rows are deleted once acknowledged instead of marked.
+    delete: bool,
 }
 
 /// Events per second from the first commit (transactions of 100 events) until the relay
@@ -207,7 +212,17 @@ async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64)
     } else {
         Outbox::sqlite(config).await
     };
-    let relay = variant.relay.then(|| spawn_relay(outbox.relay(config)));
+    let settings = RelaySettings {
+        retention: if variant.delete {
+            Duration::ZERO
+        } else {
+            RelaySettings::default().retention
+        },
+        ..settings()
+    };
+    let relay = variant
+        .relay
+        .then(|| spawn_relay(outbox.relay(config, settings)));
     let events: Vec<Shipment> = (0..count).map(shipment).collect();
     let started = Instant::now();
     for transaction in events.chunks(100) {
@@ -298,19 +313,22 @@ fn main() {
             .await
             .expect("topic");
         // (label, database, enqueue_all?, rates, ratios to the same round's direct rate)
-        let variant = |label, on_postgres, all_at_once, relay| Variant {
+        let variant = |label, on_postgres, all_at_once, relay, delete| Variant {
             label,
             on_postgres,
             all_at_once,
             relay,
+            delete,
         };
         let variants = [
-            variant("PostgreSQL, enqueue_all", true, true, true),
-            variant("PostgreSQL, enqueue each", true, false, true),
-            variant("SQLite, enqueue_all", false, true, true),
-            variant("SQLite, enqueue each", false, false, true),
-            variant("PostgreSQL, commits only (no relay)", true, true, false),
-            variant("SQLite, commits only (no relay)", false, true, false),
+            variant("PostgreSQL, enqueue_all", true, true, true, false),
+            variant("PostgreSQL, enqueue each", true, false, true, false),
+            variant("PostgreSQL, enqueue_all, retention 0", true, true, true, true),
+            variant("SQLite, enqueue_all", false, true, true, false),
+            variant("SQLite, enqueue each", false, false, true, false),
+            variant("SQLite, enqueue_all, retention 0", false, true, true, true),
+            variant("PostgreSQL, commits only (no relay)", true, true, false, false),
+            variant("SQLite, commits only (no relay)", false, true, false, false),
         ];
         let mut rates = vec![Vec::new(); variants.len()];
         let mut ratios = vec![Vec::new(); variants.len()];

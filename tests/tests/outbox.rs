@@ -434,6 +434,8 @@ trait TestOutbox: Clone + Send + Sync + 'static {
     /// Commits `events` in one transaction.
     fn commit(&self, events: Vec<OrderPlaced>) -> impl std::future::Future<Output = ()> + Send;
     fn relay_with(&self, settings: RelaySettings) -> OutboxRelay;
+    /// How many rows the outbox table holds, published or not.
+    fn rows(&self) -> impl std::future::Future<Output = i64> + Send;
 }
 
 impl TestOutbox for PostgresOutbox {
@@ -445,6 +447,12 @@ impl TestOutbox for PostgresOutbox {
     fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
         self.relay(&config("orders-api"), settings).unwrap()
     }
+    async fn rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
 }
 
 impl TestOutbox for SqliteOutbox {
@@ -455,6 +463,12 @@ impl TestOutbox for SqliteOutbox {
     }
     fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
         self.relay(&config("orders-api"), settings).unwrap()
+    }
+    async fn rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
     }
 }
 
@@ -695,4 +709,77 @@ async fn a_sqlite_relay_takes_over_the_lease_of_a_crashed_relay_once_it_expired(
         [0, 1, 2],
         "all published, in order, once the lease expired"
     );
+}
+
+/// With a retention of zero the relay deletes each row once the broker acknowledged it;
+/// with the default it keeps it, marked.
+async fn retention_zero_deletes_published_rows(outbox: impl TestOutbox) {
+    create_topic().await;
+    let run = unique("run");
+    let events: Vec<OrderPlaced> = (0..50)
+        .map(|seq| OrderPlaced {
+            run: run.clone(),
+            order_id: seq % 5,
+            seq,
+        })
+        .collect();
+    let keep = outbox.relay_with(relay_settings(&unique("tests-dlq")));
+    with_relay(keep, async {
+        outbox.commit(events[..25].to_vec()).await;
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 25))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(outbox.rows().await, 25, "the default retention keeps rows");
+
+    let settings = RelaySettings {
+        retention: Duration::ZERO,
+        ..relay_settings(&unique("tests-dlq"))
+    };
+    let records = with_relay(outbox.relay_with(settings), async {
+        outbox.commit(events[25..].to_vec()).await;
+        let records = {
+            let run = run.clone();
+            tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 50))
+                .await
+                .unwrap()
+        };
+        // The deletion follows the acknowledgement; wait for it.
+        let deadline = Instant::now() + DEADLINE;
+        while outbox.rows().await > 25 {
+            assert!(Instant::now() < deadline, "published rows were deleted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        records
+    })
+    .await;
+    assert_eq!(records.len(), 50, "every event published");
+    assert_eq!(
+        outbox.rows().await,
+        25,
+        "only the rows kept by the first relay remain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_relay_with_zero_retention_deletes_each_row_once_it_was_acknowledged() {
+    let url = fresh_postgres_database().await;
+    let outbox = PostgresOutbox::connect(&url, &config("orders-api"))
+        .await
+        .unwrap();
+    retention_zero_deletes_published_rows(outbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_relay_with_zero_retention_deletes_each_row_once_it_was_acknowledged() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    let outbox = SqliteOutbox::connect(
+        &format!("sqlite://{}.db", path.display()),
+        &config("orders-api"),
+    )
+    .await
+    .unwrap();
+    retention_zero_deletes_published_rows(outbox).await;
 }

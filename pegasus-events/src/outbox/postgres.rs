@@ -252,12 +252,17 @@ impl OutboxStorage for PostgresStorage {
         })
     }
 
-    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<()>> {
+    fn mark_published<'a>(&'a self, ids: &'a [i64], delete: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(());
             }
-            sqlx::query("UPDATE pegasus_outbox SET published_at = now() WHERE id = ANY($1)")
+            let statement = if delete {
+                "DELETE FROM pegasus_outbox WHERE id = ANY($1)"
+            } else {
+                "UPDATE pegasus_outbox SET published_at = now() WHERE id = ANY($1)"
+            };
+            sqlx::query(statement)
                 .bind(ids)
                 .execute(&self.pool)
                 .await

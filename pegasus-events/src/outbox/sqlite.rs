@@ -274,22 +274,25 @@ impl OutboxStorage for SqliteStorage {
         })
     }
 
-    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<()>> {
+    fn mark_published<'a>(&'a self, ids: &'a [i64], delete: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(());
             }
             // One statement for the whole batch: the ids go in as one JSON array.
             let ids = json_list(ids);
-            sqlx::query(
+            let statement = if delete {
+                "DELETE FROM pegasus_outbox WHERE id IN (SELECT value FROM json_each(?))"
+            } else {
                 "UPDATE pegasus_outbox
                  SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                 WHERE id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(ids)
-            .execute(&self.pool)
-            .await
-            .map_err(failed("mark events published"))?;
+                 WHERE id IN (SELECT value FROM json_each(?))"
+            };
+            sqlx::query(statement)
+                .bind(ids)
+                .execute(&self.pool)
+                .await
+                .map_err(failed("mark events published"))?;
             Ok(())
         })
     }
