@@ -179,37 +179,41 @@ fn known_version(migrations: &[Migration]) -> i64 {
     migrations.len() as i64
 }
 
-/// Brings `component`'s tables in the PostgreSQL database of `pool` to the newest of
-/// `migrations`; returns the versions applied now.
-#[cfg(feature = "postgres")]
-pub(crate) async fn apply_postgres(
-    pool: &sqlx::PgPool,
+/// The statements that differ between the databases.
+struct Dialect {
+    /// Serialises instances applying migrations at once, inside the transaction.
+    lock: Option<&'static str>,
+    history_table: &'static str,
+    newest_version: &'static str,
+    record_version: &'static str,
+    store: &'static str,
+}
+
+/// Applies the migrations of `migrations` newer than the history records, inside `tx`,
+/// and commits.
+async fn apply<DB>(
+    mut tx: sqlx::Transaction<'_, DB>,
+    dialect: &Dialect,
     migrations: &[Migration],
-) -> Result<Vec<i64>, MigrationFailure> {
+) -> Result<Vec<i64>, MigrationFailure>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB>,
+    // Owned: SQLite encodes a `&str` only for the lifetime of the query's arguments.
+    String: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
     let known = known_version(migrations);
-    let mut tx = pool.begin().await?;
-    // CREATE ... IF NOT EXISTS is not atomic in PostgreSQL, and two instances must not
-    // both apply a migration: one at a time per database.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pegasus_schema_history'))")
-        .execute(&mut *tx)
+    if let Some(lock) = dialect.lock {
+        sqlx::query(lock).execute(&mut *tx).await?;
+    }
+    sqlx::query(dialect.history_table).execute(&mut *tx).await?;
+    let found: i64 = sqlx::query_scalar(dialect.newest_version)
+        .bind(migrations[0].component.to_owned())
+        .fetch_one(&mut *tx)
         .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
-            component TEXT NOT NULL,
-            version BIGINT NOT NULL,
-            description TEXT NOT NULL,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-            PRIMARY KEY (component, version)
-        )",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let found: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(max(version), 0) FROM pegasus_schema_history WHERE component = $1",
-    )
-    .bind(migrations[0].component)
-    .fetch_one(&mut *tx)
-    .await?;
     if found > known {
         return Err(MigrationFailure::TooNew { found, known });
     }
@@ -218,22 +222,52 @@ pub(crate) async fn apply_postgres(
         for statement in migration.statements {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
-        sqlx::query(
-            "INSERT INTO pegasus_schema_history (component, version, description)
-             VALUES ($1, $2, $3)",
-        )
-        .bind(migration.component)
-        .bind(migration.version)
-        .bind(migration.description)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(dialect.record_version)
+            .bind(migration.component.to_owned())
+            .bind(migration.version)
+            .bind(migration.description.to_owned())
+            .execute(&mut *tx)
+            .await?;
         applied.push(migration.version);
     }
     tx.commit().await?;
     if !applied.is_empty() {
-        tracing::info!(component = migrations[0].component, versions = ?applied, "schema migrated (postgres)");
+        tracing::info!(
+            store = dialect.store,
+            component = migrations[0].component,
+            versions = ?applied,
+            "schema migrated"
+        );
     }
     Ok(applied)
+}
+
+/// Brings `component`'s tables in the PostgreSQL database of `pool` to the newest of
+/// `migrations`; returns the versions applied now.
+#[cfg(feature = "postgres")]
+pub(crate) async fn apply_postgres(
+    pool: &sqlx::PgPool,
+    migrations: &[Migration],
+) -> Result<Vec<i64>, MigrationFailure> {
+    const POSTGRES: Dialect = Dialect {
+        // CREATE ... IF NOT EXISTS is not atomic in PostgreSQL, and two instances must not
+        // both apply a migration: one at a time per database.
+        lock: Some("SELECT pg_advisory_xact_lock(hashtext('pegasus_schema_history'))"),
+        history_table: "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
+            component TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            description TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (component, version)
+        )",
+        newest_version: "SELECT COALESCE(max(version), 0) FROM pegasus_schema_history
+            WHERE component = $1",
+        record_version: "INSERT INTO pegasus_schema_history (component, version, description)
+            VALUES ($1, $2, $3)",
+        store: "postgres",
+    };
+    let tx = pool.begin().await?;
+    apply::<sqlx::Postgres>(tx, &POSTGRES, migrations).await
 }
 
 /// Brings `component`'s tables in the SQLite database of `pool` to the newest of
@@ -243,49 +277,23 @@ pub(crate) async fn apply_sqlite(
     pool: &sqlx::SqlitePool,
     migrations: &[Migration],
 ) -> Result<Vec<i64>, MigrationFailure> {
-    let known = known_version(migrations);
-    // IMMEDIATE takes the write lock up front, so a second instance waits (busy timeout)
-    // and then reads the history this one wrote.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
+    const SQLITE: Dialect = Dialect {
+        // BEGIN IMMEDIATE (below) takes the write lock up front: a second instance waits
+        // (busy timeout), then reads the history this one wrote.
+        lock: None,
+        history_table: "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
             component TEXT NOT NULL,
             version INTEGER NOT NULL,
             description TEXT NOT NULL,
             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
             PRIMARY KEY (component, version)
         )",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let found: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(max(version), 0) FROM pegasus_schema_history WHERE component = ?",
-    )
-    .bind(migrations[0].component)
-    .fetch_one(&mut *tx)
-    .await?;
-    if found > known {
-        return Err(MigrationFailure::TooNew { found, known });
-    }
-    let mut applied = Vec::new();
-    for migration in &migrations[found as usize..] {
-        for statement in migration.statements {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        sqlx::query(
-            "INSERT INTO pegasus_schema_history (component, version, description)
-             VALUES (?, ?, ?)",
-        )
-        .bind(migration.component)
-        .bind(migration.version)
-        .bind(migration.description)
-        .execute(&mut *tx)
-        .await?;
-        applied.push(migration.version);
-    }
-    tx.commit().await?;
-    if !applied.is_empty() {
-        tracing::info!(component = migrations[0].component, versions = ?applied, "schema migrated (sqlite)");
-    }
-    Ok(applied)
+        newest_version: "SELECT COALESCE(max(version), 0) FROM pegasus_schema_history
+            WHERE component = ?",
+        record_version: "INSERT INTO pegasus_schema_history (component, version, description)
+            VALUES (?, ?, ?)",
+        store: "sqlite",
+    };
+    let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    apply::<sqlx::Sqlite>(tx, &SQLITE, migrations).await
 }
