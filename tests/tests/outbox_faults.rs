@@ -1,12 +1,13 @@
-//! Fault tests of the outbox relay: killed between the broker's acknowledgement and the
-//! mark, and the broker stopped under load. Each bounds its runtime and stops what it
-//! started.
+//! Fault tests of the outbox relay, on PostgreSQL and on SQLite: killed between the
+//! broker's acknowledgement and the mark, and the broker stopped under load. Each bounds
+//! its runtime and stops what it started.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use pegasus_events::outbox::{PostgresOutbox, RelaySettings, SqliteOutbox};
+use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, KafkaConfig, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
     bootstrap, config, fresh_postgres_database, header, headers_of, kafka_script, unique,
@@ -15,6 +16,8 @@ use pegasus_events_tests::{
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{Connection, SqliteConnection};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -37,10 +40,10 @@ impl Drop for Reaped {
     }
 }
 
-fn relay_process(database: &str, url: &str) -> Reaped {
+fn relay_process(database: Database, url: &str) -> Reaped {
     Reaped(
         Command::new(env!("CARGO_BIN_EXE_outbox_relay"))
-            .args([database, url, &unique("tests-dlq")])
+            .args([database.name(), url, &unique("tests-dlq")])
             .env(BOOTSTRAP_ENV, bootstrap())
             .spawn()
             .expect("the relay process starts"),
@@ -93,6 +96,19 @@ fn read_run(
     }
 }
 
+/// [`read_run`], off the runtime's threads.
+async fn records_of(
+    bootstrap_servers: String,
+    run: &str,
+    want: usize,
+    settle: Duration,
+) -> Vec<OwnedMessage> {
+    let run = run.to_owned();
+    tokio::task::spawn_blocking(move || read_run(&bootstrap_servers, &run, want, settle))
+        .await
+        .unwrap()
+}
+
 /// Checks that every event arrived, and that copies of an event are the same record.
 /// Returns (distinct events, duplicate records).
 fn distinct_and_duplicates(records: &[OwnedMessage]) -> (usize, usize) {
@@ -127,106 +143,269 @@ async fn create_topic(config: &KafkaConfig) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_between_the_acknowledgement_and_the_mark_republishes_with_the_same_ids() {
+/// An event of `run`.
+fn relayed(run: &str, n: u32) -> Relayed {
+    Relayed {
+        run: run.to_owned(),
+        account: n % 20,
+        n,
+    }
+}
+
+/// The two databases an outbox lives in.
+#[derive(Clone, Copy, Debug)]
+enum Database {
+    Postgres,
+    Sqlite,
+}
+
+impl Database {
+    /// Its name on the relay process's command line.
+    fn name(self) -> &'static str {
+        match self {
+            Database::Postgres => "postgres",
+            Database::Sqlite => "sqlite",
+        }
+    }
+
+    /// The URL of a new, empty database: the relay's first batch must be this test's rows.
+    async fn fresh(self) -> String {
+        match self {
+            Database::Postgres => fresh_postgres_database().await,
+            Database::Sqlite => {
+                let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("relay"));
+                format!("sqlite://{}.db", path.display())
+            }
+        }
+    }
+}
+
+/// The outbox of either database, with what the tests do to it.
+enum Outbox {
+    Postgres(PostgresOutbox),
+    Sqlite(SqliteOutbox),
+}
+
+/// `$body` with `$outbox` bound to the outbox, whichever database it is in.
+macro_rules! on_either {
+    ($self:expr, $outbox:ident => $body:expr) => {
+        match $self {
+            Outbox::Postgres($outbox) => $body,
+            Outbox::Sqlite($outbox) => $body,
+        }
+    };
+}
+
+impl Outbox {
+    async fn connect(database: Database, url: &str, kafka: &KafkaConfig) -> Outbox {
+        match database {
+            Database::Postgres => {
+                Outbox::Postgres(PostgresOutbox::connect(url, kafka).await.unwrap())
+            }
+            Database::Sqlite => Outbox::Sqlite(SqliteOutbox::connect(url, kafka).await.unwrap()),
+        }
+    }
+
+    /// Enqueues `events` in one transaction and commits it.
+    async fn commit(&self, events: impl IntoIterator<Item = Relayed>) {
+        on_either!(self, outbox => {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            for event in events {
+                outbox.enqueue(&mut tx, &event).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+    }
+
+    /// How many rows are not marked published.
+    async fn unpublished(&self) -> i64 {
+        const UNPUBLISHED: &str = "SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL";
+        on_either!(self, outbox => sqlx::query_scalar(UNPUBLISHED)
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap())
+    }
+
+    /// Returns once every row is marked published; fails after [`DEADLINE`].
+    async fn wait_until_published(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = self.unpublished().await;
+            if left == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{left} rows still unpublished");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn relay(&self, kafka: &KafkaConfig, settings: RelaySettings) -> OutboxRelay {
+        on_either!(self, outbox => outbox.relay(kafka, settings).unwrap())
+    }
+
+    /// Commits `events` and starts a relay process that publishes them but whose mark
+    /// (an UPDATE) waits on a lock: the relay is then exactly between the broker's
+    /// acknowledgement and the mark. Returns the relay and the lock.
+    async fn relay_waiting_on_the_mark(
+        &self,
+        url: &str,
+        events: &[Relayed],
+    ) -> (Reaped, MarkBlocker) {
+        match self {
+            Outbox::Postgres(outbox) => {
+                for chunk in events.chunks(100) {
+                    self.commit(chunk.iter().cloned()).await;
+                }
+                // A SHARE lock lets the relay read and publish, but not update.
+                let mut blocker = outbox.pool().begin().await.unwrap();
+                sqlx::query("LOCK TABLE pegasus_outbox IN SHARE MODE")
+                    .execute(&mut *blocker)
+                    .await
+                    .unwrap();
+                let relay = relay_process(Database::Postgres, url);
+                (relay, MarkBlocker::Postgres(blocker))
+            }
+            Outbox::Sqlite(outbox) => {
+                // The lock is the database's one write lock, on a connection of its own: in
+                // WAL mode the relay still reads, and its writes wait (its busy_timeout,
+                // 10 s, so the kill must land within that). Its first write takes the
+                // relay lease, so the relay starts before the lock is taken.
+                let relay = relay_process(Database::Sqlite, url);
+                let leased = || async {
+                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pegasus_outbox_relay_lease")
+                        .fetch_one(outbox.pool())
+                        .await
+                        .unwrap()
+                        > 0
+                };
+                let deadline = Instant::now() + DEADLINE;
+                while !leased().await {
+                    assert!(Instant::now() < deadline, "the relay took no lease");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let options = url
+                    .parse::<SqliteConnectOptions>()
+                    .unwrap()
+                    .journal_mode(SqliteJournalMode::Wal);
+                let mut blocker = SqliteConnection::connect_with(&options).await.unwrap();
+                let mut tx = blocker.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                for event in events {
+                    outbox.enqueue(&mut tx, event).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                // At once the lock again: between the commit and this statement the relay
+                // cannot read the rows, publish them, have them acknowledged and mark them.
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut blocker)
+                    .await
+                    .unwrap();
+                (relay, MarkBlocker::Sqlite(blocker))
+            }
+        }
+    }
+}
+
+/// The lock of [`Outbox::relay_waiting_on_the_mark`], held until [`MarkBlocker::release`]
+/// (or the end of the test).
+enum MarkBlocker {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(SqliteConnection),
+}
+
+impl MarkBlocker {
+    /// Releases the lock, once the relay that waited on it was killed.
+    async fn release(self) {
+        match self {
+            MarkBlocker::Postgres(mut blocker) => {
+                // PostgreSQL notices a vanished client only when it next talks to it: the
+                // killed relay's UPDATE would still run once the lock is released. End that
+                // session (and wait until it is gone), as a crash before the statement
+                // reached the server would have.
+                let ended: Vec<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND state = 'active' AND query LIKE 'UPDATE pegasus_outbox%'",
+                )
+                .fetch_all(&mut *blocker)
+                .await
+                .unwrap();
+                assert_eq!(ended, [true], "the killed relay's mark waited on the lock");
+                blocker.rollback().await.unwrap();
+            }
+            // SQLite runs in the relay's process: the kill ended its transaction.
+            MarkBlocker::Sqlite(mut blocker) => {
+                sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+            }
+        }
+    }
+}
+
+/// A relay process is killed (SIGKILL) after the broker acknowledged its first batch and
+/// before it marked it; a restarted relay must publish every event, and what went out
+/// before the kill once more, with the same `ce_id`s.
+async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Database) {
     const EVENTS: u32 = 2_000;
     let kafka = config("orders-api");
     create_topic(&kafka).await;
-    // A database of its own: the relay's first batch must be this test's rows.
-    let url = fresh_postgres_database().await;
-    let outbox = PostgresOutbox::connect(&url, &kafka).await.unwrap();
+    let url = database.fresh().await;
+    let outbox = Outbox::connect(database, &url, &kafka).await;
     let run = unique("run");
-    for chunk in 0..(EVENTS / 100) {
-        let mut tx = outbox.pool().begin().await.unwrap();
-        for n in chunk * 100..(chunk + 1) * 100 {
-            let event = Relayed {
-                run: run.clone(),
-                account: n % 20,
-                n,
-            };
-            outbox.enqueue(&mut tx, &event).await.unwrap();
-        }
-        tx.commit().await.unwrap();
-    }
-
-    // Holding a SHARE lock lets the relay read and publish, but its UPDATE (the mark)
-    // waits: the relay is then exactly between the acknowledgement and the mark.
-    let mut blocker = outbox.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE pegasus_outbox IN SHARE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let relay = relay_process("postgres", &url);
-    let servers = bootstrap();
-    // The relay's first batch goes out, then it waits on the mark of that batch.
-    let first_batch = RelaySettings::default().batch_size as usize;
-    let first_copy = tokio::task::spawn_blocking({
-        let run = run.clone();
-        move || read_run(&servers, &run, first_batch, Duration::from_millis(500))
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        first_copy.len(),
-        first_batch,
-        "one batch published, then the mark waited"
-    );
+    let events: Vec<Relayed> = (0..EVENTS).map(|n| relayed(&run, n)).collect();
+    let (relay, blocker) = outbox.relay_waiting_on_the_mark(&url, &events).await;
+    // The relay's first batch goes out and is acknowledged, then its mark waits (a
+    // relay that overlaps batches may have sent its next one too).
+    let batch = RelaySettings::default().batch_size as usize;
+    records_of(bootstrap(), &run, batch, Duration::from_millis(500)).await;
     drop(relay); // SIGKILL while it waits on the mark
-    let unmarked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pegasus_outbox
-         WHERE published_at IS NULL AND convert_from(payload, 'UTF8') LIKE '%' || $1 || '%'",
-    )
-    .bind(&run)
-    .fetch_one(outbox.pool())
-    .await
-    .unwrap();
+    let unmarked = outbox.unpublished().await;
     assert_eq!(
         unmarked,
         i64::from(EVENTS),
         "the kill landed before the mark"
     );
-    // PostgreSQL notices a vanished client only when it next talks to it: the killed
-    // relay's UPDATE would still run once the lock is released. End that session, as a
-    // crash before the statement reached the server would have.
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE pid <> pg_backend_pid() AND query LIKE 'UPDATE pegasus_outbox%'",
-    )
-    .execute(outbox.pool())
-    .await
-    .unwrap();
-    blocker.rollback().await.unwrap();
+    // What the broker holds of the run now is what the relay published before the kill.
+    let before_the_kill = records_of(bootstrap(), &run, batch, Duration::from_secs(1)).await;
+    let (published, republished) = distinct_and_duplicates(&before_the_kill);
+    assert_eq!(
+        republished, 0,
+        "no event went out twice before the kill: its mark was still waiting"
+    );
+    assert!(
+        (batch..EVENTS as usize).contains(&published),
+        "a batch published, then the mark waited ({published} events published)"
+    );
+    blocker.release().await;
 
-    // The restarted relay publishes the unmarked rows again, then marks them.
-    let restarted = relay_process("postgres", &url);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
-                .fetch_one(outbox.pool())
-                .await
-                .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} rows still unpublished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The restarted relay publishes the unmarked rows again, then marks them. (On SQLite
+    // it first waits for the killed relay's lease to expire: `lease_ttl`, 60 s.)
+    let restarted = relay_process(database, &url);
+    let restarted_at = Instant::now();
+    outbox.wait_until_published().await;
+    let caught_up = restarted_at.elapsed();
     drop(restarted);
-    let servers = bootstrap();
-    let all = tokio::task::spawn_blocking({
-        let run = run.clone();
-        move || read_run(&servers, &run, EVENTS as usize, Duration::from_secs(2))
-    })
-    .await
-    .unwrap();
+    let all = records_of(bootstrap(), &run, EVENTS as usize, Duration::from_secs(2)).await;
     let (distinct, duplicates) = distinct_and_duplicates(&all);
-    eprintln!("relay crash: {distinct} events, {duplicates} republished duplicates, {unmarked} rows unmarked at the kill");
+    eprintln!(
+        "{database:?} relay crash: {distinct} events, {duplicates} republished duplicates; \
+         {published} published and {unmarked} rows unmarked at the kill; all published \
+         {caught_up:.1?} after the restart"
+    );
     assert_eq!(distinct, EVENTS as usize, "every event published");
     assert_eq!(
-        duplicates, first_batch,
-        "the published but unmarked batch went out again, with the same ce_ids"
+        duplicates, published,
+        "what was published but unmarked went out again, with the same ce_ids"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_between_the_acknowledgement_and_the_mark_republishes_with_the_same_ids() {
+    relay_killed_between_the_acknowledgement_and_the_mark(Database::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_relay_killed_between_the_acknowledgement_and_the_mark_republishes_with_the_same_ids(
+) {
+    relay_killed_between_the_acknowledgement_and_the_mark(Database::Sqlite).await;
 }
 
 /// Stops its own broker on drop, whatever the test did.
@@ -238,8 +417,9 @@ impl Drop for OwnBroker {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_catches_up_after_the_broker_was_down_under_load_and_loses_nothing() {
+/// The broker of an in-process relay is killed (SIGKILL) for 12 s while events keep being
+/// committed; once it is back, every event must be published.
+async fn relay_catches_up_after_the_broker_was_down_under_load(database: Database) {
     const EVENTS: u32 = 3_000;
     let name = unique("relay-broker");
     let address = kafka_script(&["start", "--name", &name]);
@@ -247,21 +427,16 @@ async fn the_relay_catches_up_after_the_broker_was_down_under_load_and_loses_not
     let mut kafka = KafkaConfig::new(&address).with_client_id("orders-api");
     kafka.producer.delivery_timeout = Duration::from_secs(10);
     create_topic(&kafka).await;
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("relay"));
-    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
-        .await
-        .unwrap();
-    let relay = outbox
-        .relay(
-            &kafka,
-            RelaySettings {
-                poll_interval: Duration::from_millis(50),
-                error_backoff: Duration::from_millis(100),
-                dead_letter_topic: unique("tests-dlq"),
-                ..RelaySettings::default()
-            },
-        )
-        .unwrap();
+    let outbox = Outbox::connect(database, &database.fresh().await, &kafka).await;
+    let relay = outbox.relay(
+        &kafka,
+        RelaySettings {
+            poll_interval: Duration::from_millis(50),
+            error_backoff: Duration::from_millis(100),
+            dead_letter_topic: unique("tests-dlq"),
+            ..RelaySettings::default()
+        },
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relaying = tokio::spawn(relay.run_until(async move {
         let _ = stopped.await;
@@ -280,45 +455,33 @@ async fn the_relay_catches_up_after_the_broker_was_down_under_load_and_loses_not
                 kafka_script(&["start-node", "1", "--name", &name]);
             }));
         }
-        let mut tx = outbox.pool().begin().await.unwrap();
-        let event = Relayed {
-            run: run.clone(),
-            account: n % 20,
-            n,
-        };
-        outbox.enqueue(&mut tx, &event).await.unwrap();
-        tx.commit().await.unwrap();
+        outbox.commit([relayed(&run, n)]).await;
         if n % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     fault.unwrap().await.unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
-                .fetch_one(outbox.pool())
-                .await
-                .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} rows still unpublished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    outbox.wait_until_published().await;
     stop.send(()).unwrap();
     tokio::time::timeout(DEADLINE, relaying)
         .await
         .expect("the relay stopped")
         .unwrap()
         .unwrap();
-    let all = tokio::task::spawn_blocking({
-        let run = run.clone();
-        move || read_run(&address, &run, EVENTS as usize, Duration::from_secs(1))
-    })
-    .await
-    .unwrap();
+    let all = records_of(address, &run, EVENTS as usize, Duration::from_secs(1)).await;
     let (distinct, duplicates) = distinct_and_duplicates(&all);
-    eprintln!("relay across a broker outage: {distinct} events, {duplicates} duplicates");
+    eprintln!(
+        "{database:?} relay across a broker outage: {distinct} events, {duplicates} duplicates"
+    );
     assert_eq!(distinct, EVENTS as usize, "nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_catches_up_after_the_broker_was_down_under_load_and_loses_nothing() {
+    relay_catches_up_after_the_broker_was_down_under_load(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_relay_catches_up_after_the_broker_was_down_under_load_and_loses_nothing() {
+    relay_catches_up_after_the_broker_was_down_under_load(Database::Postgres).await;
 }
