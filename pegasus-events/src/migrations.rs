@@ -181,6 +181,8 @@ fn known_version(migrations: &[Migration]) -> i64 {
 
 /// The statements that differ between the databases.
 struct Dialect {
+    /// How the migrating transaction begins, when not with a plain `BEGIN`.
+    begin: Option<&'static str>,
     /// Serialises instances applying migrations at once, inside the transaction.
     lock: Option<&'static str>,
     history_table: &'static str,
@@ -192,12 +194,13 @@ struct Dialect {
 /// Applies the migrations of `migrations` newer than the history records, inside `tx`,
 /// and commits.
 async fn apply<DB>(
-    mut tx: sqlx::Transaction<'_, DB>,
+    pool: &sqlx::Pool<DB>,
     dialect: &Dialect,
     migrations: &[Migration],
 ) -> Result<Vec<i64>, MigrationFailure>
 where
     DB: sqlx::Database,
+    for<'p> &'p sqlx::Pool<DB>: sqlx::Executor<'p, Database = DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB>,
@@ -206,6 +209,22 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     let known = known_version(migrations);
+    // Usually there is nothing to do: find that with a plain read, without the lock (on
+    // SQLite the write lock, which would hold up every other writer of the file).
+    let current: Result<i64, _> = sqlx::query_scalar(dialect.newest_version)
+        .bind(migrations[0].component.to_owned())
+        .fetch_one(pool)
+        .await;
+    match current {
+        Ok(found) if found > known => return Err(MigrationFailure::TooNew { found, known }),
+        Ok(found) if found == known => return Ok(Vec::new()),
+        // Behind, or no history table yet: migrate under the lock, reading again there.
+        _ => {}
+    }
+    let mut tx = match dialect.begin {
+        Some(begin) => pool.begin_with(begin).await?,
+        None => pool.begin().await?,
+    };
     if let Some(lock) = dialect.lock {
         sqlx::query(lock).execute(&mut *tx).await?;
     }
@@ -250,6 +269,7 @@ pub(crate) async fn apply_postgres(
     migrations: &[Migration],
 ) -> Result<Vec<i64>, MigrationFailure> {
     const POSTGRES: Dialect = Dialect {
+        begin: None,
         // CREATE ... IF NOT EXISTS is not atomic in PostgreSQL, and two instances must not
         // both apply a migration: one at a time per database.
         lock: Some("SELECT pg_advisory_xact_lock(hashtext('pegasus_schema_history'))"),
@@ -266,8 +286,7 @@ pub(crate) async fn apply_postgres(
             VALUES ($1, $2, $3)",
         store: "postgres",
     };
-    let tx = pool.begin().await?;
-    apply::<sqlx::Postgres>(tx, &POSTGRES, migrations).await
+    apply(pool, &POSTGRES, migrations).await
 }
 
 /// Brings `component`'s tables in the SQLite database of `pool` to the newest of
@@ -278,8 +297,9 @@ pub(crate) async fn apply_sqlite(
     migrations: &[Migration],
 ) -> Result<Vec<i64>, MigrationFailure> {
     const SQLITE: Dialect = Dialect {
-        // BEGIN IMMEDIATE (below) takes the write lock up front: a second instance waits
-        // (busy timeout), then reads the history this one wrote.
+        // BEGIN IMMEDIATE takes the write lock up front: a second instance waits (busy
+        // timeout), then reads the history this one wrote.
+        begin: Some("BEGIN IMMEDIATE"),
         lock: None,
         history_table: "CREATE TABLE IF NOT EXISTS pegasus_schema_history (
             component TEXT NOT NULL,
@@ -294,6 +314,5 @@ pub(crate) async fn apply_sqlite(
             VALUES (?, ?, ?)",
         store: "sqlite",
     };
-    let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    apply::<sqlx::Sqlite>(tx, &SQLITE, migrations).await
+    apply(pool, &SQLITE, migrations).await
 }

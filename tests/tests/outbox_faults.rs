@@ -11,7 +11,7 @@ use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteO
 use pegasus_events::{Event, KafkaConfig, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
     bootstrap, config, fresh_postgres_database, header, headers_of, kafka_script, unique,
-    BOOTSTRAP_ENV,
+    FaultScenario, BOOTSTRAP_ENV,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -133,6 +133,27 @@ fn distinct_and_duplicates(records: &[OwnedMessage]) -> (usize, usize) {
         }
     }
     (by_id.len(), duplicates)
+}
+
+/// Checks that each key's events arrived in the order they were committed: the first copy
+/// of each event, in the order the topic holds them, has increasing `n` per account.
+fn assert_each_keys_order(records: &[OwnedMessage]) {
+    let mut seen = std::collections::HashSet::new();
+    let mut last_of: HashMap<u32, u32> = HashMap::new();
+    for record in records {
+        if !seen.insert(header(&headers_of(record), "ce_id").unwrap().to_owned()) {
+            continue; // a later copy of an event already in place
+        }
+        let event: Relayed = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        if let Some(last) = last_of.insert(event.account, event.n) {
+            assert!(
+                last < event.n,
+                "account {}: event {} arrived after event {last}",
+                event.account,
+                event.n
+            );
+        }
+    }
 }
 
 async fn create_topic(config: &KafkaConfig) {
@@ -377,7 +398,7 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
     blocker.release().await;
 
     // The restarted relay publishes the unmarked rows again, then marks them. (On SQLite
-    // it first waits for the killed relay's lease to expire: `lease_ttl`, 60 s.)
+    // it first waits for the killed relay's lease to expire: `lease_ttl`, 15 s.)
     let restarted = relay_process(database, &url);
     let restarted_at = Instant::now();
     outbox.wait_until_published().await;
@@ -395,6 +416,19 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
         duplicates, published,
         "what was published but unmarked went out again, with the same ce_ids"
     );
+    assert_each_keys_order(&all);
+    FaultScenario {
+        name: &format!(
+            "outbox relay process ({database:?}) killed with SIGKILL between the broker's acknowledgement and the mark, restarted"
+        ),
+        sent: EVENTS as usize,
+        acknowledged: distinct,
+        handled: distinct,
+        lost: EVENTS as usize - distinct,
+        duplicate_deliveries: duplicates,
+        duplicate_effects: 0,
+    }
+    .record();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,8 +480,9 @@ async fn relay_catches_up_after_the_broker_was_down_under_load(database: Databas
     let mut fault = None;
     for n in 0..EVENTS {
         if n == EVENTS / 3 {
-            // The broker goes away (SIGKILL) for 12 s, longer than the delivery timeout,
-            // while events keep being committed.
+            // The broker goes away (SIGKILL) for 12 s, longer than the producers' delivery
+            // timeout (10 s; the relay's own producer waits without one), while events keep
+            // being committed.
             let name = name.clone();
             fault = Some(tokio::task::spawn_blocking(move || {
                 kafka_script(&["kill-node", "1", "--name", &name, "--signal", "KILL"]);
@@ -474,14 +509,29 @@ async fn relay_catches_up_after_the_broker_was_down_under_load(database: Databas
         "{database:?} relay across a broker outage: {distinct} events, {duplicates} duplicates"
     );
     assert_eq!(distinct, EVENTS as usize, "nothing lost");
+    assert_each_keys_order(&all);
+    FaultScenario {
+        name: &format!(
+            "broker killed (SIGKILL) for 12 s while events are committed to the outbox ({database:?}) and relayed"
+        ),
+        sent: EVENTS as usize,
+        acknowledged: distinct,
+        handled: distinct,
+        lost: EVENTS as usize - distinct,
+        duplicate_deliveries: duplicates,
+        duplicate_effects: 0,
+    }
+    .record();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_catches_up_after_the_broker_was_down_under_load_and_loses_nothing() {
+async fn the_relay_catches_up_after_the_broker_was_down_under_load_losing_nothing_and_keeping_each_keys_order(
+) {
     relay_catches_up_after_the_broker_was_down_under_load(Database::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_relay_catches_up_after_the_broker_was_down_under_load_and_loses_nothing() {
+async fn a_postgres_relay_catches_up_after_the_broker_was_down_under_load_losing_nothing_and_keeping_each_keys_order(
+) {
     relay_catches_up_after_the_broker_was_down_under_load(Database::Postgres).await;
 }

@@ -89,21 +89,19 @@ pub(crate) fn encode<E: Event>(
     })
 }
 
-/// One stored event, as the relay reads it.
+/// One stored event, as the relay reads it (the event id travels in its `ce_id` header).
 #[derive(Clone, Debug)]
-pub struct OutboxRow {
+pub(crate) struct OutboxRow {
     /// Its position in the outbox: rows are published in this order.
-    pub id: i64,
-    /// The event id (`ce_id`).
-    pub event_id: Uuid,
+    pub(crate) id: i64,
     /// The topic to publish to.
-    pub topic: String,
+    pub(crate) topic: String,
     /// The record key.
-    pub key: Option<Vec<u8>>,
+    pub(crate) key: Option<Vec<u8>>,
     /// The record value.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
     /// The headers as stored: a JSON array of `[name, value]` pairs.
-    pub headers: String,
+    pub(crate) headers: String,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -148,11 +146,11 @@ pub struct RelaySettings {
     pub retention: Duration,
     /// Where rows that cannot be read go: `dlq-events`.
     pub dead_letter_topic: String,
-    /// SQLite: how long the active relay's lease lasts without renewal: 60 s. It is renewed
-    /// every round once a third of it passed; a relay that crashed is replaced after at
-    /// most this long (one that stops gracefully gives the lease up at once). Keep it above
-    /// the producer's delivery timeout, the longest a round can take. (PostgreSQL's lease
-    /// is a session advisory lock, released the moment the holder's connection ends.)
+    /// SQLite: how long the active relay's lease lasts without renewal: 15 s. It is renewed
+    /// once a third of it passed, also while the relay waits out a broker outage; a relay
+    /// that crashed is replaced after at most this long (one that stops gracefully gives
+    /// the lease up at once). (PostgreSQL's lease is a session advisory lock, released the
+    /// moment the holder's connection ends.)
     pub lease_ttl: Duration,
 }
 
@@ -164,7 +162,7 @@ impl Default for RelaySettings {
             error_backoff: Duration::from_millis(200),
             retention: Duration::from_secs(7 * 24 * 60 * 60),
             dead_letter_topic: crate::dead_letter::DEFAULT_TOPIC.to_owned(),
-            lease_ttl: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -223,8 +221,13 @@ impl OutboxRelay {
                 reason: "must be at least 10 ms".to_owned(),
             });
         }
+        // No delivery timeout: librdkafka retries a record until the broker takes it, so a
+        // record never fails while a later one of its partition gets through, which would
+        // put it behind that one when it is sent again (the order per key would break).
+        // An outage holds the round up instead; the relay catches up when it ends.
         let producer = config
             .producer_config()
+            .set("message.timeout.ms", "0")
             .create()
             .map_err(|e| client_error("outbox relay producer", e))?;
         Ok(OutboxRelay {
@@ -284,7 +287,21 @@ impl OutboxRelay {
             };
             if stop {
                 let completed = match in_flight.take() {
-                    Some(batch) => self.complete(batch).await,
+                    // Bounded: with the broker down the acknowledgements never come. The
+                    // rows stay unmarked and are published again, same ce_id, next time.
+                    Some(batch) => {
+                        match tokio::time::timeout(self.delivery_timeout, self.complete(batch))
+                            .await
+                        {
+                            Ok(completed) => completed,
+                            Err(_) => {
+                                tracing::warn!(
+                                    "outbox relay stopped with unacknowledged rows; they will be published again"
+                                );
+                                Ok(())
+                            }
+                        }
+                    }
                     None => Ok(()),
                 };
                 self.storage.release_lease().await;
@@ -316,7 +333,16 @@ impl OutboxRelay {
         let batch = self.send(rows).await;
         let previous = in_flight.replace(batch);
         if let Some(previous) = previous {
-            self.complete(previous).await?;
+            if let Err(error) = self.complete(previous).await {
+                // Settle the batch behind it before anything is read again, so the failed
+                // rows are not sent again while later ones are still in flight.
+                if let Some(batch) = in_flight.take() {
+                    if let Err(later) = self.complete(batch).await {
+                        tracing::warn!(error = %later, "outbox relay batch failed");
+                    }
+                }
+                return Err(error);
+            }
         }
         if (read as i64) < self.settings.batch_size {
             if let Some(batch) = in_flight.take() {
@@ -368,13 +394,29 @@ impl OutboxRelay {
     async fn complete(&self, batch: InFlight) -> Result<()> {
         let mut published = Vec::with_capacity(batch.ids.len());
         let mut first_error = None;
+        // While the broker is down the acknowledgements take as long as the outage; keep
+        // the lease meanwhile, so no standby takes over rows that are still in flight.
+        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
         for (id, delivery) in batch.deliveries {
-            let acknowledged = match delivery {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _))) => Err(error),
-                    Err(_) => Err(KafkaError::Canceled),
+            let delivery = match delivery {
+                Ok(mut delivery) => loop {
+                    tokio::select! {
+                        acknowledged = &mut delivery => break Ok(acknowledged),
+                        _ = renew.tick() => {
+                            if let Err(error) = self.storage.hold_lease().await {
+                                tracing::warn!(%error, "renewing the outbox relay lease failed");
+                            }
+                        }
+                    }
                 },
+                Err(error) => Err(error),
+            };
+            let acknowledged = match delivery {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err((error, _)))) => Err(error),
+                Ok(Err(_)) => Err(KafkaError::Canceled),
                 Err(error) => Err(error),
             };
             match acknowledged {

@@ -227,7 +227,7 @@ impl OutboxStorage for PostgresStorage {
             // An empty range (first > last) when nothing is in flight.
             let (first, last) = in_flight.unwrap_or((0, -1));
             let rows = sqlx::query(
-                "SELECT id, event_id, topic, message_key, payload, headers FROM pegasus_outbox
+                "SELECT id, topic, message_key, payload, headers FROM pegasus_outbox
                  WHERE published_at IS NULL AND (id < $2 OR id > $3) ORDER BY id LIMIT $1",
             )
             .bind(limit)
@@ -240,7 +240,6 @@ impl OutboxStorage for PostgresStorage {
                 .map(|row| {
                     Ok(OutboxRow {
                         id: row.try_get("id")?,
-                        event_id: row.try_get("event_id")?,
                         topic: row.try_get("topic")?,
                         key: row.try_get("message_key")?,
                         payload: row.try_get("payload")?,

@@ -247,7 +247,7 @@ impl OutboxStorage for SqliteStorage {
             // An empty range (first > last) when nothing is in flight.
             let (first, last) = in_flight.unwrap_or((0, -1));
             let rows = sqlx::query(
-                "SELECT id, event_id, topic, message_key, payload, headers FROM pegasus_outbox
+                "SELECT id, topic, message_key, payload, headers FROM pegasus_outbox
                  WHERE published_at IS NULL AND (id < ? OR id > ?)
                  ORDER BY id LIMIT ?",
             )
@@ -259,10 +259,8 @@ impl OutboxStorage for SqliteStorage {
             .map_err(failed("read unpublished events"))?;
             rows.into_iter()
                 .map(|row| {
-                    let event_id: String = row.try_get("event_id")?;
                     Ok(OutboxRow {
                         id: row.try_get("id")?,
-                        event_id: uuid::Uuid::try_parse(&event_id).unwrap_or_default(),
                         topic: row.try_get("topic")?,
                         key: row.try_get("message_key")?,
                         payload: row.try_get("payload")?,
