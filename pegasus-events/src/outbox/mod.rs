@@ -11,9 +11,13 @@
 //!   row published only after the broker acknowledged it (`acks=all`, idempotent producer).
 //!   A crash between the acknowledgement and the mark publishes the row again, with the
 //!   same `ce_id`, so idempotent consumers drop the duplicate.
-//! - **Order per key.** Rows are published in insertion order by one active relay at a
-//!   time; the idempotent producer keeps that order within each partition, so events with
-//!   the same key arrive in the order they were committed.
+//! - **Order per key, across outages.** Rows are published in insertion order by one
+//!   active relay at a time, at most two batches in flight; the idempotent producer keeps
+//!   that order within each partition, so events with the same key arrive in the order
+//!   they were committed. The relay's producer has no delivery timeout, so during a broker
+//!   outage no record fails while a later one of its partition gets through; a batch that
+//!   failed anyway (the broker refused a record) settles the batch behind it before any
+//!   row is read again.
 //! - **One active relay per database.** A relay publishes only while it holds the lease;
 //!   other instances wait as hot standbys. On PostgreSQL the lease is a session advisory
 //!   lock, taken over the moment the holder's connection ends (a crash included). On
@@ -22,9 +26,12 @@
 //! - **Bad rows do not block.** A row that cannot be read (malformed headers) goes to the
 //!   dead-letter topic with reason `decode` and is marked, so the rows behind it move on.
 //!
-//! On PostgreSQL, `enqueue` also sends `NOTIFY pegasus_outbox` (delivered on commit), and
-//! the relay wakes on it, so an event is published within milliseconds of the commit;
-//! polling is the fallback. On SQLite the relay polls.
+//! On PostgreSQL, a statement trigger on the table sends `NOTIFY pegasus_outbox`
+//! (delivered on commit), and the relay wakes on it, so an event is published within
+//! milliseconds of the commit; polling is the fallback. On SQLite the relay polls.
+//! Published rows are marked, and deleted after [`RelaySettings::retention`], or deleted at
+//! once with a retention of zero. The tables are created and migrated by the library
+//! ([`crate::migrations`]).
 
 use std::future::Future;
 use std::pin::Pin;
