@@ -438,39 +438,29 @@ trait TestOutbox: Clone + Send + Sync + 'static {
     fn rows(&self) -> impl std::future::Future<Output = i64> + Send;
 }
 
-impl TestOutbox for PostgresOutbox {
-    async fn commit(&self, events: Vec<OrderPlaced>) {
-        let mut tx = self.pool().begin().await.unwrap();
-        self.enqueue_all(&mut tx, &events).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
-        self.relay(&config("orders-api"), settings).unwrap()
-    }
-    async fn rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
-            .fetch_one(self.pool())
-            .await
-            .unwrap()
-    }
+/// The same for both outboxes: they differ in types, not in calls.
+macro_rules! test_outbox {
+    ($($outbox:ty),+) => {$(
+        impl TestOutbox for $outbox {
+            async fn commit(&self, events: Vec<OrderPlaced>) {
+                let mut tx = self.pool().begin().await.unwrap();
+                self.enqueue_all(&mut tx, &events).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
+                self.relay(&config("orders-api"), settings).unwrap()
+            }
+            async fn rows(&self) -> i64 {
+                sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+                    .fetch_one(self.pool())
+                    .await
+                    .unwrap()
+            }
+        }
+    )+};
 }
 
-impl TestOutbox for SqliteOutbox {
-    async fn commit(&self, events: Vec<OrderPlaced>) {
-        let mut tx = self.pool().begin().await.unwrap();
-        self.enqueue_all(&mut tx, &events).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    fn relay_with(&self, settings: RelaySettings) -> OutboxRelay {
-        self.relay(&config("orders-api"), settings).unwrap()
-    }
-    async fn rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
-            .fetch_one(self.pool())
-            .await
-            .unwrap()
-    }
-}
+test_outbox!(PostgresOutbox, SqliteOutbox);
 
 /// Two relays on one database, `first` and `second` being two connections to it: the
 /// first becomes active and the second waits; with both running, each event is published

@@ -156,6 +156,21 @@ fn assert_each_keys_order(records: &[OwnedMessage]) {
     }
 }
 
+/// Adds a row to the fault table: `sent` events committed, `distinct` of them on the topic,
+/// `duplicates` records that repeat an event (same `ce_id`). The outbox applies no effects.
+fn record_scenario(name: &str, sent: u32, distinct: usize, duplicates: usize) {
+    FaultScenario {
+        name,
+        sent: sent as usize,
+        acknowledged: distinct,
+        handled: distinct,
+        lost: (sent as usize).saturating_sub(distinct),
+        duplicate_deliveries: duplicates,
+        duplicate_effects: 0,
+    }
+    .record();
+}
+
 async fn create_topic(config: &KafkaConfig) {
     TopicAdmin::new(config)
         .unwrap()
@@ -417,18 +432,14 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
         "what was published but unmarked went out again, with the same ce_ids"
     );
     assert_each_keys_order(&all);
-    FaultScenario {
-        name: &format!(
+    record_scenario(
+        &format!(
             "outbox relay process ({database:?}) killed with SIGKILL between the broker's acknowledgement and the mark, restarted"
         ),
-        sent: EVENTS as usize,
-        acknowledged: distinct,
-        handled: distinct,
-        lost: EVENTS as usize - distinct,
-        duplicate_deliveries: duplicates,
-        duplicate_effects: 0,
-    }
-    .record();
+        EVENTS,
+        distinct,
+        duplicates,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,18 +521,14 @@ async fn relay_catches_up_after_the_broker_was_down_under_load(database: Databas
     );
     assert_eq!(distinct, EVENTS as usize, "nothing lost");
     assert_each_keys_order(&all);
-    FaultScenario {
-        name: &format!(
+    record_scenario(
+        &format!(
             "broker killed (SIGKILL) for 12 s while events are committed to the outbox ({database:?}) and relayed"
         ),
-        sent: EVENTS as usize,
-        acknowledged: distinct,
-        handled: distinct,
-        lost: EVENTS as usize - distinct,
-        duplicate_deliveries: duplicates,
-        duplicate_effects: 0,
-    }
-    .record();
+        EVENTS,
+        distinct,
+        duplicates,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,4 +541,75 @@ async fn the_relay_catches_up_after_the_broker_was_down_under_load_losing_nothin
 async fn a_postgres_relay_catches_up_after_the_broker_was_down_under_load_losing_nothing_and_keeping_each_keys_order(
 ) {
     relay_catches_up_after_the_broker_was_down_under_load(Database::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_asked_to_stop_during_a_broker_outage_stops_within_its_delivery_timeout_and_loses_nothing(
+) {
+    let name = unique("relay-broker");
+    let address = kafka_script(&["start", "--name", &name]);
+    let _broker = OwnBroker(name.clone());
+    let mut kafka = KafkaConfig::new(&address).with_client_id("orders-api");
+    kafka.producer.delivery_timeout = Duration::from_secs(3);
+    create_topic(&kafka).await;
+    let database = Database::Sqlite;
+    let outbox = Outbox::connect(database, &database.fresh().await, &kafka).await;
+    let settings = RelaySettings {
+        poll_interval: Duration::from_millis(50),
+        dead_letter_topic: unique("tests-dlq"),
+        ..RelaySettings::default()
+    };
+    let run = unique("run");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relaying = tokio::spawn(
+        outbox
+            .relay(&kafka, settings.clone())
+            .run_until(async move {
+                let _ = stopped.await;
+            }),
+    );
+    outbox.commit((0..100).map(|n| relayed(&run, n))).await;
+    outbox.wait_until_published().await;
+
+    // The broker goes away; the relay sends the next events and waits for acknowledgements
+    // that cannot come. Asked to stop, it gives them the delivery timeout (3 s), not more.
+    kafka_script(&["kill-node", "1", "--name", &name, "--signal", "KILL"]);
+    outbox.commit((100..300).map(|n| relayed(&run, n))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), relaying)
+        .await
+        .expect("the relay stopped")
+        .unwrap()
+        .expect("a stop during an outage is not an error");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 5),
+        "stopped {took:.1?} after being asked, within the 3 s delivery timeout and a margin"
+    );
+    assert_eq!(
+        outbox.unpublished().await,
+        200,
+        "nothing marked without an ack"
+    );
+
+    // The broker returns; the next relay publishes what is left, in order.
+    kafka_script(&["start-node", "1", "--name", &name]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relaying = tokio::spawn(outbox.relay(&kafka, settings).run_until(async move {
+        let _ = stopped.await;
+    }));
+    outbox.wait_until_published().await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, relaying)
+        .await
+        .expect("the relay stopped")
+        .unwrap()
+        .unwrap();
+    let all = records_of(address, &run, 300, Duration::from_secs(1)).await;
+    let (distinct, duplicates) = distinct_and_duplicates(&all);
+    eprintln!("stopped {took:.1?} after being asked; {distinct} events, {duplicates} duplicates");
+    assert_eq!(distinct, 300, "nothing lost");
+    assert_each_keys_order(&all);
 }

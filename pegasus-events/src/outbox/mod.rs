@@ -245,16 +245,35 @@ impl OutboxRelay {
         })
     }
 
-    /// Publishes until `shutdown` completes. The batch in flight is acknowledged and
-    /// marked before it returns; the database or the broker being down is logged and
-    /// retried with backoff, never returned.
+    /// Publishes until `shutdown` completes. Then the round in progress and the batches in
+    /// flight get the producer's delivery timeout to be acknowledged and marked (during a
+    /// broker outage they never are: those rows stay unmarked and are published again,
+    /// with the same `ce_id`, by the next relay). The database or the broker being down is
+    /// logged and retried with backoff, never returned.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         let mut last_purge = tokio::time::Instant::now();
         let mut in_flight = None;
         loop {
-            let wait = match self.round(&mut in_flight).await {
+            // A round can last as long as a broker outage: shutdown must not wait for it.
+            let outcome = {
+                let round = self.round(&mut in_flight);
+                let mut round = std::pin::pin!(round);
+                tokio::select! {
+                    outcome = &mut round => Ok(outcome),
+                    () = &mut shutdown => {
+                        let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+                        let _ = tokio::time::timeout_at(deadline, &mut round).await;
+                        Err(deadline)
+                    }
+                }
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(deadline) => return self.stop(in_flight, deadline).await,
+            };
+            let wait = match outcome {
                 Ok(Round::Published(n)) => {
                     failures = 0;
                     if n as i64 >= self.settings.batch_size {
@@ -293,28 +312,32 @@ impl OutboxRelay {
                 }
             };
             if stop {
-                let completed = match in_flight.take() {
-                    // Bounded: with the broker down the acknowledgements never come. The
-                    // rows stay unmarked and are published again, same ce_id, next time.
-                    Some(batch) => {
-                        match tokio::time::timeout(self.delivery_timeout, self.complete(batch))
-                            .await
-                        {
-                            Ok(completed) => completed,
-                            Err(_) => {
-                                tracing::warn!(
-                                    "outbox relay stopped with unacknowledged rows; they will be published again"
-                                );
-                                Ok(())
-                            }
-                        }
-                    }
-                    None => Ok(()),
-                };
-                self.storage.release_lease().await;
-                return completed;
+                let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+                return self.stop(in_flight, deadline).await;
             }
         }
+    }
+
+    /// Completes the batch in flight until `deadline`, then gives the lease up.
+    async fn stop(
+        &self,
+        in_flight: Option<InFlight>,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let completed = match in_flight {
+            Some(batch) => match tokio::time::timeout_at(deadline, self.complete(batch)).await {
+                Ok(completed) => completed,
+                Err(_) => {
+                    tracing::warn!(
+                        "outbox relay stopped with unacknowledged rows; they will be published again"
+                    );
+                    Ok(())
+                }
+            },
+            None => Ok(()),
+        };
+        self.storage.release_lease().await;
+        completed
     }
 
     /// One round: reads the next batch (leaving out the one in flight), hands it to the
