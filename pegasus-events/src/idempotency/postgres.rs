@@ -25,7 +25,7 @@ fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
 }
 
 impl PostgresIdempotencyStore {
-    /// Connects to `url` (e.g. `postgres://user@host/db`) and creates the table if needed.
+    /// Connects to `url` (e.g. `postgres://user@host/db`) and creates or migrates the table.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
