@@ -21,7 +21,7 @@ use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
 };
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
-use pegasus_events_benches::{all_allocations, CountingAllocator};
+use pegasus_events_benches::{all_allocations, bootstrap, median, CountingAllocator};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -51,16 +51,6 @@ fn sample(i: u64) -> ConsumeSample {
         created_by_user_id: "auth0|123".to_owned(),
         created_by_email: "user@example.com".to_owned(),
     }
-}
-
-fn bootstrap() -> String {
-    ["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| {
-            eprintln!("consume bench: set PEGASUS_BENCH_BOOTSTRAP, or run scripts/bench");
-            std::process::exit(1);
-        })
 }
 
 fn group() -> String {
@@ -204,11 +194,6 @@ async fn raw_round(config: &KafkaConfig, count: u64, read_headers: bool) -> (f64
     )
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// A memory figure of this process from /proc/self/status, in KiB: `VmHWM` (peak RSS) or
 /// `VmRSS` (current).
 fn status_kib(field: &str) -> u64 {
@@ -241,7 +226,7 @@ fn main() {
     } else {
         (2_000, 1, 0)
     };
-    let bootstrap = bootstrap();
+    let bootstrap = bootstrap("consume");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

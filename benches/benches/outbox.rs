@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
+use pegasus_events_benches::{bootstrap, env_var, median};
 use serde::{Deserialize, Serialize};
 
 /// The event relayed; shaped like the design's ShipmentCreatedEvent.
@@ -43,16 +44,6 @@ fn shipment(i: u64) -> Shipment {
         status: "Created".to_owned(),
         created_by_user_id: "auth0|123".to_owned(),
     }
-}
-
-fn env(names: &[&str]) -> String {
-    names
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| {
-            eprintln!("outbox bench: set {}", names.join(" or "));
-            std::process::exit(1);
-        })
 }
 
 fn settings() -> RelaySettings {
@@ -286,11 +277,6 @@ async fn latency(config: &KafkaConfig, url: &str, count: u64) -> (f64, f64) {
     (median * 1000.0, p99 * 1000.0)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (count, rounds, latency_count) = if full {
@@ -298,8 +284,11 @@ fn main() {
     } else {
         (500, 1, 50)
     };
-    let bootstrap = env(&["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"]);
-    let postgres = env(&["PEGASUS_BENCH_POSTGRES_URL", "PEGASUS_TEST_POSTGRES_URL"]);
+    let bootstrap = bootstrap("outbox");
+    let postgres = env_var(
+        "outbox",
+        &["PEGASUS_BENCH_POSTGRES_URL", "PEGASUS_TEST_POSTGRES_URL"],
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -312,7 +301,6 @@ fn main() {
             .ensure_topics(&[TopicSpec::for_event::<Shipment>().partitions(3)])
             .await
             .expect("topic");
-        // (label, database, enqueue_all?, rates, ratios to the same round's direct rate)
         let variant = |label, on_postgres, all_at_once, relay, delete| Variant {
             label,
             on_postgres,

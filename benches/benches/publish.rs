@@ -13,7 +13,9 @@
 use std::time::{Duration, Instant};
 
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
-use pegasus_events_benches::{allocations, raw_encode, sample, CountingAllocator, ShipmentCreated};
+use pegasus_events_benches::{
+    allocations, bootstrap, median, raw_encode, sample, CountingAllocator, ShipmentCreated,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -23,18 +25,6 @@ use rdkafka::ClientConfig;
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const SOURCE: &str = "bench-api";
-
-fn bootstrap() -> String {
-    ["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| {
-            eprintln!(
-                "publish bench: set PEGASUS_BENCH_BOOTSTRAP to a broker address, or run scripts/bench"
-            );
-            std::process::exit(1);
-        })
-}
 
 fn typed_config(bootstrap: &str) -> KafkaConfig {
     let config = KafkaConfig::new(bootstrap).with_client_id(SOURCE);
@@ -97,11 +87,6 @@ async fn raw_batch(producer: &FutureProducer, events: &[ShipmentCreated]) {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // Many short alternating rounds: the broker shares the machine, and its speed drifts
@@ -112,7 +97,7 @@ fn main() {
     } else {
         (300, 1, 50)
     };
-    let bootstrap = bootstrap();
+    let bootstrap = bootstrap("publish");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

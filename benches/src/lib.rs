@@ -146,3 +146,37 @@ pub fn all_allocations() -> u64 {
 pub fn allocations() -> u64 {
     ALLOCATIONS.try_with(Cell::get).unwrap_or(0)
 }
+
+/// The median of `values` (the upper one of an even count); the figure every bench reports
+/// over its paired rounds.
+///
+/// # Panics
+///
+/// When `values` is empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The first of the environment variables `names` that is set and not empty; without one,
+/// `bench` says which to set and the process exits.
+pub fn env_var(bench: &str, names: &[&str]) -> String {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| {
+            eprintln!(
+                "{bench} bench: set {}, or run scripts/bench",
+                names.join(" or ")
+            );
+            std::process::exit(1);
+        })
+}
+
+/// The address of the broker under test: `PEGASUS_BENCH_BOOTSTRAP`, or the tests' own.
+pub fn bootstrap(bench: &str) -> String {
+    env_var(
+        bench,
+        &["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"],
+    )
+}

@@ -200,7 +200,7 @@ pub enum Error {
     Outbox {
         /// The database, e.g. `postgres`.
         store: &'static str,
-        /// What it was doing, e.g. `store an event`.
+        /// What it was doing, e.g. `store events`.
         operation: &'static str,
         /// The database's error.
         #[source]

@@ -40,7 +40,7 @@ use crate::error::Result;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod inbox;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 

@@ -24,15 +24,20 @@ fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     }
 }
 
+/// Connects a pool to the PostgreSQL database at `url` the way this crate's stores use
+/// it. Shared with the outbox.
+pub(crate) async fn open_pool(url: &str) -> std::result::Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+}
+
 impl PostgresIdempotencyStore {
     /// Connects to `url` (e.g. `postgres://user@host/db`) and creates or migrates the table.
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(failed("connect"))?;
+        let pool = open_pool(url).await.map_err(failed("connect"))?;
         Self::with_pool(pool).await
     }
 

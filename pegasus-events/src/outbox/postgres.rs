@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::Row;
 use tokio::sync::Mutex;
 
-use super::{encode, BoxFuture, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings};
+use super::{
+    encode, BoxFuture, EncodedEvent, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings,
+};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -38,10 +40,7 @@ impl PostgresOutbox {
     /// Connects to `url` and creates or migrates the outbox table. `config` gives the
     /// `ce_source` of the events (its client id, or `source_service`).
     pub async fn connect(url: &str, config: &KafkaConfig) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+        let pool = crate::idempotency::postgres::open_pool(url)
             .await
             .map_err(failed("connect"))?;
         Self::with_pool(pool, config).await
@@ -101,38 +100,8 @@ impl PostgresOutbox {
             .into_iter()
             .map(|event| encode(&self.source, event, None))
             .collect::<Result<Vec<_>>>()?;
-        if encoded.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<uuid::Uuid> = encoded.iter().map(|e| e.event_id).collect();
-        // The rows' ids follow the arrays' order (WITH ORDINALITY), which is the order
-        // the relay publishes them in.
-        sqlx::query(
-            "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
-             SELECT event_id, topic, message_key, payload, headers
-             FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
-                 WITH ORDINALITY AS e(event_id, topic, message_key, payload, headers, n)
-             ORDER BY n",
-        )
-        .bind(&ids)
-        .bind(encoded.iter().map(|e| e.topic).collect::<Vec<_>>())
-        .bind(encoded.iter().map(|e| e.key.as_bytes()).collect::<Vec<_>>())
-        .bind(
-            encoded
-                .iter()
-                .map(|e| e.payload.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            encoded
-                .iter()
-                .map(|e| e.headers.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut **transaction)
-        .await
-        .map_err(failed("store events"))?;
-        Ok(ids)
+        store(transaction, &encoded).await?;
+        Ok(encoded.iter().map(|e| e.event_id).collect())
     }
 
     async fn enqueue_inner<E: Event>(
@@ -142,20 +111,7 @@ impl PostgresOutbox {
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
         let encoded = encode(&self.source, event, metadata)?;
-        // The table's statement trigger sends NOTIFY pegasus_outbox, delivered when (and
-        // only if) the transaction commits.
-        sqlx::query(
-            "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(encoded.event_id)
-        .bind(encoded.topic)
-        .bind(encoded.key.as_bytes())
-        .bind(&encoded.payload)
-        .bind(&encoded.headers)
-        .execute(&mut **transaction)
-        .await
-        .map_err(failed("store an event"))?;
+        store(transaction, std::slice::from_ref(&encoded)).await?;
         Ok(encoded.event_id)
     }
 
@@ -168,6 +124,45 @@ impl PostgresOutbox {
         };
         OutboxRelay::new(Arc::new(storage), config, settings)
     }
+}
+
+/// Inserts `events` in order with one statement. The table's statement trigger sends
+/// NOTIFY pegasus_outbox, delivered when (and only if) the transaction commits.
+async fn store(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[EncodedEvent],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // The rows' ids follow the arrays' order (WITH ORDINALITY), which is the order the
+    // relay publishes them in.
+    sqlx::query(
+        "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
+         SELECT event_id, topic, message_key, payload, headers
+         FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
+             WITH ORDINALITY AS e(event_id, topic, message_key, payload, headers, n)
+         ORDER BY n",
+    )
+    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.topic).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.key.as_bytes()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.payload.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.headers.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **transaction)
+    .await
+    .map_err(failed("store events"))?;
+    Ok(())
 }
 
 struct PostgresStorage {

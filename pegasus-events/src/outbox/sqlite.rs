@@ -9,7 +9,9 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 use tokio::sync::Mutex;
 
-use super::{encode, BoxFuture, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings};
+use super::{
+    encode, BoxFuture, EncodedEvent, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings,
+};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -96,30 +98,7 @@ impl SqliteOutbox {
             .into_iter()
             .map(|event| encode(&self.source, event, None))
             .collect::<Result<Vec<_>>>()?;
-        for chunk in encoded.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers) VALUES ",
-            );
-            for n in 0..chunk.len() {
-                sql.push_str(if n == 0 {
-                    "(?, ?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?, ?)"
-                });
-            }
-            let query = chunk.iter().fold(sqlx::query(&sql), |query, e| {
-                query
-                    .bind(e.event_id.to_string())
-                    .bind(e.topic)
-                    .bind(e.key.as_bytes())
-                    .bind(e.payload.as_slice())
-                    .bind(e.headers.as_str())
-            });
-            query
-                .execute(&mut **transaction)
-                .await
-                .map_err(failed("store events"))?;
-        }
+        store(transaction, &encoded).await?;
         Ok(encoded.iter().map(|e| e.event_id).collect())
     }
 
@@ -130,18 +109,7 @@ impl SqliteOutbox {
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
         let encoded = encode(&self.source, event, metadata)?;
-        sqlx::query(
-            "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(encoded.event_id.to_string())
-        .bind(encoded.topic)
-        .bind(encoded.key.as_bytes())
-        .bind(&encoded.payload)
-        .bind(&encoded.headers)
-        .execute(&mut **transaction)
-        .await
-        .map_err(failed("store an event"))?;
+        store(transaction, std::slice::from_ref(&encoded)).await?;
         Ok(encoded.event_id)
     }
 
@@ -156,6 +124,38 @@ impl SqliteOutbox {
         };
         OutboxRelay::new(Arc::new(storage), config, settings)
     }
+}
+
+/// Inserts `events` in order, one statement per [`ROWS_PER_INSERT`] of them.
+async fn store(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    events: &[EncodedEvent],
+) -> Result<()> {
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers) VALUES ",
+        );
+        for n in 0..chunk.len() {
+            sql.push_str(if n == 0 {
+                "(?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?)"
+            });
+        }
+        let query = chunk.iter().fold(sqlx::query(&sql), |query, e| {
+            query
+                .bind(e.event_id.to_string())
+                .bind(e.topic)
+                .bind(e.key.as_bytes())
+                .bind(e.payload.as_slice())
+                .bind(e.headers.as_str())
+        });
+        query
+            .execute(&mut **transaction)
+            .await
+            .map_err(failed("store events"))?;
+    }
+    Ok(())
 }
 
 /// `ids` as a JSON array, for `json_each`.
