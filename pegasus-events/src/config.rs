@@ -563,22 +563,7 @@ impl KafkaConfig {
             return Err(config_error("producer.linger", "must be at most 900 s"));
         }
         for name in self.properties.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_' || c.is_ascii_digit())
-            {
-                return Err(config_error(
-                    &format!("properties.{name}"),
-                    "is not a librdkafka property name (lowercase, dotted)",
-                ));
-            }
-            if TYPED_PROPERTIES.contains(&name.as_str()) {
-                return Err(config_error(
-                    &format!("properties.{name}"),
-                    "is controlled by a typed setting; set that instead",
-                ));
-            }
+            validate_property_name("properties", name)?;
         }
         Ok(())
     }
@@ -657,6 +642,49 @@ pub fn is_secret_property(name: &str) -> bool {
         "oauthbearer.config",
     ];
     MARKERS.iter().any(|m| name.contains(m))
+}
+
+/// Checks a librdkafka property name given under `field` (e.g. `properties`): lowercase
+/// and dotted, and not one of the connection and producer settings that have a typed
+/// field (setting both would leave it unclear which wins).
+pub(crate) fn validate_property_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_' || c.is_ascii_digit())
+    {
+        return Err(config_error(
+            &format!("{field}.{name}"),
+            "is not a librdkafka property name (lowercase, dotted)",
+        ));
+    }
+    if TYPED_PROPERTIES.contains(&name) {
+        return Err(config_error(
+            &format!("{field}.{name}"),
+            "is controlled by a typed setting; set that instead",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a topic name as Kafka does: 1 to 249 characters of ASCII letters, digits, `.`,
+/// `_` and `-`, and neither `.` nor `..`.
+pub(crate) fn validate_topic_name(field: &str, topic: &str) -> Result<()> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(config_error(
+            field,
+            "is not a Kafka topic name (1 to 249 ASCII letters, digits, `.`, `_` or `-`)",
+        ))
+    }
 }
 
 fn validate_bootstrap(servers: &str) -> Result<()> {

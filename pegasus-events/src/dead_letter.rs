@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
@@ -52,6 +52,7 @@ use uuid::Uuid;
 use crate::config::{client_error, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::producer::EncodedRecord;
+use crate::record_headers::ByteHeaders;
 
 /// The dead-letter topic of the design: `dlq-events`.
 pub const DEFAULT_TOPIC: &str = "dlq-events";
@@ -158,16 +159,26 @@ impl DeadLetter {
 
     /// Reads a dead-letter record; an error names the `dlq-` header that is missing or
     /// malformed.
-    fn from_message<M: Message>(message: &M) -> Result<Self> {
+    fn from_message<M>(message: &M) -> Result<Self>
+    where
+        M: Message,
+        M::Headers: ByteHeaders,
+    {
         let mut original = Vec::new();
         let mut dlq = HashMap::new();
         if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                if h.key.starts_with(header::PREFIX) {
+            for h in headers.iter_bytes() {
+                // `EncodedRecord` keeps names as text, so a record with a name that is not
+                // UTF-8 cannot be replayed byte for byte: it is unreadable, not altered.
+                let name = std::str::from_utf8(h.name).map_err(|_| Error::MalformedHeader {
+                    header: "(header name)",
+                    reason: "a header name is not UTF-8".to_owned(),
+                })?;
+                if name.starts_with(header::PREFIX) {
                     let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
-                    dlq.insert(h.key.to_owned(), value.unwrap_or_default().to_owned());
+                    dlq.insert(name.to_owned(), value.unwrap_or_default().to_owned());
                 } else {
-                    original.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
+                    original.push((name.to_owned(), h.value.map(<[u8]>::to_vec)));
                 }
             }
         }
@@ -403,8 +414,8 @@ impl DeadLetterQueue {
         let filter = filter.clone();
         tokio::task::spawn_blocking(move || queue.read_blocking(&filter))
             .await
-            .map_err(|e| Error::Config {
-                field: "dead-letter reader".to_owned(),
+            .map_err(|e| Error::TaskFailed {
+                task: "the dead-letter reader".to_owned(),
                 reason: e.to_string(),
             })?
     }

@@ -191,6 +191,28 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// A thread the library needs could not be started (the system refused it).
+    #[error("cannot start {what}")]
+    Spawn {
+        /// What was being started, e.g. `the consumer's poll thread`.
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A task of the library stopped unexpectedly: it panicked (for example in an
+    /// [`IdempotencyStore`](crate::IdempotencyStore) implementation) or was cancelled. The
+    /// consumer stops gracefully around it and returns this; the record it held stays
+    /// uncommitted and is delivered again.
+    #[error("{task} stopped unexpectedly: {reason}")]
+    TaskFailed {
+        /// The task, e.g. `the worker of partition 3 of topic \`orders\``.
+        task: String,
+        /// Why: the panic's message (redacted of configuration secrets), or `cancelled`.
+        reason: String,
+    },
+
     /// The record has no payload at all.
     #[error("record has no payload")]
     EmptyPayload,
@@ -222,6 +244,22 @@ pub enum Error {
         found: i64,
         /// The newest version this library knows.
         known: i64,
+    },
+
+    /// `pegasus_schema_history` records a version of the library's tables that no version
+    /// of the library writes (a negative one): the history was edited by hand or by
+    /// another tool, and migrating on top of it could damage the tables.
+    #[error(
+        "`pegasus_schema_history` in `{store}` records version {found} for `{component}`, \
+         which pegasus-events never writes; repair the history table"
+    )]
+    SchemaHistoryCorrupt {
+        /// The database, e.g. `postgres`.
+        store: &'static str,
+        /// The library's component: `outbox` or `idempotency`.
+        component: &'static str,
+        /// The version found.
+        found: i64,
     },
 
     /// An idempotency store could not be read or written.

@@ -88,11 +88,13 @@ pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod idempotency;
+mod limits;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod migrations;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod outbox;
 pub mod producer;
+mod record_headers;
 pub mod wire;
 
 pub use admin::{TopicAdmin, TopicSpec};

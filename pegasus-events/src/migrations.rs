@@ -142,6 +142,8 @@ pub(crate) enum MigrationFailure {
     Database(sqlx::Error),
     /// The database is at a version this library does not know.
     TooNew { found: i64, known: i64 },
+    /// The history holds a version this library never writes (below zero).
+    Corrupt { found: i64 },
 }
 
 impl From<sqlx::Error> for MigrationFailure {
@@ -165,6 +167,11 @@ impl MigrationFailure {
                 component,
                 found,
                 known,
+            },
+            MigrationFailure::Corrupt { found } => crate::Error::SchemaHistoryCorrupt {
+                store,
+                component,
+                found,
             },
         }
     }
@@ -237,7 +244,9 @@ where
         return Err(MigrationFailure::TooNew { found, known });
     }
     let mut applied = Vec::new();
-    for migration in &migrations[found as usize..] {
+    // A version below 0 was not written by this library: refuse rather than guess.
+    let applied_count = usize::try_from(found).map_err(|_| MigrationFailure::Corrupt { found })?;
+    for migration in &migrations[applied_count..] {
         for statement in migration.statements {
             sqlx::query(statement).execute(&mut *tx).await?;
         }

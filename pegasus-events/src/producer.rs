@@ -38,7 +38,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use uuid::Uuid;
@@ -46,6 +46,7 @@ use uuid::Uuid;
 use crate::config::{client_error, KafkaConfig};
 use crate::error::Error;
 use crate::event::Event;
+use crate::record_headers::ByteHeaders;
 use crate::wire::{self, OutgoingHeaders, PublishMetadata};
 
 /// Where an acknowledged event was stored.
@@ -94,8 +95,15 @@ impl EncodedRecord {
         let headers = message
             .headers()
             .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                // The producer wrote these names from text, so they are UTF-8; reading them
+                // as bytes keeps this path free of rdkafka's panicking accessor anyway.
+                h.iter_bytes()
+                    .map(|h| {
+                        (
+                            String::from_utf8_lossy(h.name).into_owned(),
+                            h.value.map(<[u8]>::to_vec),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

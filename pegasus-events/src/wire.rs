@@ -1,5 +1,5 @@
 //! The wire format: CloudEvents 1.0 in Kafka binary content mode, plus the design's
-//! extensions, exactly as `shared/WIRE.md` specifies.
+//! extensions, exactly as `docs/wire-format.md` specifies.
 //!
 //! # Guarantees
 //!
@@ -24,12 +24,13 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::message::{Message, Timestamp};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
+pub use crate::record_headers::{ByteHeaders, HeaderBytes};
 
 /// Header names of the wire contract. Other services and tools read these: they are part of
 /// the public contract and never change.
@@ -60,6 +61,23 @@ pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C Trace Context vendor state.
     pub const TRACESTATE: &str = "tracestate";
+}
+
+/// The header names as bytes, to match names read as bytes ([`ByteHeaders`]).
+mod name {
+    pub(super) const SPEC_VERSION: &[u8] = super::header::SPEC_VERSION.as_bytes();
+    pub(super) const ID: &[u8] = super::header::ID.as_bytes();
+    pub(super) const SOURCE: &[u8] = super::header::SOURCE.as_bytes();
+    pub(super) const TYPE: &[u8] = super::header::TYPE.as_bytes();
+    pub(super) const TIME: &[u8] = super::header::TIME.as_bytes();
+    pub(super) const CONTENT_TYPE: &[u8] = super::header::CONTENT_TYPE.as_bytes();
+    pub(super) const SCHEMA_VERSION: &[u8] = super::header::SCHEMA_VERSION.as_bytes();
+    pub(super) const PARTITION_KEY: &[u8] = super::header::PARTITION_KEY.as_bytes();
+    pub(super) const SUBJECT: &[u8] = super::header::SUBJECT.as_bytes();
+    pub(super) const CORRELATION_ID: &[u8] = super::header::CORRELATION_ID.as_bytes();
+    pub(super) const CAUSATION_ID: &[u8] = super::header::CAUSATION_ID.as_bytes();
+    pub(super) const TRACEPARENT: &[u8] = super::header::TRACEPARENT.as_bytes();
+    pub(super) const TRACESTATE: &[u8] = super::header::TRACESTATE.as_bytes();
 }
 
 /// The CloudEvents version written and read.
@@ -429,35 +447,38 @@ struct FoundHeaders<'a> {
 }
 
 impl<'a> FoundHeaders<'a> {
-    fn read<M: Message>(message: &'a M) -> Self {
+    fn read<M>(message: &'a M) -> Self
+    where
+        M: Message,
+        M::Headers: ByteHeaders,
+    {
         let mut found = FoundHeaders::default();
         let Some(headers) = message.headers() else {
             return found;
         };
-        for index in 0..headers.count() {
-            let Some(h) = headers.try_get(index) else {
-                continue;
-            };
-            let slot = match h.key {
-                header::SPEC_VERSION => &mut found.spec_version,
-                header::ID => &mut found.id,
-                header::SOURCE => &mut found.source,
-                header::TYPE => &mut found.event_type,
-                header::TIME => &mut found.time,
-                header::CONTENT_TYPE => &mut found.content_type,
-                header::SCHEMA_VERSION => &mut found.schema_version,
-                header::PARTITION_KEY => &mut found.partition_key,
-                header::SUBJECT => &mut found.subject,
-                header::CORRELATION_ID => &mut found.correlation_id,
-                header::CAUSATION_ID => &mut found.causation_id,
-                header::TRACEPARENT => &mut found.traceparent,
-                header::TRACESTATE => &mut found.tracestate,
+        for h in headers.iter_bytes() {
+            // Names are compared as bytes: a name that is not UTF-8 is no header of the
+            // contract, and must not stop the others from being read.
+            let slot = match h.name {
+                name::SPEC_VERSION => &mut found.spec_version,
+                name::ID => &mut found.id,
+                name::SOURCE => &mut found.source,
+                name::TYPE => &mut found.event_type,
+                name::TIME => &mut found.time,
+                name::CONTENT_TYPE => &mut found.content_type,
+                name::SCHEMA_VERSION => &mut found.schema_version,
+                name::PARTITION_KEY => &mut found.partition_key,
+                name::SUBJECT => &mut found.subject,
+                name::CORRELATION_ID => &mut found.correlation_id,
+                name::CAUSATION_ID => &mut found.causation_id,
+                name::TRACEPARENT => &mut found.traceparent,
+                name::TRACESTATE => &mut found.tracestate,
                 other => {
-                    found.any_cloudevents |= other.starts_with("ce_");
+                    found.any_cloudevents |= other.starts_with(b"ce_");
                     continue;
                 }
             };
-            found.any_cloudevents |= h.key.starts_with("ce_");
+            found.any_cloudevents |= h.name.starts_with(b"ce_");
             *slot = h.value;
         }
         found
@@ -559,7 +580,11 @@ fn check_type<E: Event>(found: &str) -> Result<()> {
 /// The event type a record declares, in any of the three forms; `None` for plain JSON.
 ///
 /// Mixed topics (the design's `identity-events`) dispatch on it before decoding.
-pub fn event_type<M: Message>(message: &M) -> Result<Option<Cow<'_, str>>> {
+pub fn event_type<M>(message: &M) -> Result<Option<Cow<'_, str>>>
+where
+    M: Message,
+    M::Headers: ByteHeaders,
+{
     let found = FoundHeaders::read(message);
     if is_structured(found.content_type) {
         let payload = message.payload().ok_or(Error::EmptyPayload)?;
@@ -590,7 +615,12 @@ fn is_json_content_type(value: &str) -> bool {
 }
 
 /// Decodes a Kafka record into `E` and its metadata, in whichever of the three forms it is.
-pub fn decode<E: Event, M: Message>(message: &M) -> Result<Decoded<'_, E>> {
+pub fn decode<E, M>(message: &M) -> Result<Decoded<'_, E>>
+where
+    E: Event,
+    M: Message,
+    M::Headers: ByteHeaders,
+{
     let found = FoundHeaders::read(message);
     if is_structured(found.content_type) {
         return decode_structured(message);

@@ -1,5 +1,5 @@
 //! The typed producer against the real broker: acknowledgement, the exact wire contract of
-//! `shared/WIRE.md`, ordering per key, batches, compression, topic creation and failure.
+//! `docs/wire-format.md`, ordering per key, batches, compression, topic creation and failure.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The design's ShipmentCreatedEvent, shaped as WIRE.md's example value.
+/// The design's ShipmentCreatedEvent, shaped as the example value of docs/wire-format.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Event)]
 #[serde(rename_all = "camelCase")]
 #[event(topic = "shipping.shipment.created", name = "ShipmentCreatedEvent")]

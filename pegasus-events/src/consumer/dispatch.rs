@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -81,6 +82,8 @@ impl<'a> Record<'a> {
 pub(crate) struct Env<'a> {
     pub(crate) group_id: &'a str,
     pub(crate) idempotency: Option<&'a dyn DynIdempotencyStore>,
+    /// The consumer's attempt timeout, for handlers without their own.
+    pub(crate) handler_timeout: Option<Duration>,
 }
 
 /// What became of one attempt at a record.
@@ -120,14 +123,21 @@ pub(crate) trait RecordHandler: Send + Sync + 'static {
 pub(crate) struct Typed<E, H> {
     handler: H,
     retry: Option<RetryPolicy>,
+    /// The handler's own attempt timeout; `None` for the consumer's.
+    timeout: Option<Option<Duration>>,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<E: Event, H: EventHandler<E>> Typed<E, H> {
-    pub(crate) fn new(handler: H, retry: Option<RetryPolicy>) -> Self {
+    pub(crate) fn new(
+        handler: H,
+        retry: Option<RetryPolicy>,
+        timeout: Option<Option<Duration>>,
+    ) -> Self {
         Typed {
             handler,
             retry,
+            timeout,
             _event: PhantomData,
         }
     }
@@ -168,9 +178,23 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
             attempt,
             group_id: env.group_id,
         };
-        let result = AssertUnwindSafe(self.handler.handle(decoded.event, &context))
-            .catch_unwind()
-            .await;
+        let call = AssertUnwindSafe(self.handler.handle(decoded.event, &context)).catch_unwind();
+        let result = match self.timeout.unwrap_or(env.handler_timeout) {
+            // On timeout the handler's future is dropped here, before any new attempt.
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Outcome::Failed {
+                        error: format!(
+                            "the handler did not finish within its timeout of {limit:?}"
+                        ),
+                        kind: FailureKind::Transient,
+                        retry: self.retry,
+                    }
+                }
+            },
+            None => call.await,
+        };
         match result {
             Ok(Ok(())) => Outcome::Handled {
                 mark: env.idempotency.map(|_| event_id),

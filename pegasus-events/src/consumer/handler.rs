@@ -90,6 +90,12 @@ pub enum FailureKind {
     Transient,
     /// It will never succeed (a business rule rejects the event): do not retry.
     Permanent,
+    /// Something the handler depends on is down (its database, a service it calls), not
+    /// the handler's own logic: the record waits, retried with backoff for as long as the
+    /// outage lasts, without spending an attempt and never dead-lettered, so the records
+    /// behind it keep their order. [`Inbox`](crate::idempotency::Inbox) reports its
+    /// database's outages this way.
+    Unavailable,
 }
 
 /// A handler's failure: the cause and whether retrying could help.
@@ -105,6 +111,17 @@ impl HandlerError {
     pub fn transient(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         HandlerError {
             kind: FailureKind::Transient,
+            source: source.into(),
+        }
+    }
+
+    /// Something the handler depends on is unavailable ([`FailureKind::Unavailable`]): the
+    /// record waits for it without spending an attempt. Use it only for outages; an error
+    /// that the event itself causes must stay transient or permanent, or the record would
+    /// wait forever.
+    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        HandlerError {
+            kind: FailureKind::Unavailable,
             source: source.into(),
         }
     }
@@ -127,6 +144,10 @@ impl HandlerError {
         &*self.source
     }
 
+    pub(crate) fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
+        self.source
+    }
+
     pub(crate) fn message(&self) -> String {
         self.source.to_string()
     }
@@ -146,6 +167,7 @@ impl fmt::Display for HandlerError {
         let kind = match self.kind {
             FailureKind::Transient => "transient",
             FailureKind::Permanent => "permanent",
+            FailureKind::Unavailable => "unavailable",
         };
         write!(f, "{kind} handler failure: {}", self.source)
     }

@@ -76,6 +76,7 @@ mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,16 +88,17 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
 pub use retry::RetryPolicy;
 
 use crate::config::{client_error, is_secret_property, KafkaConfig};
-use crate::dead_letter::{DeadLetterWriter, DEFAULT_TOPIC};
+use crate::dead_letter::{self, DeadLetterWriter, DEFAULT_TOPIC};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::idempotency::{DynIdempotencyStore, IdempotencyStore};
-use dispatch::{DynRecordHandler, Mixed, Typed};
+use dispatch::{panic_message, DynRecordHandler, Mixed, Typed};
 use partition::{PartitionState, SpawnWorker, WorkerArgs, WorkerEnv};
 
 /// Where a group without committed offsets starts reading.
@@ -110,7 +112,7 @@ pub enum OffsetReset {
 }
 
 /// Settings of the consumer runtime; the defaults are written next to each field.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ConsumerSettings {
     /// Where a new group starts: [`OffsetReset::Earliest`].
     pub offset_reset: OffsetReset,
@@ -141,9 +143,69 @@ pub struct ConsumerSettings {
     /// ([`DEFAULT_TOPIC`]). Create it like the other
     /// topics, or let the broker create it on first use.
     pub dead_letter_topic: String,
-    /// librdkafka properties for the consumer only (e.g. `fetch.wait.max.ms`), on top of
-    /// `KafkaConfig::properties`, which every client gets: none.
+    /// How long one attempt of a handler may take: 60 s. A handler still running then is
+    /// dropped (its future is cancelled, never left running beside a new attempt) and the
+    /// attempt counts as a transient failure, retried by the retry policy, so a hung call
+    /// cannot stall its partition. `None` lets a handler take as long as it likes.
+    /// [`HandlerSettings::timeout`] overrides it per handler.
+    pub handler_timeout: Option<Duration>,
+    /// librdkafka properties for the consumer only (e.g. `fetch.min.bytes`), on top of
+    /// `KafkaConfig::properties`, which every client gets: none. The properties the
+    /// runtime's guarantees depend on ([`RUNTIME_PROPERTIES`]) are refused, and so are
+    /// those with a typed setting.
     pub properties: Vec<(String, String)>,
+}
+
+/// librdkafka consumer properties the runtime sets itself and a user may not override:
+/// the group, and the offset handling that at-least-once rests on (turning
+/// `enable.auto.offset.store` on, for one, would commit records before they are
+/// handled). The typed settings cover the others: `auto.offset.reset` is
+/// [`ConsumerSettings::offset_reset`], `auto.commit.interval.ms` is
+/// [`ConsumerSettings::commit_interval`], `queued.min.messages` is
+/// [`ConsumerSettings::max_in_flight_per_partition`], `fetch.wait.max.ms` is
+/// [`ConsumerSettings::fetch_max_wait`].
+pub const RUNTIME_PROPERTIES: &[&str] = &[
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "auto.offset.reset",
+    "auto.commit.interval.ms",
+    "queued.min.messages",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+];
+
+impl std::fmt::Debug for ConsumerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(name, value)| {
+                let shown = if is_secret_property(name) {
+                    "***"
+                } else {
+                    value
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("ConsumerSettings")
+            .field("offset_reset", &self.offset_reset)
+            .field(
+                "max_in_flight_per_partition",
+                &self.max_in_flight_per_partition,
+            )
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("revoke_timeout", &self.revoke_timeout)
+            .field("fetch_max_wait", &self.fetch_max_wait)
+            .field("commit_interval", &self.commit_interval)
+            .field("retry", &self.retry)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Default for ConsumerSettings {
@@ -157,30 +219,100 @@ impl Default for ConsumerSettings {
             commit_interval: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             dead_letter_topic: DEFAULT_TOPIC.to_owned(),
+            handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
             properties: Vec::new(),
         }
     }
 }
 
+/// [`ConsumerSettings::handler_timeout`]'s default.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl ConsumerSettings {
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting; an error names the field. `Duration::MAX` is valid for the
+    /// shutdown, revoke and handler timeouts (wait for as long as it takes); the settings
+    /// that become librdkafka properties are checked against librdkafka's ranges here, so
+    /// the error names our field rather than librdkafka's property.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field: &str, reason: &str| {
+            Err(Error::Config {
+                field: format!("consumer.{field}"),
+                reason: reason.to_owned(),
+            })
+        };
         self.retry.validate("consumer.retry")?;
-        if self.dead_letter_topic.trim().is_empty() {
-            return Err(Error::Config {
-                field: "consumer.dead_letter_topic".to_owned(),
-                reason: "must not be empty".to_owned(),
-            });
+        crate::config::validate_topic_name("consumer.dead_letter_topic", &self.dead_letter_topic)?;
+        if !(1..=10_000_000).contains(&self.max_in_flight_per_partition) {
+            return invalid(
+                "max_in_flight_per_partition",
+                "must be from 1 to 10,000,000",
+            );
         }
-        if self.max_in_flight_per_partition == 0 {
-            return Err(Error::Config {
-                field: "consumer.max_in_flight_per_partition".to_owned(),
-                reason: "must be at least 1".to_owned(),
-            });
+        if self.commit_interval.is_zero() || self.commit_interval > Duration::from_secs(86_400) {
+            return invalid(
+                "commit_interval",
+                "must be more than zero and at most 24 hours",
+            );
         }
-        if self.commit_interval.is_zero() {
+        if self.fetch_max_wait > Duration::from_secs(300) {
+            return invalid("fetch_max_wait", "must be at most 300 s");
+        }
+        if self.handler_timeout.is_some_and(|t| t.is_zero()) {
+            return invalid(
+                "handler_timeout",
+                "must be more than zero (None lets handlers take as long as they like)",
+            );
+        }
+        for (name, _) in &self.properties {
+            crate::config::validate_property_name("consumer.properties", name)?;
+            if RUNTIME_PROPERTIES.contains(&name.as_str()) {
+                return invalid(
+                    &format!("properties.{name}"),
+                    "is set by the consumer runtime (its at-least-once guarantee depends on \
+                     it) or by a typed ConsumerSettings field; remove it",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings of one handler, overriding the consumer's ([`ConsumerBuilder::handler_with`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[must_use]
+pub struct HandlerSettings {
+    retry: Option<RetryPolicy>,
+    timeout: Option<Option<Duration>>,
+}
+
+impl HandlerSettings {
+    /// The consumer's settings, overriding nothing yet.
+    pub fn new() -> Self {
+        HandlerSettings::default()
+    }
+
+    /// This handler's retry policy instead of [`ConsumerSettings::retry`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// This handler's attempt timeout instead of [`ConsumerSettings::handler_timeout`];
+    /// `None` lets it take as long as it likes.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn validate(&self, event_type: &str) -> Result<()> {
+        if let Some(retry) = &self.retry {
+            retry.validate(&format!("retry policy of `{event_type}`"))?;
+        }
+        if self.timeout.is_some_and(|t| t.is_some_and(|t| t.is_zero())) {
             return Err(Error::Config {
-                field: "consumer.commit_interval".to_owned(),
-                reason: "must be more than zero".to_owned(),
+                field: format!("timeout of `{event_type}`"),
+                reason: "must be more than zero (None lets the handler take as long as it likes)"
+                    .to_owned(),
             });
         }
         Ok(())
@@ -214,19 +346,29 @@ impl ConsumerBuilder {
     ///
     /// Its failures are retried by the consumer's [`ConsumerSettings::retry`] policy.
     pub fn handler<E: Event, H: EventHandler<E>>(self, handler: H) -> Self {
-        self.register::<E, H>(handler, None)
+        self.register::<E, H>(handler, HandlerSettings::new())
     }
 
     /// Registers `handler` like [`ConsumerBuilder::handler`], with its own retry policy.
     pub fn handler_with_retry<E: Event, H: EventHandler<E>>(
-        mut self,
+        self,
         handler: H,
         retry: RetryPolicy,
     ) -> Self {
-        if let Err(error) = retry.validate(&format!("retry policy of `{}`", E::NAME)) {
+        self.handler_with::<E, H>(handler, HandlerSettings::new().retry(retry))
+    }
+
+    /// Registers `handler` like [`ConsumerBuilder::handler`], with settings of its own
+    /// (retry policy, attempt timeout).
+    pub fn handler_with<E: Event, H: EventHandler<E>>(
+        mut self,
+        handler: H,
+        settings: HandlerSettings,
+    ) -> Self {
+        if let Err(error) = settings.validate(E::NAME) {
             self.error.get_or_insert(error);
         }
-        self.register::<E, H>(handler, Some(retry))
+        self.register::<E, H>(handler, settings)
     }
 
     /// Skips events this consumer group handled before, as `store` remembers them, and
@@ -240,7 +382,7 @@ impl ConsumerBuilder {
     fn register<E: Event, H: EventHandler<E>>(
         mut self,
         handler: H,
-        retry: Option<RetryPolicy>,
+        settings: HandlerSettings,
     ) -> Self {
         self.first_event.get_or_insert(E::NAME);
         let registrations = self.registrations.entry(E::TOPIC).or_default();
@@ -251,7 +393,11 @@ impl ConsumerBuilder {
             });
             return self;
         }
-        let typed = Arc::new(Typed::<E, H>::new(handler, retry));
+        let typed = Arc::new(Typed::<E, H>::new(
+            handler,
+            settings.retry,
+            settings.timeout,
+        ));
         registrations.push(Registration {
             event_type: E::NAME,
             typed: Arc::clone(&typed) as Arc<dyn SpawnWorker>,
@@ -378,7 +524,13 @@ impl EventConsumer {
 
     /// Runs until `shutdown` completes, then shuts down gracefully: fetching stops, records
     /// being handled may finish within the shutdown timeout, their offsets are committed,
-    /// and the consumer leaves the group.
+    /// and the consumer leaves the group. Every task the consumer started has ended (or,
+    /// past the deadline, was aborted) when this returns.
+    ///
+    /// Returns [`Error::TaskFailed`] when a partition worker or the poll thread died (a
+    /// panic outside a handler, such as in an [`IdempotencyStore`]): the consumer then
+    /// stops the same graceful way instead of running on with a stalled partition, and
+    /// the record that worker held is delivered again after a restart.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let EventConsumer {
             config,
@@ -387,12 +539,14 @@ impl EventConsumer {
             settings,
             idempotency,
         } = self;
+        let (failures, mut worker_failures) = mpsc::unbounded_channel();
         let env = Arc::new(WorkerEnv {
             group_id: Arc::clone(&group_id),
             dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
+            secrets: secrets_of(&config, &settings),
             settings: settings.clone(),
             idempotency,
-            secrets: secrets_of(&config),
+            failures,
         });
         let shared = Arc::new(Shared {
             group_id,
@@ -401,6 +555,7 @@ impl EventConsumer {
             env,
             runtime: tokio::runtime::Handle::current(),
             workers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
             stopping: AtomicBool::new(false),
         });
         let consumer = Arc::new(create_consumer(&config, &shared)?);
@@ -415,41 +570,73 @@ impl EventConsumer {
             })?;
         tracing::info!(group = %shared.group_id, ?topics, "consumer started");
 
-        let (finished_tx, mut finished_rx) = oneshot::channel();
+        let (finished_tx, mut finished_rx) = oneshot::channel::<std::result::Result<(), String>>();
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("pegasus-poll-{}", shared.group_id))
             .spawn(move || {
-                poll_loop(consumer, &thread_shared);
-                let _ = finished_tx.send(());
+                let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    poll_loop(consumer, &thread_shared);
+                }));
+                let _ = finished_tx
+                    .send(polled.map_err(|panic| panic_message("the poll loop", &*panic)));
             })
-            .map_err(|e| Error::Config {
-                field: "consumer thread".to_owned(),
-                reason: e.to_string(),
+            .map_err(|source| Error::Spawn {
+                what: "the consumer's poll thread",
+                source,
             })?;
 
+        let mut failure = None;
+        let mut poll_ended = None;
         tokio::select! {
             () = shutdown => {}
-            _ = &mut finished_rx => {}
+            ended = &mut finished_rx => poll_ended = Some(ended),
+            Some(error) = worker_failures.recv() => failure = Some(error),
         }
         shared.stopping.store(true, Ordering::Release);
         // The poll thread closes workers within the shutdown timeout, then commits and
         // leaves the group; closing may hang when the broker is gone, so bound the wait.
-        let grace = shared.settings.shutdown_timeout + CLOSE_GRACE;
-        if tokio::time::timeout(grace, finished_rx).await.is_err() {
-            tracing::warn!(
-                group = %shared.group_id,
-                waited_ms = grace.as_millis() as u64,
-                "consumer did not close in time (broker unreachable?); returning anyway"
-            );
+        let grace = shared.settings.shutdown_timeout.saturating_add(CLOSE_GRACE);
+        if poll_ended.is_none() {
+            match tokio::time::timeout(grace, &mut finished_rx).await {
+                Ok(ended) => poll_ended = Some(ended),
+                Err(_) => tracing::warn!(
+                    group = %shared.group_id,
+                    waited_ms = crate::limits::millis(grace),
+                    "consumer did not close in time (broker unreachable?); returning anyway"
+                ),
+            }
+        }
+        let poll_failure = match poll_ended {
+            Some(Ok(Err(panic))) => Some(panic),
+            // The thread ended without a word: it cannot, short of an abort.
+            Some(Err(_)) => Some("ended without reporting".to_owned()),
+            Some(Ok(Ok(()))) | None => None,
+        };
+        if let Some(reason) = poll_failure {
+            let reason =
+                dead_letter::redact(&reason, shared.env.secrets.iter().map(String::as_str));
+            tracing::error!(group = %shared.group_id, %reason, "the consumer's poll thread died");
+            failure.get_or_insert(Error::TaskFailed {
+                task: "the consumer's poll thread".to_owned(),
+                reason,
+            });
+        }
+        shared.stop_tasks().await;
+        if let Ok(error) = worker_failures.try_recv() {
+            failure.get_or_insert(error);
         }
         tracing::info!(group = %shared.group_id, "consumer stopped");
-        Ok(())
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
 /// The configuration's secret values, to scrub from error text.
-fn secrets_of(config: &KafkaConfig) -> Vec<String> {
+fn secrets_of(config: &KafkaConfig, settings: &ConsumerSettings) -> Vec<String> {
+    let consumer_properties = settings.properties.iter().map(|(k, v)| (k, v));
     config
         .sasl_password
         .iter()
@@ -458,6 +645,7 @@ fn secrets_of(config: &KafkaConfig) -> Vec<String> {
             config
                 .properties
                 .iter()
+                .chain(consumer_properties)
                 .filter(|(name, _)| is_secret_property(name))
                 .map(|(_, value)| value.clone()),
         )
@@ -471,6 +659,11 @@ fn create_consumer(
 ) -> Result<BaseConsumer<RuntimeContext>> {
     let settings = &shared.settings;
     let mut client = config.client_config();
+    // Before the runtime's own settings, so these could never override them even if
+    // validation let one through.
+    for (name, value) in &settings.properties {
+        client.set(name, value);
+    }
     client
         .set("group.id", &*shared.group_id)
         .set(
@@ -501,9 +694,6 @@ fn create_consumer(
             "fetch.wait.max.ms",
             settings.fetch_max_wait.as_millis().to_string(),
         );
-    for (name, value) in &settings.properties {
-        client.set(name, value);
-    }
     client
         .create_with_context(RuntimeContext {
             shared: Arc::clone(shared),
@@ -514,6 +704,8 @@ fn create_consumer(
 
 /// Extra time, beyond the shutdown timeout, for the final commit and leaving the group.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long closed workers get to end their tasks, and then aborted ones to unwind.
+const TASK_GRACE: Duration = Duration::from_secs(2);
 /// How long one poll waits for a record; also how often offsets are stored when idle.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -549,6 +741,8 @@ struct Shared {
     env: Arc<WorkerEnv>,
     runtime: tokio::runtime::Handle,
     workers: Mutex<HashMap<(Arc<str>, i32), Worker>>,
+    /// Every partition worker's task, so none outlives the consumer.
+    tasks: Mutex<JoinSet<()>>,
     stopping: AtomicBool,
 }
 
@@ -563,6 +757,37 @@ type SharedConsumer = Arc<BaseConsumer<RuntimeContext>>;
 impl Shared {
     fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), Worker>> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends every worker task before the consumer returns. The poll thread closed them
+    /// already, unless it died or is still closing past the grace period: those are
+    /// closed now without waiting, and a task still running after a short wait (a handler
+    /// past its deadline) is aborted, which drops the handler's future.
+    async fn stop_tasks(&self) {
+        for (_, worker) in self.workers().drain() {
+            worker.state.close(Some(Instant::now()));
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks());
+        let ended = tokio::time::timeout(TASK_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if ended.is_err() {
+            tracing::warn!(
+                group = %self.group_id,
+                tasks = tasks.len(),
+                "partition workers still running past the deadline; aborting them"
+            );
+            tasks.abort_all();
+            let _ = tokio::time::timeout(TASK_GRACE, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+        }
     }
 
     /// Gives each newly assigned partition its own queue and worker. Runs in the rebalance
@@ -585,7 +810,11 @@ impl Shared {
             }
             let state = Arc::new(PartitionState::new(topic, partition));
             let (strays, stray_receiver) = mpsc::unbounded_channel();
+            let mut tasks = self.tasks();
+            // Reap the tasks of partitions revoked earlier, so the set does not grow.
+            while tasks.try_join_next().is_some() {}
             Arc::clone(route).spawn_worker(
+                &mut tasks,
                 &self.runtime,
                 WorkerArgs {
                     queue,
@@ -601,13 +830,14 @@ impl Shared {
     }
 
     /// Stops the workers of `revoked` (all when `None`): records being handled may finish
-    /// and store their offsets until `deadline`; then the stored offsets are committed
-    /// synchronously, before the partitions are given up.
+    /// and store their offsets until `deadline` (for as long as they take without one);
+    /// then the stored offsets are committed synchronously, before the partitions are
+    /// given up.
     fn stop_workers(
         &self,
         consumer: &BaseConsumer<RuntimeContext>,
         revoked: Option<&TopicPartitionList>,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) {
         let stopping: Vec<Worker> = {
             let mut workers = self.workers();
@@ -673,7 +903,7 @@ fn poll_loop(consumer: SharedConsumer, shared: &Shared) {
             None => {}
         }
     }
-    let deadline = Instant::now() + shared.settings.shutdown_timeout;
+    let deadline = crate::limits::deadline(shared.settings.shutdown_timeout);
     shared.stop_workers(&consumer, None, deadline);
     consumer.unsubscribe();
     // Workers hold the consumer through their partition queues; they let go as they end.
@@ -698,7 +928,7 @@ impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
             tracing::debug!(group = %self.shared.group_id, partitions = revoked.count(), "partitions revoked");
-            let deadline = Instant::now() + self.shared.settings.revoke_timeout;
+            let deadline = crate::limits::deadline(self.shared.settings.revoke_timeout);
             self.shared.stop_workers(consumer, Some(revoked), deadline);
         }
     }
@@ -732,8 +962,13 @@ mod tests {
         config
             .properties
             .insert("socket.timeout.ms".to_owned(), "60000".to_owned());
-        let secrets = secrets_of(&config);
-        assert_eq!(secrets, ["hunter2-sasl", "hunter2-key"]);
+        let mut settings = ConsumerSettings::default();
+        settings.properties.push((
+            "sasl.oauthbearer.client.secret".to_owned(),
+            "hunter2-oauth".to_owned(),
+        ));
+        let secrets = secrets_of(&config, &settings);
+        assert_eq!(secrets, ["hunter2-sasl", "hunter2-key", "hunter2-oauth"]);
         let scrubbed = crate::dead_letter::redact(
             "login with hunter2-sasl failed; key hunter2-key; timeout 60000",
             secrets.iter().map(String::as_str),

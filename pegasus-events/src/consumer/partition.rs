@@ -14,6 +14,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
 
 use super::dispatch::{panic_message, Env, Outcome, Record, RecordHandler};
 use super::handler::FailureKind;
@@ -66,8 +67,9 @@ impl PartitionState {
     }
 
     /// Stops the worker: no new record is started, and a record being handled may finish
-    /// (and store its offset) until `deadline`. Returns whether it finished in time.
-    pub(crate) fn close(&self, deadline: Instant) -> bool {
+    /// (and store its offset) until `deadline`, or for as long as it takes without one
+    /// (a timeout of `Duration::MAX`). Returns whether it finished in time.
+    pub(crate) fn close(&self, deadline: Option<Instant>) -> bool {
         let mut phase = self.lock();
         match *phase {
             Phase::Idle | Phase::Closed => {
@@ -83,6 +85,10 @@ impl PartitionState {
         self.wake.notify_one();
         let mut phase = self.lock();
         while *phase == Phase::Closing {
+            let Some(deadline) = deadline else {
+                phase = self.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 *phase = Phase::Abandoned;
@@ -95,6 +101,13 @@ impl PartitionState {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         true
+    }
+
+    /// Records that the worker died: nothing more is handled here, and a `close` waiting
+    /// for its record returns at once.
+    fn mark_dead(&self) {
+        *self.lock() = Phase::Closed;
+        self.changed.notify_all();
     }
 
     fn is_closing(&self) -> bool {
@@ -143,6 +156,8 @@ pub(crate) struct WorkerEnv {
     pub(crate) idempotency: Option<Arc<dyn DynIdempotencyStore>>,
     /// Secret configuration values, scrubbed from error text.
     pub(crate) secrets: Vec<String>,
+    /// Where a worker that died reports it; the consumer then stops and returns the error.
+    pub(crate) failures: mpsc::UnboundedSender<crate::Error>,
 }
 
 /// What a partition worker needs besides its handler.
@@ -159,12 +174,52 @@ pub(crate) struct WorkerArgs {
 
 /// Starts a worker for a handler whose type was erased at registration.
 pub(crate) trait SpawnWorker: Send + Sync + 'static {
-    fn spawn_worker(self: Arc<Self>, runtime: &tokio::runtime::Handle, args: WorkerArgs);
+    /// Spawns the worker into `tasks`, so the consumer can wait for it (and, past its
+    /// deadline, abort it) before it returns.
+    fn spawn_worker(
+        self: Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        runtime: &tokio::runtime::Handle,
+        args: WorkerArgs,
+    );
 }
 
 impl<R: RecordHandler> SpawnWorker for R {
-    fn spawn_worker(self: Arc<Self>, runtime: &tokio::runtime::Handle, args: WorkerArgs) {
-        runtime.spawn(run(self, args));
+    fn spawn_worker(
+        self: Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        runtime: &tokio::runtime::Handle,
+        args: WorkerArgs,
+    ) {
+        let state = Arc::clone(&args.state);
+        let env = Arc::clone(&args.env);
+        let supervised = async move {
+            // Handlers' panics are caught around each call; one that escapes the worker
+            // came from the runtime's own path (an idempotency store's `mark_processed`,
+            // say). The partition must not stall in silence: the consumer stops and says
+            // why, and the record in hand stays uncommitted.
+            let Err(panic) = AssertUnwindSafe(run(self, args)).catch_unwind().await else {
+                return;
+            };
+            state.mark_dead();
+            let reason = panic_message("the partition worker", &*panic);
+            let reason = dead_letter::redact(&reason, env.secrets.iter().map(String::as_str));
+            tracing::error!(
+                topic = %state.topic,
+                partition = state.partition,
+                group = %env.group_id,
+                %reason,
+                "partition worker died; the consumer stops"
+            );
+            let _ = env.failures.send(crate::Error::TaskFailed {
+                task: format!(
+                    "the worker of partition {} of topic `{}`",
+                    state.partition, state.topic
+                ),
+                reason,
+            });
+        };
+        tasks.spawn_on(supervised, runtime);
     }
 }
 
@@ -194,6 +249,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
         handler_env: Env {
             group_id: &env.group_id,
             idempotency: env.idempotency.as_deref(),
+            handler_timeout: env.settings.handler_timeout,
         },
     };
     loop {
@@ -325,16 +381,16 @@ impl<R: RecordHandler> Worker<'_, R> {
     async fn handle_until_done(&self, record: Record<'_>) -> bool {
         let state = self.state;
         let mut attempt = 1u32;
-        let mut store_failures = 0u32;
+        let mut outages = 0u32;
         loop {
             let outcome = AssertUnwindSafe(self.handler.handle(record, attempt, &self.handler_env))
                 .catch_unwind()
                 .await
-                // Handlers' panics are caught closer to them; this one came from reading
-                // the record (e.g. a header name that is not UTF-8, which rdkafka's header
-                // accessor rejects by panicking), and the record still must not be lost.
+                // Handlers' panics are caught closer to them; this one came from the code
+                // around the handler (an idempotency store's `is_processed`, say), and the
+                // record still must not be lost.
                 .unwrap_or_else(|panic| Outcome::Panicked {
-                    message: panic_message("reading the record", &*panic),
+                    message: panic_message("handling the record", &*panic),
                 });
             let (reason, error) = match outcome {
                 Outcome::Handled { mark: None } | Outcome::Duplicate => return true,
@@ -342,17 +398,27 @@ impl<R: RecordHandler> Worker<'_, R> {
                     mark: Some(event_id),
                 } => return self.mark_processed(record, event_id).await,
                 Outcome::StoreUnavailable(error) => {
-                    store_failures = store_failures.saturating_add(1);
-                    let wait = INFRASTRUCTURE_RETRY.backoff(store_failures);
-                    tracing::error!(
-                        topic = %state.topic,
-                        partition = state.partition,
-                        offset = record.offset(),
-                        error = %error,
-                        retry_in_ms = wait.as_millis() as u64,
-                        "idempotency store unavailable; the record waits"
-                    );
-                    if !self.pause(wait).await {
+                    let error = self.scrub(error.to_string());
+                    if !self
+                        .wait_out_outage(
+                            record,
+                            &error,
+                            &mut outages,
+                            "idempotency store unavailable; the record waits",
+                        )
+                        .await
+                    {
+                        return false;
+                    }
+                    continue;
+                }
+                Outcome::Failed {
+                    error,
+                    kind: FailureKind::Unavailable,
+                    ..
+                } => {
+                    let error = self.scrub(error);
+                    if !self.wait_out_outage(record, &error, &mut outages, "a resource the handler needs is unavailable; the record waits without spending an attempt").await {
                         return false;
                     }
                     continue;
@@ -372,7 +438,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                             attempt,
                             max_attempts = policy.max_attempts,
                             error = %error,
-                            retry_in_ms = wait.as_millis() as u64,
+                            retry_in_ms = crate::limits::millis(wait),
                             "handler failed; the record will be retried"
                         );
                         if !self.pause(wait).await {
@@ -386,6 +452,29 @@ impl<R: RecordHandler> Worker<'_, R> {
             };
             return self.dead_letter(record, reason, &error, attempt).await;
         }
+    }
+
+    /// Waits out an outage of something the record needs (the idempotency store, the
+    /// handler's database): no attempt is spent. `false` if the worker was stopped first.
+    async fn wait_out_outage(
+        &self,
+        record: Record<'_>,
+        error: &str,
+        outages: &mut u32,
+        message: &'static str,
+    ) -> bool {
+        *outages = outages.saturating_add(1);
+        let wait = INFRASTRUCTURE_RETRY.backoff(*outages);
+        tracing::error!(
+            topic = %self.state.topic,
+            partition = self.state.partition,
+            offset = record.offset(),
+            group = %self.env.group_id,
+            error,
+            retry_in_ms = crate::limits::millis(wait),
+            "{message}"
+        );
+        self.pause(wait).await
     }
 
     /// Marks the event processed in the idempotency store, retrying until it is written;
@@ -407,7 +496,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                         offset = record.offset(),
                         %event_id,
                         %error,
-                        retry_in_ms = wait.as_millis() as u64,
+                        retry_in_ms = crate::limits::millis(wait),
                         "cannot mark the event processed; the record waits"
                     );
                     if !self.pause(wait).await {
@@ -473,7 +562,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                         reason = reason.as_str(),
                         error = %write_error,
                         dead_letter_topic = self.env.dead_letters.topic(),
-                        retry_in_ms = wait.as_millis() as u64,
+                        retry_in_ms = crate::limits::millis(wait),
                         "dead-letter write failed; the record stays uncommitted and the write is retried"
                     );
                     if !self.pause(wait).await {

@@ -99,7 +99,9 @@ impl RetryPolicy {
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let nominal = self.nominal_backoff(attempt);
         let cut = self.jitter.clamp(0.0, 1.0) * fastrand::f64();
-        nominal.mul_f64(1.0 - cut)
+        // Not `mul_f64`: near `Duration::MAX` the float rounds past what a Duration holds
+        // and it panics; the nominal wait is the right answer there.
+        Duration::try_from_secs_f64(nominal.as_secs_f64() * (1.0 - cut)).unwrap_or(nominal)
     }
 
     /// Checks the policy; `field` names it in the error (e.g. `consumer.retry`).

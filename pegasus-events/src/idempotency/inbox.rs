@@ -74,8 +74,48 @@ impl<S, H> Inbox<S, H> {
     }
 }
 
+/// Whether `error` means the database could not be reached or dropped the connection,
+/// as opposed to refusing a statement: an outage to wait out, not the event's fault.
+pub(crate) fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        // SQLSTATE class 08 (connection exception), 57P01-57P03 (the server is shutting
+        // down or starting), 53300 (too many connections); SQLite's busy and locked codes
+        // (5, 6) when its busy timeout ran out under another writer.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
+        }),
+        _ => false,
+    }
+}
+
+/// A handler's failure as the runtime should treat it: a database outage anywhere in its
+/// chain of causes waits ([`HandlerError::unavailable`]); anything else is as it was.
+fn classify(error: HandlerError) -> HandlerError {
+    use crate::consumer::FailureKind;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.source_error());
+    while let Some(current) = cause {
+        if current.downcast_ref::<sqlx::Error>().is_some_and(is_outage) {
+            return match error.kind() {
+                FailureKind::Transient => HandlerError::unavailable(error.into_source()),
+                _ => error,
+            };
+        }
+        cause = current.source();
+    }
+    error
+}
+
 /// Begins a transaction, marks the event, runs the handler, commits; a duplicate (the
-/// mark was there) rolls back without calling the handler.
+/// mark was there) rolls back without calling the handler. The database being down at
+/// any step is an outage ([`HandlerError::unavailable`]): the record waits for it without
+/// spending attempts, and is never dead-lettered for it.
 macro_rules! inbox_for {
     ($store:ty, $db:ty) => {
         impl<E: Event, H: InboxHandler<E, $db>> EventHandler<E> for Inbox<$store, H> {
@@ -84,20 +124,29 @@ macro_rules! inbox_for {
                 event: E,
                 context: &EventContext<'_>,
             ) -> Result<(), HandlerError> {
-                let mut transaction = self.store.pool().begin().await?;
+                let mut transaction = self
+                    .store
+                    .pool()
+                    .begin()
+                    .await
+                    .map_err(|e| classify(HandlerError::transient(e)))?;
                 let fresh = self
                     .store
                     .mark_processed_in(&mut transaction, context.group_id, context.event_id())
                     .await
-                    .map_err(HandlerError::transient)?;
+                    .map_err(|e| classify(HandlerError::transient(e)))?;
                 if !fresh {
                     // Handled before, in a transaction that committed.
                     return Ok(());
                 }
                 self.handler
                     .handle(event, context, &mut transaction)
-                    .await?;
-                transaction.commit().await?;
+                    .await
+                    .map_err(classify)?;
+                transaction
+                    .commit()
+                    .await
+                    .map_err(|e| classify(HandlerError::transient(e)))?;
                 Ok(())
             }
         }

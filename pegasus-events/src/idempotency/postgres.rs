@@ -54,6 +54,10 @@ impl PostgresIdempotencyStore {
 
     /// Forgets marks older than `age`; returns how many.
     pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
+        if crate::limits::utc_ago(age).is_none() {
+            // Older than 1970: no mark is, and PostgreSQL's interval would overflow.
+            return Ok(0);
+        }
         let done = sqlx::query(
             "DELETE FROM pegasus_processed_events
              WHERE processed_at < now() - make_interval(secs => $1)",

@@ -69,7 +69,9 @@ impl SqliteIdempotencyStore {
 
     /// Forgets marks older than `age`; returns how many.
     pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+        let Some(cutoff) = crate::limits::utc_ago(age) else {
+            return Ok(0);
+        };
         let done = sqlx::query("DELETE FROM pegasus_processed_events WHERE processed_at < ?")
             .bind(cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
             .execute(&self.pool)

@@ -5,7 +5,7 @@
 //!
 //! - **Atomic with the business write.** [`PostgresOutbox::enqueue`] and
 //!   [`SqliteOutbox::enqueue`] insert the encoded event (topic, key, the `ce_` headers of
-//!   `shared/WIRE.md`, payload) inside the caller's transaction: if it rolls back, the event
+//!   `docs/wire-format.md`, payload) inside the caller's transaction: if it rolls back, the event
 //!   never existed; if it commits, the event will be published.
 //! - **Published at least once, marked only after the acknowledgement.** The relay marks a
 //!   row published only after the broker acknowledged it (`acks=all`, idempotent producer).
@@ -174,6 +174,33 @@ impl Default for RelaySettings {
     }
 }
 
+impl RelaySettings {
+    /// Checks every setting; an error names the field. `Duration::MAX` is valid wherever a
+    /// duration is (a retention that long keeps every row).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field: &str, reason: &str| {
+            Err(Error::Config {
+                field: format!("relay.{field}"),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.batch_size < 1 {
+            return invalid("batch_size", "must be at least 1");
+        }
+        // Zero would make the relay query the database in a loop without pause.
+        if self.poll_interval.is_zero() {
+            return invalid("poll_interval", "must be more than zero");
+        }
+        if self.error_backoff.is_zero() {
+            return invalid("error_backoff", "must be more than zero");
+        }
+        if self.lease_ttl < Duration::from_millis(10) {
+            return invalid("lease_ttl", "must be at least 10 ms");
+        }
+        crate::config::validate_topic_name("relay.dead_letter_topic", &self.dead_letter_topic)
+    }
+}
+
 /// Publishes what the outbox holds, in order, and marks it published after the broker's
 /// acknowledgement. Made by [`PostgresOutbox::relay`] or [`SqliteOutbox::relay`].
 pub struct OutboxRelay {
@@ -216,18 +243,7 @@ impl OutboxRelay {
         settings: RelaySettings,
     ) -> Result<Self> {
         config.validate()?;
-        if settings.batch_size < 1 {
-            return Err(Error::Config {
-                field: "relay.batch_size".to_owned(),
-                reason: "must be at least 1".to_owned(),
-            });
-        }
-        if settings.lease_ttl < Duration::from_millis(10) {
-            return Err(Error::Config {
-                field: "relay.lease_ttl".to_owned(),
-                reason: "must be at least 10 ms".to_owned(),
-            });
-        }
+        settings.validate()?;
         // No delivery timeout: librdkafka retries a record until the broker takes it, so a
         // record never fails while a later one of its partition gets through, which would
         // put it behind that one when it is sent again (the order per key would break).
@@ -290,7 +306,7 @@ impl OutboxRelay {
                         .error_backoff
                         .saturating_mul(1 << failures.min(8))
                         .min(Duration::from_secs(30));
-                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "outbox relay round failed");
+                    tracing::warn!(%error, retry_in_ms = crate::limits::millis(wait), "outbox relay round failed");
                     wait
                 }
             };

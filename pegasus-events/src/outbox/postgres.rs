@@ -267,6 +267,10 @@ impl OutboxStorage for PostgresStorage {
 
     fn purge_published(&self, age: Duration) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
+            if crate::limits::utc_ago(age).is_none() {
+                // Older than 1970: no row is, and PostgreSQL's interval would overflow.
+                return Ok(0);
+            }
             let done = sqlx::query(
                 "DELETE FROM pegasus_outbox
                  WHERE published_at < now() - make_interval(secs => $1)",

@@ -297,8 +297,9 @@ impl OutboxStorage for SqliteStorage {
 
     fn purge_published(&self, age: Duration) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            let cutoff = chrono::Utc::now()
-                - chrono::Duration::from_std(age).unwrap_or(chrono::TimeDelta::MAX);
+            let Some(cutoff) = crate::limits::utc_ago(age) else {
+                return Ok(0);
+            };
             let done = sqlx::query("DELETE FROM pegasus_outbox WHERE published_at < ?")
                 .bind(cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                 .execute(&self.pool)
