@@ -722,9 +722,15 @@ fn config_error(field: &str, reason: &str) -> Error {
 /// be a secret.
 pub(crate) fn client_error(client: &'static str, error: KafkaError) -> Error {
     match error {
-        KafkaError::ClientConfig(_, description, key, _value) => Error::Config {
+        // librdkafka's description quotes the value ("Invalid value \"...\" for
+        // configuration property ..."), which may be a secret: cut it out.
+        KafkaError::ClientConfig(_, description, key, value) => Error::Config {
             field: format!("properties.{key}"),
-            reason: description,
+            reason: if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "<redacted>")
+            },
         },
         source => Error::Client { client, source },
     }
@@ -870,17 +876,46 @@ mod tests {
 
     #[test]
     fn librdkafka_config_errors_never_carry_the_value() {
-        let error = client_error(
-            "producer",
-            KafkaError::ClientConfig(
-                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-                "Invalid value".to_owned(),
-                "sasl.password".to_owned(),
-                "the-secret".to_owned(),
-            ),
-        );
+        // librdkafka writes an enum-valued property's rejected value into its error text
+        // (an integer property's text leaves it out), so a secret put into one by mistake
+        // is in the error librdkafka returns. The conversion must leave it out.
+        let secret = "hunter2-sasl-secret";
+        for property in [
+            "broker.address.family",
+            "ssl.endpoint.identification.algorithm",
+            "sasl.oauthbearer.method",
+        ] {
+            let Err(raw) = ClientConfig::new()
+                .set(property, secret)
+                .create::<rdkafka::producer::BaseProducer>()
+            else {
+                panic!("librdkafka accepted {property}={secret}");
+            };
+            match &raw {
+                KafkaError::ClientConfig(_, description, key, _) => {
+                    assert_eq!(key, property);
+                    assert!(
+                        description.contains(secret),
+                        "librdkafka's own text carries the value: {description}"
+                    );
+                }
+                other => panic!("expected a client configuration error, got {other:?}"),
+            }
+            let error = client_error("producer", raw);
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains(&format!("properties.{property}")), "{shown}");
+        }
+
+        // The whole way: a producer created from a configuration with such a value.
+        let config = KafkaConfig::default().with_property("broker.address.family", secret);
+        let error =
+            crate::producer::EventProducer::new(&config).expect_err("librdkafka rejects the value");
         let shown = format!("{error} {error:?}");
-        assert!(!shown.contains("the-secret"), "{shown}");
-        assert!(shown.contains("properties.sasl.password"));
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(
+            shown.contains("properties.broker.address.family"),
+            "{shown}"
+        );
     }
 }

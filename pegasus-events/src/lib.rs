@@ -74,8 +74,8 @@
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
 //! | `derive` | yes | `#[derive(Event)]`, re-exported as `pegasus_events::Event` |
-//! | `sqlite` | no | `SqliteIdempotencyStore`, through sqlx |
-//! | `postgres` | no | `PostgresIdempotencyStore`, through sqlx |
+//! | `sqlite` | no | SQLite through sqlx: `SqliteIdempotencyStore`, the inbox, `SqliteOutbox` and its relay |
+//! | `postgres` | no | PostgreSQL through sqlx: `PostgresIdempotencyStore`, the inbox, `PostgresOutbox` and its relay |
 //! | `ssl` | no | TLS (`SecurityProtocol::Ssl`, `SaslSsl`) and SASL/SCRAM, through OpenSSL |
 
 // Lets the derive's generated code, which names `::pegasus_events`, work inside this crate.
@@ -94,6 +94,8 @@ pub mod migrations;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod outbox;
 pub mod producer;
+#[cfg(test)]
+mod property_tests;
 mod record_headers;
 pub mod wire;
 

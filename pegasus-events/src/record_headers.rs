@@ -90,6 +90,33 @@ impl ByteHeaders for OwnedHeaders {
     }
 }
 
+/// `headers` with one more header named `name`, whatever its bytes (rdkafka takes names
+/// as `&str` only): for tests that play a client that writes such names.
+#[cfg(test)]
+pub(crate) fn with_raw_header(
+    headers: OwnedHeaders,
+    name: &[u8],
+    value: Option<&[u8]>,
+) -> OwnedHeaders {
+    let native = ptr::from_ref(headers.as_borrowed())
+        .cast_mut()
+        .cast::<rd_kafka_headers_t>();
+    let (value_ptr, value_len) = value.map_or((ptr::null(), 0), |v| (v.as_ptr(), v.len()));
+    // SAFETY: `native` is the live headers of `headers` (see `bytes_at`); librdkafka
+    // copies the name and the value it is given (a null value stays null).
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_header_add(
+            native,
+            name.as_ptr().cast(),
+            isize::try_from(name.len()).unwrap_or(isize::MAX),
+            value_ptr.cast(),
+            isize::try_from(value_len).unwrap_or(isize::MAX),
+        )
+    };
+    assert_eq!(error, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::message::Header;
@@ -139,21 +166,7 @@ mod tests {
             value: Some("UserCreatedEvent"),
         });
         let name: &[u8] = &[b'c', b'e', 0xff, 0xfe];
-        let native = ptr::from_ref(headers.as_borrowed())
-            .cast_mut()
-            .cast::<rd_kafka_headers_t>();
-        // SAFETY: `native` is the live headers of `headers` (see `bytes_at`); librdkafka
-        // copies the name and value it is given.
-        let error = unsafe {
-            rdkafka::bindings::rd_kafka_header_add(
-                native,
-                name.as_ptr().cast(),
-                name.len() as isize,
-                b"v".as_ptr().cast(),
-                1,
-            )
-        };
-        assert_eq!(error, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+        let headers = with_raw_header(headers, name, Some(b"v"));
         let read: Vec<HeaderBytes<'_>> = headers.iter_bytes().collect();
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].name, b"ce_type");

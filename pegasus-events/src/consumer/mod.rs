@@ -69,7 +69,7 @@
 //! # }
 //! ```
 
-mod dispatch;
+pub(crate) mod dispatch;
 mod handler;
 mod partition;
 mod retry;
