@@ -16,7 +16,7 @@ use pegasus_events::{
     Event, EventProducer, IdempotencyStore, MemoryIdempotencyStore, PublishMetadata, TopicAdmin,
     TopicSpec,
 };
-use pegasus_events_tests::{config, postgres_url, unique};
+use pegasus_events_tests::{config, fresh_postgres_database, postgres_url, unique};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -156,26 +156,37 @@ async fn the_sqlite_store_keeps_its_marks_across_a_restart_and_purges_old_ones()
 
 #[tokio::test]
 async fn the_postgres_store_keeps_its_marks_across_a_reconnect_and_purges_old_ones() {
+    // A database of its own: the purge must not delete the marks of the tests running
+    // beside it, and it must find no mark but this test's.
+    let url = fresh_postgres_database().await;
     let group = unique("group");
     let id = Uuid::now_v7();
     {
-        let store = PostgresIdempotencyStore::connect(&postgres_url())
-            .await
-            .unwrap();
+        let store = PostgresIdempotencyStore::connect(&url).await.unwrap();
         store.mark_processed(&group, id).await.unwrap();
     }
-    let reconnected = PostgresIdempotencyStore::connect(&postgres_url())
-        .await
-        .unwrap();
+    let reconnected = PostgresIdempotencyStore::connect(&url).await.unwrap();
+    assert!(
+        reconnected.is_processed(&group, id).await.unwrap(),
+        "the mark survived"
+    );
+    assert_eq!(
+        reconnected
+            .purge_older_than(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "a mark younger than the age is kept"
+    );
     assert!(reconnected.is_processed(&group, id).await.unwrap());
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // Other tests' marks may be purged too; this one must be.
-    assert!(
+    assert_eq!(
         reconnected
             .purge_older_than(Duration::from_millis(1))
             .await
-            .unwrap()
-            >= 1
+            .unwrap(),
+        1,
+        "the one mark, older than the age, is purged"
     );
     assert!(!reconnected.is_processed(&group, id).await.unwrap());
 }
