@@ -883,7 +883,6 @@ mod tests {
         for property in [
             "broker.address.family",
             "ssl.endpoint.identification.algorithm",
-            "sasl.oauthbearer.method",
         ] {
             let Err(raw) = ClientConfig::new()
                 .set(property, secret)
