@@ -122,6 +122,67 @@ pub fn read_record(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
     panic!("record {topic}/{partition}@{offset} did not arrive within 30 s");
 }
 
+/// Reads `topic` from its beginning with a plain consumer of `bootstrap_servers` and returns
+/// every record whose payload `ours` accepts, in the order read, once `want` distinct
+/// events (by `ce_id`) are among them and then `settle` passed without another record of
+/// ours: a duplicate that arrives after the last expected event is in the result.
+///
+/// # Panics
+///
+/// When fewer than `want` distinct events arrived, or records of ours were still arriving,
+/// after `deadline`; when a record of ours has no `ce_id`.
+pub fn read_until_settled(
+    bootstrap_servers: &str,
+    topic: &str,
+    ours: impl Fn(&[u8]) -> bool,
+    want: usize,
+    settle: Duration,
+    deadline: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", unique("settled-readback"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a plain rdkafka consumer can be created");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + deadline;
+    let mut found = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    // Since when nothing new of ours arrived, once `want` events are in.
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        if quiet_since.is_some_and(|since| since.elapsed() >= settle) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} events arrived on {topic} ({} records); {}",
+            ids.len(),
+            found.len(),
+            if ids.len() >= want {
+                "records kept arriving"
+            } else {
+                "some never came"
+            }
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            if message.payload().is_some_and(&ours) {
+                let message = message.detach();
+                let id = header(&headers_of(&message), "ce_id")
+                    .expect("a record of ours has a ce_id")
+                    .to_owned();
+                ids.insert(id);
+                found.push(message);
+                if ids.len() >= want {
+                    quiet_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
 /// Runs the project's broker script, `scripts/kafka ARGS`, and returns what it printed on
 /// standard output (the bootstrap address for `start`).
 ///
@@ -220,31 +281,36 @@ pub struct FaultScenario<'a> {
     pub name: &'a str,
     /// Events (records) put on the topic.
     pub sent: usize,
-    /// Of those, acknowledged by the broker.
-    pub acknowledged: usize,
-    /// Distinct events handled (or, for poison, dead-lettered).
-    pub handled: usize,
+    /// Of those, acknowledged by the broker; `None` when the scenario cannot count it
+    /// (printed as `-`, never an assumed value).
+    pub acknowledged: Option<usize>,
+    /// Distinct events handled (or, for poison, dead-lettered); `None` when nothing
+    /// handles them in the scenario.
+    pub handled: Option<usize>,
     /// Acknowledged events neither handled nor dead-lettered.
     pub lost: usize,
     /// Deliveries of an event that had been delivered before.
     pub duplicate_deliveries: usize,
-    /// Events whose effect was applied more than once.
-    pub duplicate_effects: usize,
+    /// Events whose effect was applied more than once; `None` when the scenario applies
+    /// no effects.
+    pub duplicate_effects: Option<usize>,
 }
 
 impl FaultScenario<'_> {
     /// Prints the counts and appends them to `target/fault-scenarios.tsv`, which
     /// `scripts/test` prints at the end of the run.
     pub fn record(&self) {
+        let counted =
+            |count: Option<usize>| count.map_or_else(|| "-".to_owned(), |n| n.to_string());
         let line = format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             self.name,
             self.sent,
-            self.acknowledged,
-            self.handled,
+            counted(self.acknowledged),
+            counted(self.handled),
             self.lost,
             self.duplicate_deliveries,
-            self.duplicate_effects
+            counted(self.duplicate_effects)
         );
         eprint!("fault scenario: {line}");
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/fault-scenarios.tsv");

@@ -402,11 +402,11 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
     FaultScenario {
         name: "poison records (malformed JSON, wrong type, newer version, failing, permanent, panicking) among good ones",
         sent: expected_good + poisons.len(),
-        acknowledged: expected_good + poisons.len(),
-        handled: handled + letters.len(),
+        acknowledged: Some(expected_good + poisons.len()),
+        handled: Some(handled + letters.len()),
         lost: expected_good + poisons.len() - handled - letters.len(),
         duplicate_deliveries: good_redeliveries as usize,
-        duplicate_effects: handled_calls - handled,
+        duplicate_effects: Some(handled_calls - handled),
     }
     .record();
 
@@ -688,11 +688,11 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     FaultScenario {
         name: "dead letters replayed after the fix, then replayed again (idempotency store)",
         sent: 10,
-        acknowledged: ids.len(),
-        handled: distinct.len(),
+        acknowledged: Some(ids.len()),
+        handled: Some(distinct.len()),
         lost: 10 - distinct.len(),
         duplicate_deliveries: store.duplicates.load(Ordering::SeqCst),
-        duplicate_effects: effects + again.seen.lock().unwrap().len() - distinct.len(),
+        duplicate_effects: Some(effects + again.seen.lock().unwrap().len() - distinct.len()),
     }
     .record();
     assert!(

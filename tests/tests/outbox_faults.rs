@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, KafkaConfig, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    bootstrap, config, fresh_postgres_database, header, headers_of, kafka_script, unique,
-    FaultScenario, BOOTSTRAP_ENV,
+    bootstrap, config, fresh_postgres_database, header, headers_of, kafka_script,
+    read_until_settled, unique, FaultScenario, BOOTSTRAP_ENV,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
@@ -51,52 +50,8 @@ fn relay_process(database: Database, url: &str) -> Reaped {
 }
 
 /// Every record of `run` on `bootstrap_servers`, read from the beginning, once `want` of
-/// them are distinct events (by `ce_id`), after waiting `settle` for late duplicates.
-fn read_run(
-    bootstrap_servers: &str,
-    run: &str,
-    want: usize,
-    settle: Duration,
-) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", unique("relay-readback"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[Relayed::TOPIC]).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let mut found = Vec::new();
-    let mut ids = std::collections::HashSet::new();
-    let mut complete_at: Option<Instant> = None;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {want} events arrived",
-            ids.len()
-        );
-        if complete_at.is_some_and(|at| at.elapsed() >= settle) {
-            return found;
-        }
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let ours = message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Relayed>(p).ok())
-                .is_some_and(|e| e.run == run);
-            if ours {
-                let message = message.detach();
-                ids.insert(header(&headers_of(&message), "ce_id").unwrap().to_owned());
-                found.push(message);
-                if ids.len() >= want && complete_at.is_none() {
-                    complete_at = Some(Instant::now());
-                }
-            }
-        }
-    }
-}
-
-/// [`read_run`], off the runtime's threads.
+/// them are distinct events (by `ce_id`) and `settle` passed without another, so late
+/// duplicates are among them; off the runtime's threads.
 async fn records_of(
     bootstrap_servers: String,
     run: &str,
@@ -104,9 +59,21 @@ async fn records_of(
     settle: Duration,
 ) -> Vec<OwnedMessage> {
     let run = run.to_owned();
-    tokio::task::spawn_blocking(move || read_run(&bootstrap_servers, &run, want, settle))
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        let ours = |payload: &[u8]| {
+            serde_json::from_slice::<Relayed>(payload).is_ok_and(|event| event.run == run)
+        };
+        read_until_settled(
+            &bootstrap_servers,
+            Relayed::TOPIC,
+            ours,
+            want,
+            settle,
+            DEADLINE,
+        )
+    })
+    .await
+    .unwrap()
 }
 
 /// Checks that every event arrived, and that copies of an event are the same record.
@@ -156,17 +123,20 @@ fn assert_each_keys_order(records: &[OwnedMessage]) {
     }
 }
 
-/// Adds a row to the fault table: `sent` events committed, `distinct` of them on the topic,
-/// `duplicates` records that repeat an event (same `ce_id`). The outbox applies no effects.
-fn record_scenario(name: &str, sent: u32, distinct: usize, duplicates: usize) {
+/// Adds a row to the fault table: `sent` events committed, `acknowledged` of them marked
+/// published (the relay marks a row only once the broker acknowledged its record),
+/// `distinct` of them on the topic, `duplicates` records that repeat an event (same
+/// `ce_id`). Nothing consumes the events and the outbox applies no effects: those columns
+/// stay empty.
+fn record_scenario(name: &str, sent: u32, acknowledged: i64, distinct: usize, duplicates: usize) {
     FaultScenario {
         name,
         sent: sent as usize,
-        acknowledged: distinct,
-        handled: distinct,
+        acknowledged: Some(usize::try_from(acknowledged).unwrap()),
+        handled: None,
         lost: (sent as usize).saturating_sub(distinct),
         duplicate_deliveries: duplicates,
-        duplicate_effects: 0,
+        duplicate_effects: None,
     }
     .record();
 }
@@ -257,6 +227,16 @@ impl Outbox {
     async fn unpublished(&self) -> i64 {
         const UNPUBLISHED: &str = "SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL";
         on_either!(self, outbox => sqlx::query_scalar(UNPUBLISHED)
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap())
+    }
+
+    /// How many rows are marked published: the events whose record the broker acknowledged.
+    async fn published(&self) -> i64 {
+        const PUBLISHED: &str =
+            "SELECT count(*) FROM pegasus_outbox WHERE published_at IS NOT NULL";
+        on_either!(self, outbox => sqlx::query_scalar(PUBLISHED)
             .fetch_one(outbox.pool())
             .await
             .unwrap())
@@ -437,6 +417,7 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
             "outbox relay process ({database:?}) killed with SIGKILL between the broker's acknowledgement and the mark, restarted"
         ),
         EVENTS,
+        outbox.published().await,
         distinct,
         duplicates,
     );
@@ -526,6 +507,7 @@ async fn relay_catches_up_after_the_broker_was_down_under_load(database: Databas
             "broker killed (SIGKILL) for 12 s while events are committed to the outbox ({database:?}) and relayed"
         ),
         EVENTS,
+        outbox.published().await,
         distinct,
         duplicates,
     );

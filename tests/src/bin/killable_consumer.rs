@@ -4,42 +4,57 @@
 //! Usage: `killable_consumer <group> <sqlite file> <run> <deliveries file>`, with the
 //! broker in `PEGASUS_TEST_BOOTSTRAP`. The effect of an entry is a row in `effects`,
 //! written through the library's `Inbox`, in the same transaction as the idempotency
-//! mark, so a duplicate delivery can never apply it twice. Every delivery of a record to the runtime (each idempotency check)
-//! is appended to the deliveries file (one line, unbuffered), so the test can count
-//! redeliveries across the kills.
+//! mark, so a duplicate delivery can never apply it twice. Every delivery of a record of
+//! the run to this process, that is its first attempt (a retry of the same delivery is not
+//! another delivery), is appended to the deliveries file as one line
+//! `<event id> <partition> <offset>`, so the test can count redeliveries across the kills.
+//!
+//! There is no idempotency check before the handler (`ConsumerBuilder::idempotency`): it
+//! would answer a redelivery without calling any handler, so it could not be counted here;
+//! the inbox's own mark, in the handler's transaction, recognises it instead.
 
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pegasus_events::consumer::{ConsumerSettings, EventConsumer, EventContext, HandlerError};
+use pegasus_events::consumer::{
+    ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
+};
 use pegasus_events::idempotency::{Inbox, InboxHandler, SqliteIdempotencyStore};
-use pegasus_events::IdempotencyStore;
 use pegasus_events_tests::{config, LedgerEntry};
-use uuid::Uuid;
 
 /// Applies an entry: one row in `effects`, in the inbox's transaction.
 struct Ledger {
     run: String,
 }
 
-/// The SQLite store, writing down every event id it is asked about: one line per delivery.
-struct Counted {
-    store: SqliteIdempotencyStore,
-    deliveries: Mutex<std::fs::File>,
+/// Writes down the first attempt at each record of the run, then hands it on.
+struct Deliveries<H> {
+    run: String,
+    log: Mutex<std::fs::File>,
+    handler: H,
 }
 
-impl IdempotencyStore for Counted {
-    async fn is_processed(&self, group: &str, event_id: Uuid) -> pegasus_events::Result<bool> {
-        let _ = writeln!(
-            self.deliveries.lock().unwrap_or_else(|e| e.into_inner()),
-            "{event_id}"
-        );
-        self.store.is_processed(group, event_id).await
-    }
-
-    async fn mark_processed(&self, group: &str, event_id: Uuid) -> pegasus_events::Result<()> {
-        self.store.mark_processed(group, event_id).await
+impl<H: EventHandler<LedgerEntry>> EventHandler<LedgerEntry> for Deliveries<H> {
+    async fn handle(
+        &self,
+        entry: LedgerEntry,
+        context: &EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if entry.run == self.run && context.attempt == 1 {
+            // One write per line: a kill never leaves half a line behind.
+            let line = format!(
+                "{} {} {}\n",
+                context.event_id(),
+                context.partition,
+                context.offset
+            );
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(line.as_bytes())?;
+        }
+        self.handler.handle(entry, context).await
     }
 }
 
@@ -74,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sqlx::query("CREATE TABLE IF NOT EXISTS effects (event_id TEXT NOT NULL, n INTEGER NOT NULL)")
         .execute(store.pool())
         .await?;
-    let deliveries = std::fs::OpenOptions::new()
+    let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(deliveries)?;
@@ -91,11 +106,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     EventConsumer::builder(config("killable-consumer"))
         .group_id(group)
         .settings(settings)
-        .idempotency(Counted {
-            store: store.clone(),
-            deliveries: Mutex::new(deliveries),
+        .handler::<LedgerEntry, _>(Deliveries {
+            run: run.clone(),
+            log: Mutex::new(log),
+            handler: Inbox::new(store, Ledger { run: run.clone() }),
         })
-        .handler::<LedgerEntry, _>(Inbox::new(store, Ledger { run: run.clone() }))
         .build()?
         .run()
         .await?;
