@@ -9,9 +9,9 @@ use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilte
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, PublishMetadata, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    bootstrap, config, fresh_postgres_database, header, headers_of, postgres_url, unique,
+    bootstrap, config, fresh_postgres_database, header, headers_of, postgres_url,
+    read_until_settled, unique,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -44,36 +44,18 @@ fn relay_settings(dead_letter_topic: &str) -> RelaySettings {
     }
 }
 
-/// Reads `topic` from the beginning until `want` records of `run` arrived; returns them
-/// in the order they were read, per partition.
-fn read_run(topic: &str, run: &str, want: usize) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("outbox-readback"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let mut found = Vec::new();
-    while found.len() < want {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {want} records arrived",
-            found.len()
-        );
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            let ours = message
-                .payload()
-                .and_then(|p| serde_json::from_slice::<OrderPlaced>(p).ok())
-                .is_some_and(|e| e.run == run);
-            if ours {
-                found.push(message.detach());
-            }
-        }
-    }
-    found
+/// How long a read waits, after the last expected event arrived, for a record of the run
+/// that should not be there (a duplicate, a rolled-back event): well beyond the relay's
+/// poll interval, 100 ms.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Reads `topic` from the beginning until `want` distinct events of `run` arrived and then
+/// `settle` passed without another record of the run; returns every record of the run
+/// read, duplicates included, in the order read, per partition.
+fn read_run(topic: &str, run: &str, want: usize, settle: Duration) -> Vec<OwnedMessage> {
+    let ours =
+        |payload: &[u8]| serde_json::from_slice::<OrderPlaced>(payload).is_ok_and(|e| e.run == run);
+    read_until_settled(&bootstrap(), topic, ours, want, settle, DEADLINE)
 }
 
 /// Runs `relay` while `body` runs, then stops it.
@@ -178,7 +160,7 @@ async fn postgres_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire
     let records = with_relay(relay, async {
         tokio::task::spawn_blocking({
             let run = run.clone();
-            move || read_run(OrderPlaced::TOPIC, &run, 1)
+            move || read_run(OrderPlaced::TOPIC, &run, 1, SETTLE)
         })
         .await
         .unwrap()
@@ -238,7 +220,7 @@ async fn sqlite_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_h
     let records = with_relay(relay, async {
         tokio::task::spawn_blocking({
             let run = run.clone();
-            move || read_run(OrderPlaced::TOPIC, &run, 1)
+            move || read_run(OrderPlaced::TOPIC, &run, 1, SETTLE)
         })
         .await
         .unwrap()
@@ -278,10 +260,11 @@ fn transactions_over_25_keys(run: &str, events: u32) -> Vec<Vec<OrderPlaced>> {
 /// the order they were committed.
 async fn assert_each_keys_order(run: &str, events: u32) {
     let run = run.to_owned();
-    let records =
-        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, events as usize))
-            .await
-            .unwrap();
+    let records = tokio::task::spawn_blocking(move || {
+        read_run(OrderPlaced::TOPIC, &run, events as usize, SETTLE)
+    })
+    .await
+    .unwrap();
     let mut per_key: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for record in &records {
         let event: OrderPlaced = serde_json::from_slice(record.payload().unwrap()).unwrap();
@@ -398,7 +381,7 @@ async fn a_malformed_outbox_row_is_dead_lettered_and_does_not_block_the_rows_beh
     let records = with_relay(relay, async {
         tokio::task::spawn_blocking({
             let run = run.clone();
-            move || read_run(OrderPlaced::TOPIC, &run, 3)
+            move || read_run(OrderPlaced::TOPIC, &run, 3, SETTLE)
         })
         .await
         .unwrap()
@@ -481,9 +464,10 @@ async fn two_relays_publish_each_event_once(first: impl TestOutbox, second: impl
             })
             .collect()
     };
-    let read = |want: usize| {
+    // Until `want` events are there; `settle` longer for late duplicates.
+    let read = |want: usize, settle: Duration| {
         let run = run.clone();
-        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, want))
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, want, settle))
     };
 
     // The first relay starts alone and becomes the active one; the second waits.
@@ -495,13 +479,13 @@ async fn two_relays_publish_each_event_once(first: impl TestOutbox, second: impl
     for events in batch(0..100) {
         first.commit(events).await;
     }
-    read(500).await.unwrap();
+    read(500, Duration::ZERO).await.unwrap();
     let standby = second.relay_with(relay_settings(&unique("tests-dlq")));
     let records = with_relay(standby, async {
         for events in batch(100..200) {
             second.commit(events).await;
         }
-        read(1_000).await.unwrap();
+        read(1_000, Duration::ZERO).await.unwrap();
         // The active relay goes away; the standby must take over the rest.
         stop_active.send(()).unwrap();
         tokio::time::timeout(DEADLINE, active)
@@ -512,7 +496,9 @@ async fn two_relays_publish_each_event_once(first: impl TestOutbox, second: impl
         for events in batch(200..300) {
             first.commit(events).await;
         }
-        read(1_500).await.unwrap()
+        // Every event, and then no record for a while: a duplicate published by either
+        // relay, also after the takeover, would be among them.
+        read(1_500, SETTLE).await.unwrap()
     })
     .await;
 
@@ -523,7 +509,8 @@ async fn two_relays_publish_each_event_once(first: impl TestOutbox, second: impl
         let event: OrderPlaced = serde_json::from_slice(record.payload().unwrap()).unwrap();
         per_key.entry(event.order_id).or_default().push(event.seq);
     }
-    assert_eq!(ids.len(), 1_500, "no event published twice");
+    assert_eq!(ids.len(), 1_500, "every event published");
+    assert_eq!(records.len(), 1_500, "no event published twice");
     for (key, seqs) in per_key {
         assert_eq!(seqs, (0..300).collect::<Vec<u32>>(), "order of key {key}");
     }
@@ -681,7 +668,7 @@ async fn a_sqlite_relay_takes_over_the_lease_of_a_crashed_relay_once_it_expired(
             "nothing published while the crashed relay's lease lasts"
         );
         let run = run.clone();
-        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 3))
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 3, SETTLE))
             .await
             .unwrap()
     })
@@ -717,7 +704,7 @@ async fn retention_zero_deletes_published_rows(outbox: impl TestOutbox) {
     with_relay(keep, async {
         outbox.commit(events[..25].to_vec()).await;
         let run = run.clone();
-        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 25))
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 25, Duration::ZERO))
             .await
             .unwrap();
     })
@@ -732,7 +719,7 @@ async fn retention_zero_deletes_published_rows(outbox: impl TestOutbox) {
         outbox.commit(events[25..].to_vec()).await;
         let records = {
             let run = run.clone();
-            tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 50))
+            tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 50, SETTLE))
                 .await
                 .unwrap()
         };
