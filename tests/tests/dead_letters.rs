@@ -151,9 +151,15 @@ impl EventHandler<Parcel> for Arc<ParcelHandler> {
 
 /// A poison record put on the topic, and what its dead letter must say.
 struct Poison {
+    /// Its key and number in the run, as the handler sees them.
+    key: u32,
+    seq: u32,
     partition: i32,
     offset: i64,
     reason: DeadLetterReason,
+    /// How often the policy lets the handler be called with it: 3 for a transient
+    /// failure (`fast_retry`), 1 for a permanent failure or a panic, 0 for a record that
+    /// cannot be decoded. The dead letter says as much.
     attempts: u32,
 }
 
@@ -255,6 +261,8 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
                 }
             };
             poisons.push(Poison {
+                key,
+                seq,
                 partition: delivery.0,
                 offset: delivery.1,
                 reason,
@@ -379,8 +387,36 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
             ]
         );
     }
-    // Flaky records were tried exactly as often as the policy allows.
-    assert!(handler.attempts.lock().unwrap().values().all(|&a| a <= 3));
+    // Each poison record reached the handler exactly as often as the policy allows (a
+    // record that cannot be decoded never reaches it).
+    {
+        let attempts = handler.attempts.lock().unwrap();
+        for poison in &poisons {
+            let expected = if poison.reason == DeadLetterReason::Decode {
+                0
+            } else {
+                poison.attempts
+            };
+            assert_eq!(
+                attempts
+                    .get(&(poison.key, poison.seq))
+                    .copied()
+                    .unwrap_or(0),
+                expected,
+                "handler calls for the {:?} poison record key {} seq {} (offset {})",
+                poison.reason,
+                poison.key,
+                poison.seq,
+                poison.offset
+            );
+        }
+        assert!(
+            poisons
+                .iter()
+                .any(|p| p.reason == DeadLetterReason::Handler && p.attempts == 3),
+            "a transiently failing record is among the poison"
+        );
+    }
 
     let handled_calls: usize = handler.handled.lock().unwrap().values().map(Vec::len).sum();
     let handled: usize = handler
