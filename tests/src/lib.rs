@@ -337,15 +337,130 @@ pub async fn run_until_done(
     consumer: pegasus_events::EventConsumer,
     done: impl Fn() -> bool + Send + 'static,
 ) {
+    run_until_done_watching(consumer, &HandlerFailures::default(), done).await;
+}
+
+/// [`run_until_done`] for a consumer whose handlers are watched by `failures`: as soon as
+/// one of them fails (a failed `assert!` in it, which the runtime would catch and
+/// dead-letter), the consumer is shut down and the test fails with that failure's message,
+/// instead of waiting for the deadline.
+///
+/// # Panics
+///
+/// When a watched handler failed, when `done()` does not hold within [`TEST_DEADLINE`],
+/// or when the consumer fails.
+pub async fn run_until_done_watching(
+    consumer: pegasus_events::EventConsumer,
+    failures: &HandlerFailures,
+    done: impl Fn() -> bool + Send + 'static,
+) {
+    let watched = failures.clone();
     let stop = async move {
-        while !done() {
+        while !done() && watched.first().is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(TEST_DEADLINE, consumer.run_until(stop))
-        .await
-        .expect("the consumer saw what it waited for before the deadline")
+    let ran = tokio::time::timeout(TEST_DEADLINE, consumer.run_until(stop)).await;
+    if let Some(failure) = failures.first() {
+        panic!("{failure}");
+    }
+    ran.expect("the consumer saw what it waited for before the deadline")
         .expect("the consumer ran");
+}
+
+/// The failures of the handlers a test watches with [`HandlerFailures::watch`]. The
+/// runtime catches a handler's panic and dead-letters the record, so a failed `assert!` in
+/// a handler would otherwise show only as a test that runs into its deadline;
+/// [`run_until_done_watching`] fails the test at once with the first failure's message.
+#[derive(Clone, Debug, Default)]
+pub struct HandlerFailures(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl HandlerFailures {
+    /// `handler`, with every panic (a failed assertion) and every `Err` it returns recorded
+    /// here before the runtime sees it; the runtime then treats it as usual.
+    pub fn watch<H>(&self, handler: H) -> Watched<H> {
+        Watched {
+            handler,
+            failures: self.clone(),
+        }
+    }
+
+    /// The first failure recorded, if any.
+    pub fn first(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .cloned()
+    }
+
+    fn record(&self, failure: String) {
+        eprintln!("{failure}");
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(failure);
+    }
+}
+
+/// A handler watched by [`HandlerFailures`]; it handles exactly as the handler it wraps.
+pub struct Watched<H> {
+    handler: H,
+    failures: HandlerFailures,
+}
+
+impl<E, H> pegasus_events::consumer::EventHandler<E> for Watched<H>
+where
+    E: pegasus_events::Event,
+    H: pegasus_events::consumer::EventHandler<E>,
+{
+    async fn handle(
+        &self,
+        event: E,
+        context: &pegasus_events::consumer::EventContext<'_>,
+    ) -> Result<(), pegasus_events::consumer::HandlerError> {
+        let at = format!(
+            "{}/{}@{} (attempt {})",
+            context.topic, context.partition, context.offset, context.attempt
+        );
+        match CatchUnwind(Box::pin(self.handler.handle(event, context))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                self.failures
+                    .record(format!("a watched handler failed on {at}: {error}"));
+                Err(error)
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
+                self.failures
+                    .record(format!("a watched handler panicked on {at}: {message}"));
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+/// A future's output, or its panic.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Runs `consumer` until `signal` completes, then shuts it down gracefully.

@@ -13,10 +13,13 @@ use std::time::Duration;
 use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
 };
+use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter};
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    bootstrap, config, kafka_script, run_until_done, run_with_signal, unique, TEST_DEADLINE,
+    bootstrap, config, header, headers_of, kafka_script, read_record, run_until_done,
+    run_until_done_watching, run_with_signal, unique, HandlerFailures, TEST_DEADLINE,
 };
+use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 
 async fn create_topic<E: Event>(partitions: i32) {
@@ -440,11 +443,21 @@ async fn a_panicking_handler_is_dead_lettered_without_crashing_the_runtime() {
             n,
         })
         .collect();
-    publish_all(&events).await;
+    let producer = EventProducer::new(&config("test-publisher")).unwrap();
+    let deliveries: Vec<_> = producer
+        .publish_all(&events)
+        .await
+        .into_iter()
+        .map(|result| result.expect("published"))
+        .collect();
+    let panicking = &deliveries[2];
     let panicky = FailOn::new(&run, Some(2), true);
+    let group = unique("panic");
+    let settings = fast_settings();
+    let dlq = settings.dead_letter_topic.clone();
     let consumer = EventConsumer::builder(config("panic-test"))
-        .group_id(unique("panic"))
-        .settings(fast_settings())
+        .group_id(&group)
+        .settings(settings)
         .handler::<Failing, _>(Arc::clone(&panicky))
         .build()
         .unwrap();
@@ -455,6 +468,88 @@ async fn a_panicking_handler_is_dead_lettered_without_crashing_the_runtime() {
         panicky.attempts_of(2),
         vec![1],
         "a panic is not retried, even under a retry-forever policy: the record is dead-lettered"
+    );
+
+    // The dead-letter topic (this test's own) holds the panicking record, and only it.
+    let queue = DeadLetterQueue::new(&config("dlq-reader"))
+        .unwrap()
+        .topic(&dlq);
+    let deadline = tokio::time::Instant::now() + TEST_DEADLINE;
+    let letters = loop {
+        let letters = queue.read(&ReplayFilter::new()).await.expect("readable");
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter on {dlq}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.reason, DeadLetterReason::Panic);
+    assert_eq!(letter.attempts, 1);
+    assert_eq!(letter.consumer_group, group);
+    assert_eq!(letter.record.topic, Failing::TOPIC);
+    assert_eq!(
+        (letter.original_partition, letter.original_offset),
+        (panicking.partition, panicking.offset)
+    );
+    assert_eq!(letter.event_id(), Some(panicking.event_id));
+    assert!(
+        letter.error.contains("handler panics on 2 (attempt 1)"),
+        "the panic's message is the error: {}",
+        letter.error
+    );
+
+    // As stored: the original key, value and headers, then the dead-letter headers.
+    let original = read_record(Failing::TOPIC, panicking.partition, panicking.offset);
+    let stored = read_record(&dlq, letter.partition, letter.offset);
+    assert_eq!(stored.key(), original.key());
+    assert_eq!(stored.payload(), original.payload());
+    let original_headers = headers_of(&original);
+    let stored_headers = headers_of(&stored);
+    assert_eq!(
+        stored_headers[..original_headers.len()],
+        original_headers[..],
+        "the original headers come first, unchanged"
+    );
+    let added: Vec<(&str, &str)> = stored_headers[original_headers.len()..]
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let partition = panicking.partition.to_string();
+    let offset = panicking.offset.to_string();
+    let names: Vec<&str> = added.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "dlq-original-topic",
+            "dlq-original-partition",
+            "dlq-original-offset",
+            "dlq-original-timestamp",
+            "dlq-consumer-group",
+            "dlq-reason",
+            "dlq-error",
+            "dlq-attempts",
+            "dlq-failed-at"
+        ]
+    );
+    let added_header = |name| header(&stored_headers, name);
+    assert_eq!(added_header("dlq-original-topic"), Some(Failing::TOPIC));
+    assert_eq!(
+        added_header("dlq-original-partition"),
+        Some(partition.as_str())
+    );
+    assert_eq!(added_header("dlq-original-offset"), Some(offset.as_str()));
+    assert_eq!(added_header("dlq-consumer-group"), Some(group.as_str()));
+    assert_eq!(added_header("dlq-reason"), Some("panic"));
+    assert_eq!(added_header("dlq-error"), Some(letter.error.as_str()));
+    assert_eq!(added_header("dlq-attempts"), Some("1"));
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(added_header("dlq-failed-at").unwrap()).is_ok(),
+        "dlq-failed-at is a time: {added:?}"
     );
 }
 
@@ -789,15 +884,21 @@ async fn a_mixed_topic_dispatches_each_record_to_the_handler_of_its_ce_type() {
         run,
         ..MixedProbe::default()
     });
+    // The created-handler asserts on its context: a failed assertion fails the test at
+    // once, with its message, instead of being dead-lettered.
+    let failures = HandlerFailures::default();
     let consumer = EventConsumer::builder(config("mixed-test"))
         .group_id(unique("mixed"))
         .settings(fast_settings())
-        .handler::<UserCreated, _>(Arc::clone(&probe))
-        .handler::<UserDeactivated, _>(Arc::clone(&probe))
+        .handler::<UserCreated, _>(failures.watch(Arc::clone(&probe)))
+        .handler::<UserDeactivated, _>(failures.watch(Arc::clone(&probe)))
         .build()
         .unwrap();
     let watched = Arc::clone(&probe);
-    run_until_done(consumer, move || watched.seen.lock().unwrap().len() >= 6).await;
+    run_until_done_watching(consumer, &failures, move || {
+        watched.seen.lock().unwrap().len() >= 6
+    })
+    .await;
     assert_eq!(
         *probe.seen.lock().unwrap(),
         vec![
