@@ -274,6 +274,17 @@ pub struct LedgerEntry {
     pub n: u32,
 }
 
+/// The event of the SIGTERM test, shared by the test and the consumer process it signals
+/// (`src/bin/signalled_consumer.rs`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, pegasus_events::Event)]
+#[event(topic = "tests.signals.sigterm", name = "SignalledEvent")]
+pub struct Signalled {
+    /// Which test run published it.
+    pub run: String,
+    /// Its number in the run, from 0.
+    pub n: u32,
+}
+
 /// The counts of one fault scenario, as the README's table shows them.
 #[derive(Debug)]
 pub struct FaultScenario<'a> {
