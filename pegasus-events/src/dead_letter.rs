@@ -52,7 +52,7 @@ use uuid::Uuid;
 use crate::config::{client_error, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::producer::EncodedRecord;
-use crate::record_headers::ByteHeaders;
+use crate::wire::ByteHeaders;
 
 /// The dead-letter topic of the design: `dlq-events`.
 pub const DEFAULT_TOPIC: &str = "dlq-events";

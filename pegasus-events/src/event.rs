@@ -135,7 +135,7 @@ pub fn decode_exact<E: Event>(version: u32, payload: &[u8]) -> Result<E, Error> 
             oldest: E::OLDEST_VERSION,
         });
     }
-    crate::wire::decode_payload::<E>(payload)
+    decode_payload::<E>(payload)
 }
 
 /// Rejects versions newer than `E::VERSION` and versions older than `E::OLDEST_VERSION`.
@@ -157,11 +157,59 @@ pub fn check_version<E: Event>(version: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Serializes `event` as the record value: plain JSON exactly as serde writes it.
+pub fn encode_payload<E: Event>(event: &E, out: &mut Vec<u8>) -> Result<(), Error> {
+    serde_json::to_writer(out, event).map_err(|e| Error::Serialize {
+        event_type: E::NAME,
+        detail: e.to_string(),
+    })
+}
+
+/// Decodes a JSON payload into `E` exactly (no version logic), with an error that carries
+/// no value from the payload.
+pub fn decode_payload<E: Event>(payload: &[u8]) -> Result<E, Error> {
+    serde_json::from_slice(payload).map_err(|e| payload_error::<E>(&e))
+}
+
+/// Builds [`Error::MalformedPayload`] without any value from the payload: serde's data
+/// errors quote the offending value (`invalid type: string "alice@example.com"`), which may
+/// be a sensitive field, so only messages that name fields, never values, are kept.
+fn payload_error<E: Event>(error: &serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let detail = match error.classify() {
+        Category::Syntax => "not valid JSON".to_owned(),
+        Category::Eof => "JSON ends early".to_owned(),
+        Category::Io => "read error".to_owned(),
+        Category::Data => {
+            let message = error.to_string();
+            let names_a_field = ["missing field `", "unknown field `", "duplicate field `"]
+                .iter()
+                .any(|prefix| message.starts_with(prefix));
+            if names_a_field {
+                // "missing field `x` at line 1 column 2": keep the part before " at line".
+                message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or("does not match the event's fields")
+                    .to_owned()
+            } else {
+                "a value does not match the event's field types".to_owned()
+            }
+        }
+    };
+    Error::MalformedPayload {
+        event_type: E::NAME,
+        detail,
+        line: error.line(),
+        column: error.column(),
+    }
+}
+
 /// Items used by the code `#[derive(Event)]` generates. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::event::decode_payload;
     pub use crate::event::{check_version, REDACTED};
-    pub use crate::wire::decode_payload;
 
     /// Compile-time string equality, for the derive's upcast checks.
     pub const fn str_eq(a: &str, b: &str) -> bool {

@@ -96,7 +96,6 @@ pub mod outbox;
 pub mod producer;
 #[cfg(test)]
 mod property_tests;
-mod record_headers;
 pub mod wire;
 
 pub use admin::{TopicAdmin, TopicSpec};

@@ -46,7 +46,7 @@ use uuid::Uuid;
 use crate::config::{client_error, KafkaConfig};
 use crate::error::Error;
 use crate::event::Event;
-use crate::record_headers::ByteHeaders;
+use crate::wire::ByteHeaders;
 use crate::wire::{self, OutgoingHeaders, PublishMetadata};
 
 /// Where an acknowledged event was stored.

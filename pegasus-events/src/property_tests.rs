@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::consumer::dispatch::{Env, Mixed, Outcome, Record, RecordHandler, Typed};
 use crate::consumer::{ConsumerSettings, EventContext, EventHandler, HandlerError, RetryPolicy};
 use crate::error::Error;
-use crate::record_headers::with_raw_header;
+use crate::wire::with_raw_header;
 use crate::{wire, Event, KafkaConfig};
 
 #[derive(Debug, Serialize, Deserialize, crate::Event)]

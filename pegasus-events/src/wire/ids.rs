@@ -1,0 +1,28 @@
+//! Event ids: the `ce_id` written is a v7 UUID; a record read without one gets an id
+//! derived from where it is stored, the same on every redelivery.
+
+use std::fmt::Write as _;
+
+use uuid::Uuid;
+
+use super::time::StackStr;
+
+/// Namespace of the deterministic ids given to plain JSON records (UUID v5 of
+/// `topic/partition/offset`).
+pub const PLAIN_RECORD_ID_NAMESPACE: Uuid =
+    Uuid::from_u128(0x6a1f_4c2e_9b7d_4e0a_8f35_2d61_c0de_e7e1);
+
+/// The id given to a plain JSON record: a UUID v5 of `topic/partition/offset`, so every
+/// redelivery of the same record has the same id.
+pub fn plain_record_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+    let mut name = StackStr::<320>::new();
+    if write!(name, "{topic}/{partition}/{offset}").is_ok() {
+        Uuid::new_v5(&PLAIN_RECORD_ID_NAMESPACE, name.as_str().as_bytes())
+    } else {
+        // Topic names are at most 249 bytes, so this branch is for hand-made records only.
+        Uuid::new_v5(
+            &PLAIN_RECORD_ID_NAMESPACE,
+            format!("{topic}/{partition}/{offset}").as_bytes(),
+        )
+    }
+}

@@ -1,0 +1,123 @@
+//! The wire format: CloudEvents 1.0 in Kafka binary content mode, plus the design's
+//! extensions, exactly as `docs/wire-format.md` specifies.
+//!
+//! # Guarantees
+//!
+//! - Writing: the record value is the event serialized by serde, with no envelope; the key
+//!   is the partition key (or the event id when the event has no key field); the headers
+//!   are `ce_specversion`, `ce_id` (a v7 UUID unless the caller gives one), `ce_source`,
+//!   `ce_type`, `ce_time` (RFC 3339 UTC with milliseconds), `content-type`,
+//!   `ce_schemaversion`, `ce_partitionkey` when keyed, and the optional `ce_subject`,
+//!   `ce_correlationid`, `ce_causationid`, `traceparent` and `tracestate`.
+//! - Reading accepts three forms: binary mode (the above), structured mode
+//!   (`content-type: application/cloudevents+json`, the whole event as JSON with the payload
+//!   under `data`), and plain JSON with no `ce_` header at all, as the .NET services publish.
+//!   A plain record's id is derived deterministically from topic, partition and offset, so
+//!   a redelivery has the same id.
+//! - Every way a record can fail to decode is a typed [`Error`] ([`Error::is_decode_error`]
+//!   is true for all of them); decoding never panics and never puts payload values into the
+//!   error.
+//! - Reading borrows from the record: [`EventMetadata`] holds `Cow`s that point into the
+//!   record's headers, so decoding allocates nothing beyond what serde needs for the event.
+//!
+//! # Layout
+//!
+//! | file | what it holds |
+//! |------|---------------|
+//! | `header.rs` | the header names of the contract |
+//! | `outgoing.rs` | the headers we write, [`PublishMetadata`] |
+//! | `read.rs` | reading the contract's headers as bytes, attributes shared by the forms |
+//! | `binary.rs`, `structured.rs`, `plain.rs` | the three read forms |
+//! | `ids.rs` | event ids, and the ids derived for records that carry none |
+//! | `time.rs` | times as written and read |
+//! | `metadata.rs` | [`EventMetadata`], [`Decoded`], [`WireForm`] |
+//! | `byte_headers.rs` | [`ByteHeaders`]: header names and values as bytes |
+
+use std::borrow::Cow;
+
+use rdkafka::message::Message;
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+mod binary;
+mod byte_headers;
+pub mod header;
+mod ids;
+mod metadata;
+mod outgoing;
+mod plain;
+mod read;
+mod structured;
+mod time;
+
+pub use crate::event::{decode_payload, encode_payload};
+#[cfg(test)]
+pub(crate) use byte_headers::with_raw_header;
+pub use byte_headers::{ByteHeaders, HeaderBytes};
+pub use ids::{plain_record_id, PLAIN_RECORD_ID_NAMESPACE};
+pub use metadata::{Decoded, EventMetadata, WireForm};
+pub use outgoing::{OutgoingHeaders, PublishMetadata};
+
+use read::{required, FoundHeaders};
+
+/// The CloudEvents version written and read.
+pub const SPEC_VERSION: &str = "1.0";
+/// The content type of a binary-mode value.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// The content type prefix of a structured-mode record.
+pub const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents";
+
+/// The event type a record declares, in any of the three forms; `None` for plain JSON.
+///
+/// Mixed topics (the design's `identity-events`) dispatch on it before decoding.
+pub fn event_type<M>(message: &M) -> Result<Option<Cow<'_, str>>>
+where
+    M: Message,
+    M::Headers: ByteHeaders,
+{
+    let found = FoundHeaders::read(message);
+    if is_structured(found.content_type) {
+        let payload = message.payload().ok_or(Error::EmptyPayload)?;
+        let envelope: structured::StructuredEnvelope<'_> = serde_json::from_slice(payload)
+            .map_err(|_| Error::MalformedHeader {
+                header: header::CONTENT_TYPE,
+                reason: "structured-mode value is not a CloudEvent JSON object".to_owned(),
+            })?;
+        return Ok(Some(envelope.event_type));
+    }
+    if !found.any_cloudevents {
+        return Ok(None);
+    }
+    required(header::TYPE, found.event_type).map(|t| Some(Cow::Borrowed(t)))
+}
+
+fn is_structured(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.len() >= CONTENT_TYPE_CLOUDEVENTS.len()
+            && ct[..CONTENT_TYPE_CLOUDEVENTS.len()]
+                .eq_ignore_ascii_case(CONTENT_TYPE_CLOUDEVENTS.as_bytes())
+    })
+}
+
+pub(super) fn is_json_content_type(value: &str) -> bool {
+    let media = value.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
+}
+
+/// Decodes a Kafka record into `E` and its metadata, in whichever of the three forms it is.
+pub fn decode<E, M>(message: &M) -> Result<Decoded<'_, E>>
+where
+    E: Event,
+    M: Message,
+    M::Headers: ByteHeaders,
+{
+    let found = FoundHeaders::read(message);
+    if is_structured(found.content_type) {
+        return structured::decode_structured(message);
+    }
+    if found.any_cloudevents {
+        return binary::decode_binary(message, &found);
+    }
+    plain::decode_plain(message)
+}

@@ -1,0 +1,178 @@
+//! The headers we write: one place decides which headers a published event carries, in
+//! which order and with which values; the producer and the outbox both write from it.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::header;
+use super::time::{format_time, StackStr};
+use super::{CONTENT_TYPE_JSON, SPEC_VERSION};
+use crate::event::Event;
+
+/// Optional metadata given when publishing; everything not set is filled in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishMetadata {
+    /// The event id; a new v7 UUID when unset. Setting it lets a retry keep its identity.
+    pub event_id: Option<Uuid>,
+    /// When the event occurred; now when unset.
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// `ce_subject`: the entity the event is about.
+    pub subject: Option<String>,
+    /// `ce_correlationid`: ties the events of one business flow together.
+    pub correlation_id: Option<String>,
+    /// `ce_causationid`: the id of the event that caused this one.
+    pub causation_id: Option<String>,
+    /// W3C `traceparent`.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<String>,
+}
+
+impl PublishMetadata {
+    /// Empty metadata.
+    pub fn new() -> Self {
+        PublishMetadata::default()
+    }
+
+    /// Sets the subject.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id (the `ce_id` of the causing event).
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the event id.
+    pub fn event_id(mut self, id: Uuid) -> Self {
+        self.event_id = Some(id);
+        self
+    }
+
+    /// Sets when the event occurred.
+    pub fn occurred_at(mut self, at: DateTime<Utc>) -> Self {
+        self.occurred_at = Some(at);
+        self
+    }
+}
+
+/// The header values of one outgoing event, formatted without heap allocation.
+///
+/// This is the one place that decides which headers a published event carries; the
+/// producer and the outbox both write from it.
+pub struct OutgoingHeaders<'a> {
+    id: Uuid,
+    id_text: [u8; 36],
+    time: StackStr<32>,
+    version: StackStr<10>,
+    source: &'a str,
+    event_type: &'static str,
+    partition_key: Option<&'a str>,
+    metadata: Option<&'a PublishMetadata>,
+}
+
+impl<'a> OutgoingHeaders<'a> {
+    /// The headers of `E` published by `source`, keyed by `partition_key` when the event
+    /// has a key field.
+    pub fn new<E: Event>(
+        source: &'a str,
+        partition_key: Option<&'a str>,
+        metadata: Option<&'a PublishMetadata>,
+    ) -> Self {
+        let id = metadata
+            .and_then(|m| m.event_id)
+            .unwrap_or_else(Uuid::now_v7);
+        let time = metadata
+            .and_then(|m| m.occurred_at)
+            .unwrap_or_else(Utc::now);
+        let mut id_text = [0u8; 36];
+        id.as_hyphenated().encode_lower(&mut id_text);
+        let mut version = StackStr::new();
+        let _ = write!(version, "{}", E::VERSION);
+        OutgoingHeaders {
+            id,
+            id_text,
+            time: format_time(&time),
+            version,
+            source,
+            event_type: E::NAME,
+            partition_key,
+            metadata,
+        }
+    }
+
+    /// The event id.
+    pub fn event_id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The event id as text: the record key of an event without a key field.
+    pub fn event_id_str(&self) -> &str {
+        // encode_lower writes ASCII hex and hyphens only.
+        std::str::from_utf8(&self.id_text).unwrap_or_default()
+    }
+
+    /// The record key: the partition key, or the event id.
+    pub fn record_key(&self) -> &str {
+        match self.partition_key {
+            Some(key) => key,
+            None => self.event_id_str(),
+        }
+    }
+
+    /// Calls `write` with every header name and value, in the order of the contract.
+    pub fn for_each(&self, mut write: impl FnMut(&'static str, &str)) {
+        write(header::SPEC_VERSION, SPEC_VERSION);
+        write(header::ID, self.event_id_str());
+        write(header::SOURCE, self.source);
+        write(header::TYPE, self.event_type);
+        write(header::TIME, self.time.as_str());
+        write(header::CONTENT_TYPE, CONTENT_TYPE_JSON);
+        write(header::SCHEMA_VERSION, self.version.as_str());
+        if let Some(key) = self.partition_key {
+            write(header::PARTITION_KEY, key);
+        }
+        if let Some(metadata) = self.metadata {
+            let optional = [
+                (header::SUBJECT, &metadata.subject),
+                (header::CORRELATION_ID, &metadata.correlation_id),
+                (header::CAUSATION_ID, &metadata.causation_id),
+                (header::TRACEPARENT, &metadata.traceparent),
+                (header::TRACESTATE, &metadata.tracestate),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    write(name, value);
+                }
+            }
+        }
+    }
+}
+
+impl OutgoingHeaders<'_> {
+    /// The headers as librdkafka takes them; the values are copied into librdkafka's own
+    /// memory, so this costs no Rust allocation.
+    pub fn to_kafka_headers(&self) -> rdkafka::message::OwnedHeaders {
+        let mut headers = Some(rdkafka::message::OwnedHeaders::new_with_capacity(10));
+        self.for_each(|name, value| {
+            headers = headers.take().map(|h| {
+                h.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(value),
+                })
+            });
+        });
+        headers.unwrap_or_default()
+    }
+}
