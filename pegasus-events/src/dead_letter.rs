@@ -95,15 +95,20 @@ pub enum DeadLetterReason {
     Handler,
     /// The handler panicked.
     Panic,
+    /// The outbox relay could not publish the record: the broker refused it for good (too
+    /// large, not authorised, an invalid topic), so sending it again cannot succeed. Written
+    /// by the relay (group `outbox-relay`), never by a consumer.
+    Publish,
 }
 
 impl DeadLetterReason {
-    /// The header value: `decode`, `handler` or `panic`.
+    /// The header value: `decode`, `handler`, `panic` or `publish`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::Decode => "decode",
             DeadLetterReason::Handler => "handler",
             DeadLetterReason::Panic => "panic",
+            DeadLetterReason::Publish => "publish",
         }
     }
 
@@ -112,6 +117,7 @@ impl DeadLetterReason {
             "decode" => Some(DeadLetterReason::Decode),
             "handler" => Some(DeadLetterReason::Handler),
             "panic" => Some(DeadLetterReason::Panic),
+            "publish" => Some(DeadLetterReason::Publish),
             _ => None,
         }
     }

@@ -9,11 +9,11 @@
 //! cargo run -p dead-letter-replay -- --group identity-api-shipmentcreated-consumer --reason handler --replay
 //! ```
 //!
-//! Filters: `--topic <original topic>`, `--reason decode|handler|panic`, `--group <group>`,
-//! `--event-id <uuid>` (repeatable), `--since <RFC 3339>` and `--until <RFC 3339>` (the time
-//! of the last failure), `--dead-letter-topic <name>` (default `dlq-events`). Without
-//! `--replay` it only lists. Replayed records keep their `ce_id`, so a consumer with an
-//! idempotency store skips any it had handled after all.
+//! Filters: `--topic <original topic>`, `--reason decode|handler|panic|publish`,
+//! `--group <group>`, `--event-id <uuid>` (repeatable), `--since <RFC 3339>` and
+//! `--until <RFC 3339>` (the time of the last failure), `--dead-letter-topic <name>`
+//! (default `dlq-events`). Without `--replay` it only lists. Replayed records keep their
+//! `ce_id`, so a consumer with an idempotency store skips any it had handled after all.
 
 use chrono::{DateTime, Utc};
 use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter, DEFAULT_TOPIC};
@@ -22,8 +22,9 @@ use pegasus_events::KafkaConfig;
 fn usage(problem: &str) -> ! {
     eprintln!("dead-letter-replay: {problem}");
     eprintln!(
-        "usage: dead-letter-replay [--topic T] [--reason decode|handler|panic] [--group G] \
-         [--event-id UUID]... [--since TIME] [--until TIME] [--dead-letter-topic T] [--replay]"
+        "usage: dead-letter-replay [--topic T] [--reason decode|handler|panic|publish] \
+         [--group G] [--event-id UUID]... [--since TIME] [--until TIME] \
+         [--dead-letter-topic T] [--replay]"
     );
     std::process::exit(2);
 }
@@ -60,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "decode" => DeadLetterReason::Decode,
                     "handler" => DeadLetterReason::Handler,
                     "panic" => DeadLetterReason::Panic,
+                    "publish" => DeadLetterReason::Publish,
                     other => usage(&format!("unknown reason `{other}`")),
                 })
             }
