@@ -141,6 +141,41 @@ async fn runtime_round(config: &KafkaConfig, count: u64) -> (f64, f64) {
     )
 }
 
+/// A handler that takes `SLOW_HANDLER` per record, like one that calls a database.
+struct Slow(Arc<AtomicU64>);
+
+/// How long the slow handler takes per record.
+const SLOW_HANDLER: Duration = Duration::from_millis(1);
+
+impl EventHandler<ConsumeSample> for Slow {
+    async fn handle(&self, _: ConsumeSample, _: &EventContext<'_>) -> Result<(), HandlerError> {
+        tokio::time::sleep(SLOW_HANDLER).await;
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs the slow handler over the backlog for `how_long`; returns the records handled.
+/// The backlog stays far larger than what is handled, so memory shows what the runtime
+/// fetches ahead, not what it drained.
+async fn slow_round(config: &KafkaConfig, how_long: Duration) -> u64 {
+    let seen = Arc::new(AtomicU64::new(0));
+    let consumer = EventConsumer::builder(config.clone())
+        .group_id(group())
+        .settings(ConsumerSettings {
+            commit_interval: Duration::from_millis(500),
+            ..ConsumerSettings::default()
+        })
+        .handler::<ConsumeSample, _>(Slow(Arc::clone(&seen)))
+        .build()
+        .expect("consumer");
+    consumer
+        .run_until(tokio::time::sleep(how_long))
+        .await
+        .expect("runtime ran");
+    seen.load(Ordering::Relaxed)
+}
+
 /// Reads `count` records with a raw StreamConsumer loop with the same commit semantics.
 /// With `read_headers`, it also reads the `ce_id` and `ce_type` headers, as any consumer of
 /// CloudEvents must to know which event it got (librdkafka parses headers lazily, on first
@@ -299,6 +334,19 @@ fn main() {
             let (rate, _) = runtime_round(&config, backlog).await;
             println!(
                 "  backlog of {backlog}: drained at {rate:.0} records/s; RSS before {} MiB, peak {} MiB",
+                before / 1024,
+                status_kib("VmHWM:") / 1024
+            );
+            // The same backlog (a new group reads it from the start) under a handler that
+            // takes 1 ms a record: the runtime may only fetch ahead as far as its bounds.
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            let before = status_kib("VmRSS:");
+            let how_long = Duration::from_secs(20);
+            let handled = slow_round(&config, how_long).await;
+            println!(
+                "  slow handler ({} ms a record) on that backlog for {} s: {handled} handled; RSS before {} MiB, peak {} MiB",
+                SLOW_HANDLER.as_millis(),
+                how_long.as_secs(),
                 before / 1024,
                 status_kib("VmHWM:") / 1024
             );

@@ -19,7 +19,8 @@
 //! - [`KafkaConfig::from_env`]: `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_CLIENT_ID`,
 //!   `KAFKA_SOURCE_SERVICE`, `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_MECHANISM`,
 //!   `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`, `KAFKA_ACKS`, `KAFKA_ENABLE_IDEMPOTENCE`,
-//!   `KAFKA_COMPRESSION`, `KAFKA_DELIVERY_TIMEOUT_MS`, `KAFKA_LINGER_MS`, and
+//!   `KAFKA_COMPRESSION`, `KAFKA_DELIVERY_TIMEOUT_MS`, `KAFKA_LINGER_MS`,
+//!   `KAFKA_WRITE_BASE_EVENT_FIELDS` (appsettings `WriteBaseEventFields`), and
 //!   `KAFKA_PROPERTY_<NAME>` for any librdkafka property (`KAFKA_PROPERTY_SOCKET_TIMEOUT_MS`
 //!   sets `socket.timeout.ms`). The .NET spelling `Kafka__BootstrapServers` works too.
 //! - [`KafkaConfig::load`]: an appsettings file if it exists, then the environment on top.
@@ -75,6 +76,13 @@ pub struct ProducerSettings {
     pub delivery_timeout: Duration,
     /// How long to wait for more records to fill a batch (`linger.ms`); 5 ms by default.
     pub linger: Duration,
+    /// Also write the design's `BaseEvent` fields (`eventId`, `occurredAt`, `eventType`,
+    /// `sourceService`, camelCase as System.Text.Json's web defaults name them) at the start
+    /// of each JSON payload, for .NET consumers that read them from the payload; off by
+    /// default (the CloudEvents headers carry them). An event that does not serialize as a
+    /// JSON object, or has a field of one of those names, then fails to publish with
+    /// [`Error::Serialize`]. Used by the producer and the outbox.
+    pub base_event_fields: bool,
 }
 
 impl Default for ProducerSettings {
@@ -85,6 +93,7 @@ impl Default for ProducerSettings {
             compression: Compression::None,
             delivery_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(5),
+            base_event_fields: false,
         }
     }
 }
@@ -271,6 +280,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("CompressionType", "KAFKA_COMPRESSION"),
     ("DeliveryTimeoutMs", "KAFKA_DELIVERY_TIMEOUT_MS"),
     ("LingerMs", "KAFKA_LINGER_MS"),
+    ("WriteBaseEventFields", "KAFKA_WRITE_BASE_EVENT_FIELDS"),
 ];
 
 /// librdkafka properties that typed fields own.
@@ -447,12 +457,9 @@ impl KafkaConfig {
                 self.producer.acks =
                     Acks::parse(&value).ok_or_else(|| config_error(&field, Acks::expected()))?;
             }
-            "EnableIdempotence" => {
-                self.producer.idempotence = match value.trim().to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => return Err(config_error(&field, "must be `true` or `false`")),
-                };
+            "EnableIdempotence" => self.producer.idempotence = parse_bool(&field, &value)?,
+            "WriteBaseEventFields" => {
+                self.producer.base_event_fields = parse_bool(&field, &value)?;
             }
             "CompressionType" => {
                 self.producer.compression = Compression::parse(&value)
@@ -469,6 +476,7 @@ impl KafkaConfig {
                     "unknown setting; the known ones are BootstrapServers, ClientId, \
                      SourceService, SecurityProtocol, SaslMechanism, SaslUsername, SaslPassword, \
                      Acks, EnableIdempotence, CompressionType, DeliveryTimeoutMs, LingerMs, \
+                     WriteBaseEventFields, \
                      or any librdkafka property by its dotted name",
                 ))
             }
@@ -640,6 +648,9 @@ pub fn is_secret_property(name: &str) -> bool {
         "jaas",
         "ssl.key",
         "oauthbearer.config",
+        // `sasl.oauthbearer.assertion.private.key.pem`, `.file`, `.passphrase`.
+        "private.key",
+        "passphrase",
     ];
     MARKERS.iter().any(|m| name.contains(m))
 }
@@ -709,6 +720,14 @@ fn validate_bootstrap(servers: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_bool(field: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(config_error(field, "must be `true` or `false`")),
+    }
 }
 
 fn config_error(field: &str, reason: &str) -> Error {
@@ -856,6 +875,20 @@ mod tests {
             matches!(err, Error::ConfigSyntax { line: 1, .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn oauth_assertion_keys_and_passphrases_count_as_secrets() {
+        for name in [
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "sasl.oauthbearer.assertion.private.key.file",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            assert!(is_secret_property(name), "{name}");
+        }
+        assert!(!is_secret_property("socket.timeout.ms"));
     }
 
     #[test]

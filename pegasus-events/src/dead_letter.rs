@@ -52,7 +52,7 @@ use uuid::Uuid;
 use crate::config::{client_error, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::producer::EncodedRecord;
-use crate::wire::ByteHeaders;
+use crate::wire::{self, ByteHeaders};
 
 /// The dead-letter topic of the design: `dlq-events`.
 pub const DEFAULT_TOPIC: &str = "dlq-events";
@@ -161,6 +161,29 @@ impl DeadLetter {
     /// The event id (`ce_id`), when the record had one.
     pub fn event_id(&self) -> Option<Uuid> {
         self.record.event_id()
+    }
+
+    /// The id a consumer gave this record when it read it as plain JSON without an id of
+    /// its own (no `ce_specversion`, no `ce_id`, not structured mode): derived from where
+    /// it was stored, `None` for any other record. Replay writes it as the record's `ce_id`,
+    /// so the replayed record keeps the id it had ([`wire::plain_record_id`]).
+    pub fn plain_record_id(&self) -> Option<Uuid> {
+        let has = |name: &str| self.record.headers.iter().any(|(n, _)| n == name);
+        let structured = self
+            .record
+            .header(wire::header::CONTENT_TYPE)
+            .is_some_and(|ct| {
+                ct.get(..wire::CONTENT_TYPE_CLOUDEVENTS.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(wire::CONTENT_TYPE_CLOUDEVENTS))
+            });
+        let plain = !has(wire::header::SPEC_VERSION) && !has(wire::header::ID) && !structured;
+        plain.then(|| {
+            wire::plain_record_id(
+                &self.record.topic,
+                self.original_partition,
+                self.original_offset,
+            )
+        })
     }
 
     /// Reads a dead-letter record; an error names the `dlq-` header that is missing or
@@ -276,7 +299,8 @@ impl ReplayFilter {
         self
     }
 
-    /// Only records with one of these event ids (`ce_id`).
+    /// Only records with one of these event ids (`ce_id`, or for a plain record without
+    /// one, the id derived from its place: [`DeadLetter::plain_record_id`]).
     pub fn event_ids(mut self, ids: impl IntoIterator<Item = Uuid>) -> Self {
         self.event_ids = Some(ids.into_iter().collect());
         self
@@ -296,10 +320,12 @@ impl ReplayFilter {
             && self
                 .failed_until
                 .is_none_or(|until| letter.failed_at < until)
-            && self
-                .event_ids
-                .as_ref()
-                .is_none_or(|ids| letter.event_id().is_some_and(|id| ids.contains(&id)))
+            && self.event_ids.as_ref().is_none_or(|ids| {
+                letter
+                    .event_id()
+                    .or_else(|| letter.plain_record_id())
+                    .is_some_and(|id| ids.contains(&id))
+            })
     }
 }
 
@@ -377,8 +403,8 @@ impl DeadLetterQueue {
         let timeout = self.config.producer.delivery_timeout;
         for letter in &letters {
             let record = &letter.record;
-            let headers = record.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(record.headers.len()),
+            let mut headers = record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len() + 1),
                 |h, (key, value)| {
                     h.insert(Header {
                         key,
@@ -386,6 +412,15 @@ impl DeadLetterQueue {
                     })
                 },
             );
+            // A plain record without an id of its own was known by an id derived from its
+            // old place; at its new place it would get another, so it carries it along.
+            let plain_id = letter.plain_record_id().map(|id| id.to_string());
+            if let Some(id) = &plain_id {
+                headers = headers.insert(Header {
+                    key: wire::header::ID,
+                    value: Some(id.as_str()),
+                });
+            }
             let mut outgoing = FutureRecord::to(&record.topic).headers(headers);
             if let Some(key) = &record.key {
                 outgoing = outgoing.key(key.as_slice());

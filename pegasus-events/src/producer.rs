@@ -143,8 +143,11 @@ impl fmt::Debug for EncodedRecord {
 }
 
 /// A publish that failed: the reason, and the record to retry with.
+///
+/// Its message names the event and the topic; the reason is its
+/// [`source`](std::error::Error::source), so an error chain shows each cause once.
 #[derive(Debug, thiserror::Error)]
-#[error("{error}")]
+#[error("{}", describe(self.record.as_deref()))]
 pub struct PublishError {
     /// Why it failed.
     #[source]
@@ -152,6 +155,16 @@ pub struct PublishError {
     /// The record, byte for byte, with its `ce_id`; `None` only when the event could not
     /// be serialized (then there is no record).
     pub record: Option<Box<EncodedRecord>>,
+}
+
+fn describe(record: Option<&EncodedRecord>) -> String {
+    match record {
+        Some(record) => match record.event_id() {
+            Some(id) => format!("cannot publish event {id} to topic `{}`", record.topic),
+            None => format!("cannot publish a record to topic `{}`", record.topic),
+        },
+        None => "cannot publish the event: it was not encoded".to_owned(),
+    }
 }
 
 impl PublishError {
@@ -173,6 +186,7 @@ pub struct EventProducer {
     producer: FutureProducer,
     source: std::sync::Arc<str>,
     delivery_timeout: Duration,
+    base_event_fields: bool,
 }
 
 impl fmt::Debug for EventProducer {
@@ -203,6 +217,7 @@ impl EventProducer {
             producer,
             source: config.source().into(),
             delivery_timeout: config.producer.delivery_timeout,
+            base_event_fields: config.producer.base_event_fields,
         })
     }
 
@@ -273,10 +288,7 @@ impl EventProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
         self.producer
             .flush(timeout)
-            .map_err(|source| Error::Delivery {
-                topic: String::new(),
-                source,
-            })
+            .map_err(|source| Error::Flush { source })
     }
 
     /// Encodes `event` and hands it to librdkafka; the returned [`Pending`] resolves on
@@ -287,10 +299,18 @@ impl EventProducer {
         metadata: Option<&PublishMetadata>,
     ) -> Result<Pending<'static>, PublishError> {
         let mut payload = Vec::with_capacity(256);
-        wire::encode_payload(event, &mut payload).map_err(|error| PublishError {
+        let resolved = wire::encode_event(
+            event,
+            &self.source,
+            metadata,
+            self.base_event_fields,
+            &mut payload,
+        )
+        .map_err(|error| PublishError {
             error,
             record: None,
         })?;
+        let metadata = resolved.as_ref().or(metadata);
         // The key and headers are formatted into reused and stack buffers and copied by
         // librdkafka, so they cost no allocation per publish.
         let (event_id, delivery) = KEY_BUFFER.with_borrow_mut(|key| {

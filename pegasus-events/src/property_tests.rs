@@ -19,11 +19,36 @@ use crate::{wire, Event, KafkaConfig};
 
 #[derive(Debug, Serialize, Deserialize, crate::Event)]
 #[event(topic = "props.user.changed", name = "UserCreatedEvent")]
-struct UserCreated {
+pub(crate) struct UserCreated {
     #[event(key)]
     user_id: String,
     #[event(sensitive)]
     email: String,
+}
+
+/// An event type for other modules' unit tests.
+pub(crate) type UserCreatedForTests = UserCreated;
+
+#[test]
+fn a_decoded_events_debug_hides_its_sensitive_fields() {
+    let headers = [
+        ("ce_specversion", "1.0"),
+        ("ce_id", "0190a4b2-7c1e-7000-8000-000000000001"),
+        ("ce_source", "s"),
+        ("ce_type", "UserCreatedEvent"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+    .collect::<Vec<_>>();
+    let message = record(
+        &headers,
+        Some(br#"{"user_id":"u1","email":"alice@example.com"}"#.to_vec()),
+        None,
+    );
+    let decoded = wire::decode::<UserCreated, _>(&message).unwrap();
+    let shown = format!("{decoded:?}");
+    assert!(!shown.contains("alice@example.com"), "{shown}");
+    assert!(shown.contains("u1"), "{shown}");
 }
 
 #[derive(Debug, Serialize, Deserialize, crate::Event)]

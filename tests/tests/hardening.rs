@@ -220,8 +220,12 @@ async fn a_header_name_that_is_not_utf8_is_decoded_consumed_and_dead_lettered_wi
         "both good records handled, in order"
     );
 
-    // The dead letter is the poison, byte for byte, bad name included.
-    let letter = read_record(&dlq, 0, 0);
+    // The dead letter is the poison, byte for byte, bad name included. (On a broker that
+    // kept earlier runs' records, their poisons are in this run's dead-letter topic too:
+    // the consumer read the topic from its start.)
+    let letters = records_with_payload(&dlq, poison_payload.as_bytes());
+    assert_eq!(letters.len(), 1, "the poison was dead-lettered once");
+    let letter = &letters[0];
     let original = read_record(BadName::TOPIC, poison.0, poison.1);
     assert_eq!(letter.payload(), original.payload());
     let headers_of = |m: &rdkafka::message::OwnedMessage| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
@@ -233,7 +237,7 @@ async fn a_header_name_that_is_not_utf8_is_decoded_consumed_and_dead_lettered_wi
             })
             .unwrap_or_default()
     };
-    let copied = headers_of(&letter);
+    let copied = headers_of(letter);
     let expected = headers_of(&original);
     assert_eq!(&copied[..expected.len()], &expected[..]);
     assert!(copied.iter().any(|(name, _)| name == bad_name));
@@ -249,10 +253,45 @@ async fn a_header_name_that_is_not_utf8_is_decoded_consumed_and_dead_lettered_wi
         .replay(&ReplayFilter::new().event_ids([]))
         .await
         .expect("the dead-letter topic is readable");
+    assert!(report.examined >= 1);
     assert_eq!(
-        (report.examined, report.unreadable, report.replayed),
-        (1, 1, 0)
+        report.unreadable, report.examined,
+        "every poison has the name"
     );
+    assert_eq!(report.replayed, 0);
+}
+
+/// Every record of partition 0 of `topic` whose value is `payload`, read until 2 s pass
+/// without a new record. Headers are not touched: rdkafka's own header accessor panics
+/// on the names these records carry.
+fn records_with_payload(topic: &str, payload: &[u8]) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("payload-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + TEST_DEADLINE;
+    let mut found = Vec::new();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(2) || found.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no record with the payload in {topic}"
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            quiet_since = Instant::now();
+            if message.payload() == Some(payload) {
+                found.push(message.detach());
+            }
+        }
+    }
+    found
 }
 
 /// The offset a group committed for partition 0 of `topic`.

@@ -87,21 +87,41 @@ fn a_well_formed_binary_record_decodes() {
 }
 
 #[test]
-fn each_missing_required_header_is_named() {
-    for name in [
-        "ce_specversion",
-        "ce_id",
-        "ce_source",
-        "ce_type",
-        "ce_time",
-        "content-type",
-        "ce_schemaversion",
-    ] {
+fn each_missing_attribute_cloudevents_requires_is_named() {
+    for name in ["ce_id", "ce_source", "ce_type"] {
         match decode_error(&record(Some(GOOD_VALUE), &without(name))) {
             Error::MissingHeader { header } => assert_eq!(header, name),
             other => panic!("without {name}: {other:?}"),
         }
     }
+    // Without `ce_specversion` a record is no binary-mode CloudEvent: it is read as plain
+    // JSON (its `ce_id` still names it), as docs/wire-format.md says.
+    let without_spec = record(Some(GOOD_VALUE), &without("ce_specversion"));
+    let plain = wire::decode::<UserCreated, _>(&without_spec).unwrap();
+    assert_eq!(plain.metadata.form, wire::WireForm::PlainJson);
+    assert_eq!(
+        plain.metadata.id.to_string(),
+        "0190f5d2-2222-7000-8000-000000000003"
+    );
+}
+
+#[test]
+fn the_optional_attributes_default_when_absent() {
+    // No ce_time: the record's timestamp; no content-type: JSON; no ce_schemaversion: 1.
+    let minimal: Vec<_> = good_headers()
+        .into_iter()
+        .filter(|(n, _)| ["ce_specversion", "ce_id", "ce_source", "ce_type"].contains(n))
+        .collect();
+    let minimal = record(Some(GOOD_VALUE), &minimal);
+    let decoded = wire::decode::<UserCreated, _>(&minimal).unwrap();
+    assert_eq!(decoded.event.age, 30);
+    assert_eq!(decoded.metadata.time.timestamp_millis(), 1_768_473_000_000);
+    assert_eq!(decoded.metadata.schema_version, 1);
+    assert_eq!(
+        decoded.metadata.partition_key, None,
+        "only ce_partitionkey names it"
+    );
+    assert_eq!(decoded.metadata.form, wire::WireForm::Binary);
 }
 
 #[test]
@@ -125,7 +145,7 @@ fn a_record_of_another_event_type_is_a_type_mismatch() {
 #[test]
 fn malformed_header_values_are_named() {
     let cases = [
-        ("ce_id", "not-a-uuid"),
+        ("ce_id", ""),
         ("ce_time", "yesterday"),
         ("ce_schemaversion", "0"),
         ("ce_schemaversion", "two"),
@@ -233,6 +253,17 @@ fn structured_records_missing_attributes_are_named() {
         decode_error(&no_id),
         Error::MissingHeader { header: "id" }
     ));
+    // Only specversion, id, source and type are required; time and schemaversion default.
+    let minimal = structured(&format!(
+        r#"{{"specversion":"1.0","id":"order-17","source":"s","type":"UserCreatedEvent","data":{GOOD_VALUE}}}"#
+    ));
+    let decoded = wire::decode::<UserCreated, _>(&minimal).unwrap();
+    assert_eq!(decoded.metadata.schema_version, 1);
+    assert_eq!(
+        decoded.metadata.id,
+        uuid::Uuid::new_v5(&wire::FOREIGN_ID_NAMESPACE, b"order-17"),
+        "an id that is no UUID stands for a UUID v5 of its text"
+    );
     let not_object = structured("[]");
     assert!(matches!(
         decode_error(&not_object),

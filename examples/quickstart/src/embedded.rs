@@ -90,8 +90,9 @@ pub(crate) const PARTITIONS: i32 = 12;
 /// built-in LZ4: about a third of the stored size for quickstart events, and fast).
 pub(crate) const PRODUCER_COMPRESSION: &str = "lz4";
 
-/// librdkafka consumer properties for the embedded broker: see the module docs.
-pub(crate) const CONSUMER_PROPERTIES: &[(&str, &str)] = &[("fetch.wait.max.ms", "100")];
+/// `ConsumerSettings::fetch_max_wait` (librdkafka's `fetch.wait.max.ms`) for the embedded
+/// broker: see the module docs.
+pub(crate) const FETCH_MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How long [`EmbeddedBroker::dropped_records`] waits for each answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

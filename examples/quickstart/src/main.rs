@@ -156,10 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handled = Arc::new(AtomicU64::new(0));
     let mut settings = ConsumerSettings::default();
     if _embedded.is_some() {
-        settings.properties = embedded::CONSUMER_PROPERTIES
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-            .collect();
+        settings.fetch_max_wait = embedded::FETCH_MAX_WAIT;
     }
     let consumer = EventConsumer::builder(config)
         .settings(settings)

@@ -144,6 +144,7 @@ impl HandlerError {
         &*self.source
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
         self.source
     }

@@ -8,11 +8,14 @@
 //!   leads to redelivery, never to a lost event.
 //! - **Order per partition, and so per key.** The records of one partition are handled one
 //!   at a time, in offset order. Different partitions are handled concurrently.
-//! - **Bounded memory.** At most
+//! - **Bounded memory.** librdkafka fetches ahead for a partition until its queue holds
 //!   [`max_in_flight_per_partition`](ConsumerSettings::max_in_flight_per_partition) records
-//!   per assigned partition are fetched ahead of its worker (librdkafka's
-//!   `queued.min.messages`); beyond that librdkafka stops fetching for the partition until
-//!   the worker catches up, so a backlog of any size costs the same memory.
+//!   (`queued.min.messages`, a refill threshold: one fetch response, at most
+//!   `fetch.message.max.bytes`, 1 MiB by default, can overshoot it), and never beyond
+//!   `queued.max.messages.kbytes` (64 MiB by default) per partition queue. Records that
+//!   reach the consumer's main queue before their partition has its own queue go to a
+//!   channel bounded to the same count. Memory grows with the assigned partitions, not
+//!   with the backlog.
 //! - **No allocation per record** in the runtime beyond decoding: each partition has its
 //!   own librdkafka queue, read by a worker that is generic over the handler, and the
 //!   handler gets the record's metadata borrowed from the record.
@@ -748,7 +751,7 @@ struct Shared {
 
 /// The poll thread's view of one partition's worker.
 struct Worker {
-    strays: mpsc::UnboundedSender<OwnedMessage>,
+    strays: mpsc::Sender<OwnedMessage>,
     state: Arc<PartitionState>,
 }
 
@@ -809,7 +812,9 @@ impl Shared {
                 tracing::warn!(%topic, partition, "cannot split the partition queue; its records come through the main queue");
             }
             let state = Arc::new(PartitionState::new(topic, partition));
-            let (strays, stray_receiver) = mpsc::unbounded_channel();
+            // Bounded like the partition's own queue: a worker that falls behind holds the
+            // poll thread back instead of letting records pile up in memory.
+            let (strays, stray_receiver) = mpsc::channel(self.settings.max_in_flight_per_partition);
             let mut tasks = self.tasks();
             // Reap the tasks of partitions revoked earlier, so the set does not grow.
             while tasks.try_join_next().is_some() {}
@@ -866,13 +871,16 @@ impl Shared {
         commit_stored(consumer, &self.group_id);
     }
 
-    /// Hands a record that arrived through the consumer's main queue to its worker.
+    /// Hands a record that arrived through the consumer's main queue to its worker,
+    /// waiting while the worker's bounded queue is full (backpressure: the poll thread
+    /// reads no further meanwhile). A worker that ended drops it: its offset was never
+    /// stored, so the partition's next owner reads it again.
     fn route_stray(&self, message: OwnedMessage) {
-        let workers = self.workers();
         let key = (Arc::<str>::from(message.topic()), message.partition());
-        match workers.get(&key) {
-            Some(worker) => {
-                let _ = worker.strays.send(message);
+        let sender = self.workers().get(&key).map(|w| w.strays.clone());
+        match sender {
+            Some(strays) => {
+                let _ = strays.blocking_send(message);
             }
             None => tracing::warn!(
                 topic = message.topic(),
@@ -977,5 +985,102 @@ mod tests {
             scrubbed,
             "login with <redacted> failed; key <redacted>; timeout 60000"
         );
+    }
+
+    #[test]
+    fn properties_the_runtime_owns_are_refused_by_name() {
+        for name in RUNTIME_PROPERTIES {
+            let settings = ConsumerSettings {
+                properties: vec![((*name).to_owned(), "true".to_owned())],
+                ..ConsumerSettings::default()
+            };
+            match settings.validate() {
+                Err(Error::Config { field, .. }) => {
+                    assert_eq!(field, format!("consumer.properties.{name}"));
+                }
+                other => panic!("{name} accepted: {other:?}"),
+            }
+        }
+        let fine = ConsumerSettings {
+            properties: vec![("fetch.min.bytes".to_owned(), "1".to_owned())],
+            ..ConsumerSettings::default()
+        };
+        assert!(fine.validate().is_ok());
+        let built = EventConsumer::builder(KafkaConfig::new("localhost:9092"))
+            .settings(ConsumerSettings {
+                properties: vec![("enable.auto.offset.store".to_owned(), "true".to_owned())],
+                ..ConsumerSettings::default()
+            })
+            .handler::<crate::property_tests::UserCreatedForTests, _>(NoOp)
+            .build();
+        assert!(
+            matches!(&built, Err(Error::Config { field, .. }) if field.contains("enable.auto.offset.store")),
+            "{built:?}"
+        );
+    }
+
+    struct NoOp;
+
+    impl EventHandler<crate::property_tests::UserCreatedForTests> for NoOp {
+        async fn handle(
+            &self,
+            _: crate::property_tests::UserCreatedForTests,
+            _: &EventContext<'_>,
+        ) -> std::result::Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn consumer_settings_debug_hides_secret_properties() {
+        let settings = ConsumerSettings {
+            properties: vec![
+                (
+                    "sasl.oauthbearer.client.secret".to_owned(),
+                    "hunter2-oauth".to_owned(),
+                ),
+                ("fetch.min.bytes".to_owned(), "4096".to_owned()),
+            ],
+            ..ConsumerSettings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2-oauth"), "{shown}");
+        assert!(shown.contains("4096") && shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_bad_topic_names_are_refused_and_duration_max_is_accepted() {
+        let refused = |settings: ConsumerSettings, field: &str| match settings.validate() {
+            Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        };
+        refused(
+            ConsumerSettings {
+                handler_timeout: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            "consumer.handler_timeout",
+        );
+        refused(
+            ConsumerSettings {
+                dead_letter_topic: "dlq events".into(),
+                ..Default::default()
+            },
+            "consumer.dead_letter_topic",
+        );
+        refused(
+            ConsumerSettings {
+                fetch_max_wait: Duration::MAX,
+                ..Default::default()
+            },
+            "consumer.fetch_max_wait",
+        );
+        let forever = ConsumerSettings {
+            shutdown_timeout: Duration::MAX,
+            revoke_timeout: Duration::MAX,
+            handler_timeout: Some(Duration::MAX),
+            ..ConsumerSettings::default()
+        };
+        assert!(forever.validate().is_ok());
     }
 }

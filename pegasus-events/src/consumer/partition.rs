@@ -166,7 +166,7 @@ pub(crate) struct WorkerArgs {
     /// split it, and then its records arrive as `strays` only.
     pub(crate) queue: Option<PartitionQueue<RuntimeContext>>,
     /// Records of this partition that came through the consumer's main queue.
-    pub(crate) strays: mpsc::UnboundedReceiver<OwnedMessage>,
+    pub(crate) strays: mpsc::Receiver<OwnedMessage>,
     pub(crate) consumer: Arc<BaseConsumer<RuntimeContext>>,
     pub(crate) state: Arc<PartitionState>,
     pub(crate) env: Arc<WorkerEnv>,

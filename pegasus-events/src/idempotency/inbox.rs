@@ -54,7 +54,9 @@ pub trait InboxHandler<E: Event, DB: sqlx::Database>: Send + Sync + 'static {
 ///
 /// let store = SqliteIdempotencyStore::connect("sqlite://identity.db").await?;
 /// EventConsumer::builder(config)
-///     .idempotency(store.clone()) // skips known duplicates before opening a transaction
+///     // No `.idempotency(store)` beside the inbox: the inbox's own mark recognises a
+///     // duplicate (it rolls back without calling the handler), and the consumer-level
+///     // store would write a second mark for every event.
 ///     .handler::<ShipmentCreated, _>(Inbox::new(store, RecordShipment))
 ///     .build()?
 ///     .run()

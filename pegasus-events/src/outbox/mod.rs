@@ -73,11 +73,13 @@ pub(crate) struct EncodedEvent {
 /// [`Error::Serialize`], returned before anything is written.
 pub(crate) fn encode<E: Event>(
     source: &str,
+    base_event_fields: bool,
     event: &E,
     metadata: Option<&PublishMetadata>,
 ) -> Result<EncodedEvent> {
     let mut payload = Vec::with_capacity(256);
-    wire::encode_payload(event, &mut payload)?;
+    let resolved = wire::encode_event(event, source, metadata, base_event_fields, &mut payload)?;
+    let metadata = resolved.as_ref().or(metadata);
     let mut key = String::new();
     let keyed = event.write_partition_key(&mut key);
     let outgoing = OutgoingHeaders::new::<E>(source, keyed.then_some(key.as_str()), metadata);

@@ -34,6 +34,8 @@ fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
 pub struct PostgresOutbox {
     pool: PgPool,
     source: Arc<str>,
+    /// [`crate::ProducerSettings::base_event_fields`] of the configuration.
+    base_event_fields: bool,
 }
 
 impl PostgresOutbox {
@@ -57,6 +59,7 @@ impl PostgresOutbox {
         Ok(PostgresOutbox {
             pool,
             source: config.source().into(),
+            base_event_fields: config.producer.base_event_fields,
         })
     }
 
@@ -98,7 +101,7 @@ impl PostgresOutbox {
     ) -> Result<Vec<uuid::Uuid>> {
         let encoded = events
             .into_iter()
-            .map(|event| encode(&self.source, event, None))
+            .map(|event| encode(&self.source, self.base_event_fields, event, None))
             .collect::<Result<Vec<_>>>()?;
         store(transaction, &encoded).await?;
         Ok(encoded.iter().map(|e| e.event_id).collect())
@@ -110,7 +113,7 @@ impl PostgresOutbox {
         event: &E,
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
-        let encoded = encode(&self.source, event, metadata)?;
+        let encoded = encode(&self.source, self.base_event_fields, event, metadata)?;
         store(transaction, std::slice::from_ref(&encoded)).await?;
         Ok(encoded.event_id)
     }

@@ -67,11 +67,21 @@ impl EventMetadata<'_> {
     }
 }
 
-/// A decoded event with its metadata.
-#[derive(Clone, Debug)]
+/// A decoded event with its metadata. Its `Debug` shows the event through
+/// [`Event::redacted`](crate::Event::redacted): sensitive fields never reach a log.
+#[derive(Clone)]
 pub struct Decoded<'a, E> {
     /// The event, upcast to the newest version.
     pub event: E,
     /// Its metadata.
     pub metadata: EventMetadata<'a>,
+}
+
+impl<E: crate::Event> std::fmt::Debug for Decoded<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoded")
+            .field("event", &self.event.redacted())
+            .field("metadata", &self.metadata)
+            .finish()
+    }
 }

@@ -40,6 +40,7 @@ use rdkafka::message::Message;
 use crate::error::{Error, Result};
 use crate::event::Event;
 
+mod base_event;
 mod binary;
 mod byte_headers;
 pub mod header;
@@ -55,8 +56,11 @@ pub use crate::event::{decode_payload, encode_payload};
 #[cfg(test)]
 pub(crate) use byte_headers::with_raw_header;
 pub use byte_headers::{ByteHeaders, HeaderBytes};
-pub use ids::{plain_record_id, PLAIN_RECORD_ID_NAMESPACE};
+pub use ids::{
+    event_id_from_text, plain_record_id, FOREIGN_ID_NAMESPACE, PLAIN_RECORD_ID_NAMESPACE,
+};
 pub use metadata::{Decoded, EventMetadata, WireForm};
+pub(crate) use outgoing::encode_event;
 pub use outgoing::{OutgoingHeaders, PublishMetadata};
 
 use read::{required, FoundHeaders};
@@ -68,7 +72,8 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// The content type prefix of a structured-mode record.
 pub const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents";
 
-/// The event type a record declares, in any of the three forms; `None` for plain JSON.
+/// The event type a record declares, in any of the three forms; for plain JSON its
+/// `eventType`/`EventType` field (the design's `BaseEvent`), `None` without one.
 ///
 /// Mixed topics (the design's `identity-events`) dispatch on it before decoding.
 pub fn event_type<M>(message: &M) -> Result<Option<Cow<'_, str>>>
@@ -86,8 +91,8 @@ where
             })?;
         return Ok(Some(envelope.event_type));
     }
-    if !found.any_cloudevents {
-        return Ok(None);
+    if found.spec_version.is_none() {
+        return Ok(message.payload().and_then(plain::declared_type));
     }
     required(header::TYPE, found.event_type).map(|t| Some(Cow::Borrowed(t)))
 }
@@ -116,8 +121,8 @@ where
     if is_structured(found.content_type) {
         return structured::decode_structured(message);
     }
-    if found.any_cloudevents {
+    if found.spec_version.is_some() {
         return binary::decode_binary(message, &found);
     }
-    plain::decode_plain(message)
+    plain::decode_plain(message, &found)
 }

@@ -176,3 +176,32 @@ impl OutgoingHeaders<'_> {
         headers.unwrap_or_default()
     }
 }
+
+/// Serializes `event` as the record value into `out`; with `base_event_fields`
+/// ([`crate::ProducerSettings::base_event_fields`]) the design's `BaseEvent` fields are
+/// written into it too. Their id and time are fixed here, and the metadata to write the
+/// headers from is returned, so payload and headers carry the same id and time; `None`
+/// means: write the headers from the caller's metadata.
+pub(crate) fn encode_event<E: Event>(
+    event: &E,
+    source: &str,
+    metadata: Option<&PublishMetadata>,
+    base_event_fields: bool,
+    out: &mut Vec<u8>,
+) -> crate::error::Result<Option<PublishMetadata>> {
+    crate::event::encode_payload(event, out)?;
+    if !base_event_fields {
+        return Ok(None);
+    }
+    let mut resolved = metadata.cloned().unwrap_or_default();
+    let id = *resolved.event_id.get_or_insert_with(Uuid::now_v7);
+    let time = *resolved.occurred_at.get_or_insert_with(Utc::now);
+    super::base_event::write_base_event_fields(
+        out,
+        E::NAME,
+        id,
+        format_time(&time).as_str(),
+        source,
+    )?;
+    Ok(Some(resolved))
+}

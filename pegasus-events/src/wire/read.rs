@@ -97,17 +97,21 @@ pub(super) fn required<'a>(name: &'static str, value: Option<&'a [u8]>) -> Resul
     text(name, value.ok_or(Error::MissingHeader { header: name })?)
 }
 
-pub(super) fn optional<'a>(
-    name: &'static str,
-    value: Option<&'a [u8]>,
-) -> Result<Option<Cow<'a, str>>> {
-    value.map(|v| text(name, v).map(Cow::Borrowed)).transpose()
+/// An optional attribute: one that is not UTF-8 is left out rather than failing the
+/// record (read leniently: the event itself is intact).
+pub(super) fn optional(value: Option<&[u8]>) -> Option<Cow<'_, str>> {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(Cow::Borrowed)
 }
 
+/// The event id an `id` attribute (or the design's `EventId`) stands for: the UUID it is,
+/// or, for any other non-empty text (CloudEvents allows any string), a UUID v5 of that
+/// text, the same on every delivery ([`super::ids::event_id_from_text`]).
 pub(super) fn parse_id(name: &'static str, value: &str) -> Result<Uuid> {
-    Uuid::try_parse(value).map_err(|_| Error::MalformedHeader {
+    super::ids::event_id_from_text(value).ok_or_else(|| Error::MalformedHeader {
         header: name,
-        reason: "not a UUID".to_owned(),
+        reason: "empty (an event id is required and must not be empty)".to_owned(),
     })
 }
 

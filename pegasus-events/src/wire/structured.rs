@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::metadata::{Decoded, EventMetadata, WireForm};
 use super::read::{check_type, parse_id, parse_version};
-use super::time::parse_time;
+use super::time::{parse_time, record_time};
 use super::{is_json_content_type, CONTENT_TYPE_JSON, SPEC_VERSION};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -76,7 +76,11 @@ pub(super) fn decode_structured<E: Event, M: Message>(message: &M) -> Result<Dec
     check_type::<E>(&envelope.event_type)?;
     let id = parse_id("id", &envelope.id.ok_or_else(|| missing("id"))?)?;
     let source = envelope.source.ok_or_else(|| missing("source"))?;
-    let time = parse_time("time", &envelope.time.ok_or_else(|| missing("time"))?)?;
+    // CloudEvents requires only specversion, id, source and type; the others default.
+    let time = match &envelope.time {
+        Some(time) => parse_time("time", time)?,
+        None => record_time(message),
+    };
     if let Some(content_type) = &envelope.datacontenttype {
         if !is_json_content_type(content_type) {
             return Err(Error::MalformedHeader {
@@ -85,10 +89,7 @@ pub(super) fn decode_structured<E: Event, M: Message>(message: &M) -> Result<Dec
             });
         }
     }
-    let schema_version = match envelope
-        .schemaversion
-        .ok_or_else(|| missing("schemaversion"))?
-    {
+    let schema_version = match envelope.schemaversion.unwrap_or(VersionValue::Number(1)) {
         VersionValue::Number(n) => {
             u32::try_from(n)
                 .ok()

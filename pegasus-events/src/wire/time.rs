@@ -57,6 +57,26 @@ pub(crate) fn format_time(time: &DateTime<Utc>) -> StackStr<32> {
     out
 }
 
+/// The record's timestamp (create or log-append time), the time of an event that carries
+/// none; the Unix epoch when the record has no timestamp either.
+pub(super) fn record_time<M: rdkafka::message::Message>(message: &M) -> DateTime<Utc> {
+    message
+        .timestamp()
+        .to_millis()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_default()
+}
+
+/// A time as the design's .NET services may write `OccurredAt`: RFC 3339, or a date and
+/// time without an offset (a .NET `DateTime` of unspecified kind), taken as UTC.
+pub(super) fn parse_time_loosely(name: &'static str, value: &str) -> Result<DateTime<Utc>> {
+    parse_time(name, value).or_else(|error| {
+        chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
+            .map(|naive| naive.and_utc())
+            .map_err(|_| error)
+    })
+}
+
 pub(super) fn parse_time(name: &'static str, value: &str) -> Result<DateTime<Utc>> {
     if let Some(time) = parse_utc_time_fast(value.as_bytes()) {
         return Ok(time);
