@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-
 /// The instant `after` from now, or `None` when it lies past what `Instant` can hold:
 /// no deadline, wait for as long as it takes.
 pub(crate) fn deadline(after: Duration) -> Option<Instant> {
