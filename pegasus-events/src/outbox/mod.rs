@@ -6,7 +6,8 @@
 //! - **Atomic with the business write.** [`PostgresOutbox::enqueue`] and
 //!   [`SqliteOutbox::enqueue`] insert the encoded event (topic, key, the `ce_` headers of
 //!   `docs/wire-format.md`, payload) inside the caller's transaction: if it rolls back, the event
-//!   never existed; if it commits, the event will be published.
+//!   never existed; if it commits, the event will be published (or, should the broker
+//!   refuse it for good, dead-lettered).
 //! - **Published at least once, marked only after the acknowledgement.** The relay marks a
 //!   row published only after the broker acknowledged it (`acks=all`, idempotent producer).
 //!   A crash between the acknowledgement and the mark publishes the row again, with the
@@ -16,15 +17,32 @@
 //!   that order within each partition, so events with the same key arrive in the order
 //!   they were committed. The relay's producer has no delivery timeout, so during a broker
 //!   outage no record fails while a later one of its partition gets through; a batch that
-//!   failed anyway (the broker refused a record) settles the batch behind it before any
-//!   row is read again.
-//! - **One active relay per database.** A relay publishes only while it holds the lease;
-//!   other instances wait as hot standbys. On PostgreSQL the lease is a session advisory
-//!   lock, taken over the moment the holder's connection ends (a crash included). On
-//!   SQLite it is a row with an expiry ([`RelaySettings::lease_ttl`]), renewed as the relay
-//!   works, given up when it stops, taken over after the expiry when it crashed.
+//!   failed anyway settles the batch behind it before any row is read again. A record the
+//!   broker refuses for good leaves the order for the dead-letter topic (below); when the
+//!   broker refused a whole producer batch because of it (a batch larger than the topic's
+//!   `max.message.bytes`, an invalid record), the other records of that batch are sent
+//!   again on their own, after later records of their partition were taken.
+//! - **One active relay per database, fenced.** A relay publishes only while it holds the
+//!   lease; other instances wait as hot standbys. On PostgreSQL the lease is a session
+//!   advisory lock, taken over the moment the holder's connection ends (a crash included).
+//!   On SQLite it is a row with an expiry ([`RelaySettings::lease_ttl`]), renewed as the
+//!   relay works, given up when it stops, taken over after the expiry when it crashed.
+//!   Reading rows to publish and marking them are single statements that run only while
+//!   the relay holds the lease (on SQLite they check the lease row names it; on PostgreSQL
+//!   they run on the session holding the lock). A relay that lost the lease (paused past
+//!   its expiry, its session ended), or cannot renew it, stops publishing at once: it marks
+//!   nothing more, gives up its batches in flight (dropping its producer, so records
+//!   librdkafka had not sent yet never are) and stands by; the holder publishes those rows
+//!   again, with the same `ce_id`. Records already on the wire at that moment may still
+//!   land: only the broker could fence them (Kafka transactions).
 //! - **Bad rows do not block.** A row that cannot be read (malformed headers) goes to the
-//!   dead-letter topic with reason `decode` and is marked, so the rows behind it move on.
+//!   dead-letter topic with reason `decode`; a row whose record the broker refuses for good
+//!   (too large, not authorised, an invalid topic: `docs/wire-format.md` section 7 lists
+//!   the errors and why) goes there with reason `publish`. Either is marked, and the round
+//!   does not fail, so the rows behind it move on at full speed, with no backoff. A row
+//!   whose dead letter is refused too (a record over the producer's own
+//!   `message.max.bytes` always is: the letter is larger) stays unmarked, nothing lost,
+//!   and is skipped until the relay restarts; the relay logs it as an error.
 //!
 //! On PostgreSQL, a statement trigger on the table sends `NOTIFY pegasus_outbox`
 //! (delivered on commit), and the relay wakes on it, so an event is published within
@@ -33,6 +51,7 @@
 //! once with a retention of zero. The tables are created and migrated by the library
 //! ([`crate::migrations`]).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,6 +64,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 use crate::config::{client_error, KafkaConfig};
+use crate::dead_letter::DeadLetterReason;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::wire::{self, OutgoingHeaders, PublishMetadata};
@@ -115,24 +135,54 @@ pub(crate) struct OutboxRow {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What the relay needs from a database.
+/// Whether this relay holds the lease, as [`OutboxStorage::hold_lease`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Held, without a break since this relay last had it: what it sent meanwhile is still
+    /// its own to mark.
+    Kept,
+    /// Taken just now: this relay did not hold it, or lost it in between (another relay
+    /// may have published since), so what it had sent before is no longer its own.
+    Taken,
+    /// Another relay holds it.
+    Elsewhere,
+}
+
+/// The outcome of a statement that runs only while this relay holds the lease.
+#[derive(Debug)]
+pub(crate) enum Fenced<T> {
+    /// The relay held the lease when the statement ran; its result.
+    Held(T),
+    /// The relay does not hold the lease: the statement changed nothing.
+    Lost,
+}
+
+/// What the relay needs from a database. Reading rows to publish and marking them are
+/// fenced: each is one statement that runs only while this relay holds the lease, so a
+/// relay that lost it (paused past its expiry, its session ended) neither sends rows the
+/// new holder is publishing nor marks rows as its own.
 pub(crate) trait OutboxStorage: Send + Sync + 'static {
-    /// Whether this relay may publish now: it holds the lease, or just took it.
-    fn hold_lease(&self) -> BoxFuture<'_, Result<bool>>;
+    /// Whether this relay may publish now: it holds the lease (renewing it when due), or
+    /// just took it.
+    fn hold_lease(&self) -> BoxFuture<'_, Result<Lease>>;
     /// Gives the lease up, so a standby takes over at once (the relay is stopping).
     fn release_lease(&self) -> BoxFuture<'_, ()>;
     /// The oldest unpublished rows, at most `limit`, in id order, leaving out the id range
-    /// `in_flight` (first and last id of the batch sent and not yet acknowledged). A row
-    /// committed late inside that range is read in the next round, once the range is no
-    /// longer in flight: delayed by one round, never skipped.
-    fn unpublished(
-        &self,
+    /// `in_flight` (first and last id of the batch sent and not yet acknowledged) and the
+    /// rows `skip`. A row committed late inside that range is read in the next round, once
+    /// the range is no longer in flight: delayed by one round, never skipped.
+    fn unpublished<'a>(
+        &'a self,
         limit: i64,
         in_flight: Option<(i64, i64)>,
-    ) -> BoxFuture<'_, Result<Vec<OutboxRow>>>;
-    /// Marks rows published.
+        skip: &'a [i64],
+    ) -> BoxFuture<'a, Result<Fenced<Vec<OutboxRow>>>>;
     /// Marks rows published, or deletes them when `delete` (a retention of zero).
-    fn mark_published<'a>(&'a self, ids: &'a [i64], delete: bool) -> BoxFuture<'a, Result<()>>;
+    fn mark_published<'a>(
+        &'a self,
+        ids: &'a [i64],
+        delete: bool,
+    ) -> BoxFuture<'a, Result<Fenced<()>>>;
     /// Deletes rows published more than `age` ago; returns how many.
     fn purge_published(&self, age: Duration) -> BoxFuture<'_, Result<u64>>;
     /// Returns when new rows may be there: on a notification, or after `at_most`.
@@ -153,7 +203,8 @@ pub struct RelaySettings {
     /// as it is acknowledged, instead of marking it (the cheapest for the database: on
     /// PostgreSQL a delete costs about a seventh of the update that marks a row).
     pub retention: Duration,
-    /// Where rows that cannot be read go: `dlq-events`.
+    /// Where rows that cannot be read, and rows the broker refuses for good, go:
+    /// `dlq-events`.
     pub dead_letter_topic: String,
     /// SQLite: how long the active relay's lease lasts without renewal: 15 s. It is renewed
     /// once a third of it passed, also while the relay waits out a broker outage; a relay
@@ -207,9 +258,15 @@ impl RelaySettings {
 /// acknowledgement. Made by [`PostgresOutbox::relay`] or [`SqliteOutbox::relay`].
 pub struct OutboxRelay {
     storage: Arc<dyn OutboxStorage>,
-    producer: FutureProducer,
+    /// The producer's settings, for a new producer after the lease was lost.
+    producer_config: rdkafka::ClientConfig,
+    /// `None` after the lease was lost, until the relay sends again.
+    producer: Option<FutureProducer>,
     delivery_timeout: Duration,
     settings: RelaySettings,
+    /// Rows the broker refused for good whose dead letter it refused too: left unmarked
+    /// (nothing is lost) and not read again while this relay runs.
+    parked: BTreeSet<i64>,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -220,12 +277,21 @@ impl std::fmt::Debug for OutboxRelay {
     }
 }
 
+/// At most this many rows are parked ([`OutboxRelay::parked`]); past it a row whose dead
+/// letter is refused fails the round, as any failed delivery does. So many means the
+/// dead-letter topic itself is refused (its size limit, its ACLs): an outage to fix, not
+/// a few bad rows to step over, and the list goes into every read of the outbox.
+const MAX_PARKED: usize = 1_000;
+
+/// The consumer group written in the dead letters of the relay.
+const RELAY_GROUP: &str = "outbox-relay";
+
 /// A batch handed to the producer whose acknowledgements are not yet awaited.
 struct InFlight {
     /// Every row of the batch, in id order.
     ids: Vec<i64>,
-    /// Each readable row's delivery, in id order.
-    deliveries: Vec<(i64, std::result::Result<DeliveryFuture, KafkaError>)>,
+    /// Each readable row with its delivery, in id order.
+    deliveries: Vec<(Sent, std::result::Result<DeliveryFuture, KafkaError>)>,
     /// Rows whose headers cannot be read, with why.
     unreadable: Vec<(OutboxRow, String)>,
 }
@@ -236,6 +302,100 @@ enum Round {
     Published(usize),
     /// Another relay holds the lease.
     Standby,
+}
+
+/// What the broker refused for good: sending the record again cannot succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The record's topic (not authorised, an invalid name): every record of the topic
+    /// gets the same answer, so the refusal is the record's own.
+    Topic,
+    /// The record, or the producer batch it was sent in (too large, invalid): the broker
+    /// refuses a whole batch for one record, so a record refused in a batch is sent again
+    /// on its own before it counts as refused.
+    Record,
+}
+
+/// Whether `error` is a refusal that sending again cannot cure. Only these errors, each
+/// about the record or its topic and not about the cluster's state:
+///
+/// - `MessageSizeTooLarge` (librdkafka's own `message.max.bytes`, checked before sending,
+///   or the topic's `max.message.bytes`), `MessageBatchTooLarge` (larger than a log
+///   segment) and `InvalidRecord` (the broker's validation): [`Refusal::Record`];
+/// - `TopicAuthorizationFailed` and `InvalidTopic` (a name the broker never accepts, such
+///   as an internal topic): [`Refusal::Topic`]. An ACL can be granted later; the dead
+///   letters are then replayed, rather than every topic's rows waiting behind this one.
+///
+/// Everything else is retried, the order kept. `UnknownTopicOrPartition` in particular:
+/// librdkafka itself retries it (the topic may be being created, or its leader moving),
+/// and a topic created late is the usual deployment slip, cured within minutes; dead
+/// letters would put that topic's events out of order for a transient condition. So are
+/// errors about the producer or the cluster (cluster authorisation, fenced or unknown
+/// producer ids, timeouts): they are not a record's fault, and every record would follow.
+fn refusal(error: &KafkaError) -> Option<Refusal> {
+    let KafkaError::MessageProduction(code) = error else {
+        return None;
+    };
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge
+        | RDKafkaErrorCode::MessageBatchTooLarge
+        | RDKafkaErrorCode::InvalidRecord => Some(Refusal::Record),
+        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::InvalidTopic => {
+            Some(Refusal::Topic)
+        }
+        _ => None,
+    }
+}
+
+/// A row handed to the producer, with its headers as read from the row.
+struct Sent {
+    row: OutboxRow,
+    headers: Vec<(String, String)>,
+}
+
+/// A row whose record was refused for good.
+struct Refused {
+    sent: Sent,
+    error: KafkaError,
+    /// How many times it was sent.
+    attempts: u32,
+}
+
+/// Why the relay stopped publishing in the middle of a round.
+enum Stop {
+    /// The lease is held elsewhere, or a statement found it lost.
+    LeaseLost,
+    /// Renewing the lease failed: the relay cannot tell whether it still holds it.
+    RenewalFailed(Error),
+    /// The database failed; the lease is not known to be lost.
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(error: Error) -> Self {
+        Stop::Failed(error)
+    }
+}
+
+/// What became of a batch whose rows were all awaited.
+#[derive(Default)]
+struct Settled {
+    /// Rows refused in their producer batch, to be sent again on their own.
+    retry_alone: Vec<Refused>,
+    /// The first failure that sending again may cure; those rows stay unmarked.
+    failed: Option<Error>,
+}
+
+impl Settled {
+    fn absorb(&mut self, other: Settled) {
+        self.retry_alone.extend(other.retry_alone);
+        if let Some(later) = other.failed {
+            match self.failed {
+                None => self.failed = Some(later),
+                Some(_) => tracing::warn!(error = %later, "outbox relay batch failed"),
+            }
+        }
+    }
 }
 
 impl OutboxRelay {
@@ -250,17 +410,32 @@ impl OutboxRelay {
         // record never fails while a later one of its partition gets through, which would
         // put it behind that one when it is sent again (the order per key would break).
         // An outage holds the round up instead; the relay catches up when it ends.
-        let producer = config
-            .producer_config()
-            .set("message.timeout.ms", "0")
+        let mut producer_config = config.producer_config();
+        producer_config.set("message.timeout.ms", "0");
+        let producer = producer_config
             .create()
             .map_err(|e| client_error("outbox relay producer", e))?;
         Ok(OutboxRelay {
             storage,
-            producer,
+            producer_config,
+            producer: Some(producer),
             delivery_timeout: config.producer.delivery_timeout,
             settings,
+            parked: BTreeSet::new(),
         })
+    }
+
+    /// The producer, made anew after the lease was lost.
+    fn producer(&mut self) -> Result<FutureProducer> {
+        if let Some(producer) = &self.producer {
+            return Ok(producer.clone());
+        }
+        let producer: FutureProducer = self
+            .producer_config
+            .create()
+            .map_err(|e| client_error("outbox relay producer", e))?;
+        self.producer = Some(producer.clone());
+        Ok(producer)
     }
 
     /// Publishes until `shutdown` completes. Then the round in progress and the batches in
@@ -268,11 +443,12 @@ impl OutboxRelay {
     /// broker outage they never are: those rows stay unmarked and are published again,
     /// with the same `ce_id`, by the next relay). The database or the broker being down is
     /// logged and retried with backoff, never returned.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         let mut last_purge = tokio::time::Instant::now();
         let mut in_flight = None;
+        let delivery_timeout = self.delivery_timeout;
         loop {
             // A round can last as long as a broker outage: shutdown must not wait for it.
             let outcome = {
@@ -281,7 +457,7 @@ impl OutboxRelay {
                 tokio::select! {
                     outcome = &mut round => Ok(outcome),
                     () = &mut shutdown => {
-                        let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+                        let deadline = tokio::time::Instant::now() + delivery_timeout;
                         let _ = tokio::time::timeout_at(deadline, &mut round).await;
                         Err(deadline)
                     }
@@ -330,21 +506,24 @@ impl OutboxRelay {
                 }
             };
             if stop {
-                let deadline = tokio::time::Instant::now() + self.delivery_timeout;
+                let deadline = tokio::time::Instant::now() + delivery_timeout;
                 return self.stop(in_flight, deadline).await;
             }
         }
     }
 
-    /// Completes the batch in flight until `deadline`, then gives the lease up.
+    /// Completes the batch in flight until `deadline`, then gives the lease up. Rows
+    /// refused in their batch are left unmarked: the next relay sends them on their own.
     async fn stop(
-        &self,
+        &mut self,
         in_flight: Option<InFlight>,
         deadline: tokio::time::Instant,
     ) -> Result<()> {
         let completed = match in_flight {
             Some(batch) => match tokio::time::timeout_at(deadline, self.complete(batch)).await {
-                Ok(completed) => completed,
+                Ok(Ok(settled)) => settled.failed.map_or(Ok(()), Err),
+                Ok(Err(Stop::LeaseLost)) => Ok(()),
+                Ok(Err(Stop::RenewalFailed(error) | Stop::Failed(error))) => Err(error),
                 Err(_) => {
                     tracing::warn!(
                         "outbox relay stopped with unacknowledged rows; they will be published again"
@@ -362,46 +541,129 @@ impl OutboxRelay {
     /// producer, then awaits and marks the batch sent in the previous round. So reading
     /// and marking overlap the broker's acknowledgements, and two batches at most are in
     /// flight, in id order. When the outbox is drained, the new batch is completed too.
-    async fn round(&self, in_flight: &mut Option<InFlight>) -> Result<Round> {
-        if !self.storage.hold_lease().await? {
-            // Lost the lease: whatever is in flight is still ours to mark.
+    /// When the lease turns out lost, the batches in flight are given up
+    /// ([`OutboxRelay::abandon`]) and the relay stands by.
+    async fn round(&mut self, in_flight: &mut Option<InFlight>) -> Result<Round> {
+        let lease = self.storage.hold_lease().await?;
+        if lease != Lease::Kept {
+            // Whatever was sent under an earlier hold is not this relay's to mark: another
+            // relay may have published those rows meanwhile.
             if let Some(batch) = in_flight.take() {
-                self.complete(batch).await?;
+                self.abandon(Some(batch)).await;
             }
-            return Ok(Round::Standby);
+            if lease == Lease::Elsewhere {
+                return Ok(Round::Standby);
+            }
         }
         let sending = in_flight
             .as_ref()
             .and_then(|batch| Some((*batch.ids.first()?, *batch.ids.last()?)));
-        let rows = self
+        let parked: Vec<i64> = self.parked.iter().copied().collect();
+        let rows = match self
             .storage
-            .unpublished(self.settings.batch_size, sending)
-            .await?;
-        let read = rows.len();
-        let batch = self.send(rows).await;
-        let previous = in_flight.replace(batch);
-        if let Some(previous) = previous {
-            if let Err(error) = self.complete(previous).await {
-                // Settle the batch behind it before anything is read again, so the failed
-                // rows are not sent again while later ones are still in flight.
+            .unpublished(self.settings.batch_size, sending, &parked)
+            .await?
+        {
+            Fenced::Held(rows) => rows,
+            Fenced::Lost => {
                 if let Some(batch) = in_flight.take() {
-                    if let Err(later) = self.complete(batch).await {
-                        tracing::warn!(error = %later, "outbox relay batch failed");
+                    self.abandon(Some(batch)).await;
+                }
+                return Ok(Round::Standby);
+            }
+        };
+        let read = rows.len();
+        let batch = self.send(rows).await?;
+        let previous = in_flight.replace(batch);
+        let mut settled = Settled::default();
+        if let Some(previous) = previous {
+            match self.complete(previous).await {
+                Ok(done) => settled = done,
+                Err(stop) => return self.stopped(stop, in_flight).await,
+            }
+        }
+        // When the outbox is drained, or the previous batch did not all go through, the
+        // batch behind it is settled now: failed rows are read again, and refused ones
+        // sent on their own, only once nothing else is in flight.
+        let trouble = settled.failed.is_some() || !settled.retry_alone.is_empty();
+        if (read as i64) < self.settings.batch_size || trouble {
+            if let Some(batch) = in_flight.take() {
+                match self.complete(batch).await {
+                    Ok(done) => settled.absorb(done),
+                    Err(stop) => return self.stopped(stop, in_flight).await,
+                }
+            }
+        }
+        if !settled.retry_alone.is_empty() {
+            let alone = std::mem::take(&mut settled.retry_alone);
+            match self.send_alone(alone).await {
+                Ok(done) => settled.absorb(done),
+                Err(stop) => return self.stopped(stop, in_flight).await,
+            }
+        }
+        match settled.failed {
+            Some(error) => Err(error),
+            None => Ok(Round::Published(read)),
+        }
+    }
+
+    /// Ends a round that stopped publishing while a batch was awaited: on a lost lease or
+    /// a failed renewal the batches in flight are given up; on a database failure the
+    /// batch behind is still awaited and marked, so the failed rows are not sent again
+    /// while later ones are still in flight.
+    async fn stopped(&mut self, stop: Stop, in_flight: &mut Option<InFlight>) -> Result<Round> {
+        match stop {
+            Stop::LeaseLost => {
+                self.abandon(in_flight.take()).await;
+                Ok(Round::Standby)
+            }
+            Stop::RenewalFailed(error) => {
+                self.abandon(in_flight.take()).await;
+                Err(error)
+            }
+            Stop::Failed(error) => {
+                if let Some(batch) = in_flight.take() {
+                    match self.complete(batch).await {
+                        Ok(settled) => {
+                            if let Some(later) = settled.failed {
+                                tracing::warn!(error = %later, "outbox relay batch failed");
+                            }
+                        }
+                        Err(Stop::LeaseLost | Stop::RenewalFailed(_)) => {
+                            self.abandon(None).await;
+                        }
+                        Err(Stop::Failed(later)) => {
+                            tracing::warn!(error = %later, "outbox relay batch failed");
+                        }
                     }
                 }
-                return Err(error);
+                Err(error)
             }
         }
-        if (read as i64) < self.settings.batch_size {
-            if let Some(batch) = in_flight.take() {
-                self.complete(batch).await?;
-            }
+    }
+
+    /// Gives up what this relay sent while it held the lease, once it no longer does:
+    /// nothing of it is marked (the holder publishes those rows again, with the same
+    /// `ce_id`), and the producer is dropped, which purges what librdkafka still holds:
+    /// records not yet sent never are, and the acknowledgements of those in flight are
+    /// ignored. A new producer is made when the relay publishes again. Records already on
+    /// the wire may still land; only the broker could fence those (Kafka transactions).
+    async fn abandon(&mut self, batch: Option<InFlight>) {
+        let rows = batch.as_ref().map_or(0, |batch| batch.ids.len());
+        drop(batch);
+        if let Some(producer) = self.producer.take() {
+            // The drop purges and then waits up to 500 ms for librdkafka: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
         }
-        Ok(Round::Published(read))
+        tracing::warn!(
+            rows,
+            "outbox relay lost its lease; the rows it sent and did not mark are the holder's"
+        );
     }
 
     /// Hands every readable row to the producer without awaiting acknowledgements.
-    async fn send(&self, rows: Vec<OutboxRow>) -> InFlight {
+    async fn send(&mut self, rows: Vec<OutboxRow>) -> Result<InFlight> {
+        let producer = self.producer()?;
         let mut batch = InFlight {
             ids: rows.iter().map(|row| row.id).collect(),
             deliveries: Vec::with_capacity(rows.len()),
@@ -415,78 +677,217 @@ impl OutboxRelay {
                     continue;
                 }
             };
-            let headers = headers.iter().fold(
-                OwnedHeaders::new_with_capacity(headers.len()),
-                |h, (key, value)| {
-                    h.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    })
-                },
-            );
-            let mut record = FutureRecord::to(&row.topic)
-                .payload(row.payload.as_slice())
-                .headers(headers);
-            if let Some(key) = &row.key {
-                record = record.key(key.as_slice());
-            }
-            let delivery = self.enqueue(record).await;
-            batch.deliveries.push((row.id, delivery));
+            let sent = Sent { row, headers };
+            let delivery = self.enqueue(&producer, record(&sent)).await;
+            batch.deliveries.push((sent, delivery));
         }
-        batch
+        Ok(batch)
     }
 
-    /// Awaits the batch's acknowledgements, dead-letters its unreadable rows and marks
-    /// every row that was acknowledged (or dead-lettered). A row whose delivery failed
-    /// stays unmarked, to be read again, and the round reports the failure.
-    async fn complete(&self, batch: InFlight) -> Result<()> {
+    /// Awaits the batch's acknowledgements, dead-letters its unreadable rows and the rows
+    /// the broker refused for good, and marks every row acknowledged or dead-lettered. A
+    /// row whose delivery failed otherwise stays unmarked, to be read again, and the
+    /// outcome carries the failure; a row refused in its producer batch is returned, to
+    /// be sent again on its own. Nothing is marked when the lease turns out lost.
+    async fn complete(&mut self, batch: InFlight) -> std::result::Result<Settled, Stop> {
         let mut published = Vec::with_capacity(batch.ids.len());
-        let mut first_error = None;
-        // While the broker is down the acknowledgements take as long as the outage; keep
-        // the lease meanwhile, so no standby takes over rows that are still in flight.
-        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.tick().await;
-        for (id, delivery) in batch.deliveries {
-            let delivery = match delivery {
-                Ok(mut delivery) => loop {
-                    tokio::select! {
-                        acknowledged = &mut delivery => break Ok(acknowledged),
-                        _ = renew.tick() => {
-                            if let Err(error) = self.storage.hold_lease().await {
-                                tracing::warn!(%error, "renewing the outbox relay lease failed");
-                            }
-                        }
-                    }
-                },
-                Err(error) => Err(error),
-            };
-            let acknowledged = match delivery {
-                Ok(Ok(Ok(_))) => Ok(()),
-                Ok(Ok(Err((error, _)))) => Err(error),
-                Ok(Err(_)) => Err(KafkaError::Canceled),
-                Err(error) => Err(error),
+        let mut settled = Settled::default();
+        let mut refused = Vec::new();
+        let mut renew = self.renewal().await;
+        for (sent, delivery) in batch.deliveries {
+            let (acknowledged, batched) = match delivery {
+                Ok(delivery) => (self.acknowledged(delivery, &mut renew).await?, true),
+                // librdkafka refused it before sending, on its own.
+                Err(error) => (Err(error), false),
             };
             match acknowledged {
-                Ok(()) => published.push(id),
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
+                Ok(()) => published.push(sent.row.id),
+                Err(error) => match refusal(&error) {
+                    Some(Refusal::Record) if batched => settled.retry_alone.push(Refused {
+                        sent,
+                        error,
+                        attempts: 1,
+                    }),
+                    Some(_) => refused.push(Refused {
+                        sent,
+                        error,
+                        attempts: 1,
+                    }),
+                    None => {
+                        settled.failed.get_or_insert(Error::Delivery {
+                            topic: sent.row.topic,
+                            source: error,
+                        });
+                    }
+                },
             }
         }
         for (row, reason) in &batch.unreadable {
-            self.dead_letter(row, reason).await?;
-            published.push(row.id);
+            let error = format!("outbox row {} has malformed headers: {reason}", row.id);
+            let letter = Letter {
+                row,
+                headers: &[],
+                reason: DeadLetterReason::Decode,
+                error: &error,
+                attempts: 1,
+            };
+            self.settle_letter(letter, &mut published, &mut settled)
+                .await;
         }
-        self.storage
+        for refused in &refused {
+            self.dead_letter_refused(refused, &mut published, &mut settled)
+                .await;
+        }
+        match self
+            .storage
             .mark_published(&published, self.settings.retention.is_zero())
-            .await?;
-        match first_error {
-            Some(source) => Err(Error::Delivery {
-                topic: "outbox".to_owned(),
-                source,
-            }),
-            None => Ok(()),
+            .await?
+        {
+            Fenced::Held(()) => Ok(settled),
+            Fenced::Lost => Err(Stop::LeaseLost),
+        }
+    }
+
+    /// Sends each row refused in its producer batch again, on its own, and awaits it before
+    /// the next: nothing else is in flight then, so the broker judges that record alone.
+    /// Acknowledged, it is marked; refused again, it is dead-lettered.
+    async fn send_alone(&mut self, rows: Vec<Refused>) -> std::result::Result<Settled, Stop> {
+        tracing::info!(
+            rows = rows.len(),
+            "outbox records refused with their producer batch; sending each again on its own"
+        );
+        let producer = self.producer()?;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut settled = Settled::default();
+        let mut renew = self.renewal().await;
+        for mut refused in rows {
+            let delivery = self.enqueue(&producer, record(&refused.sent)).await;
+            refused.attempts += 1;
+            let acknowledged = match delivery {
+                Ok(delivery) => self.acknowledged(delivery, &mut renew).await?,
+                Err(error) => Err(error),
+            };
+            match acknowledged {
+                Ok(()) => published.push(refused.sent.row.id),
+                Err(error) if refusal(&error).is_some() => {
+                    refused.error = error;
+                    self.dead_letter_refused(&refused, &mut published, &mut settled)
+                        .await;
+                }
+                Err(error) => {
+                    settled.failed.get_or_insert(Error::Delivery {
+                        topic: refused.sent.row.topic,
+                        source: error,
+                    });
+                }
+            }
+        }
+        match self
+            .storage
+            .mark_published(&published, self.settings.retention.is_zero())
+            .await?
+        {
+            Fenced::Held(()) => Ok(settled),
+            Fenced::Lost => Err(Stop::LeaseLost),
+        }
+    }
+
+    /// A timer for renewing the lease while acknowledgements are awaited, first due a
+    /// third of the lease from now.
+    async fn renewal(&self) -> tokio::time::Interval {
+        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        renew
+    }
+
+    /// Awaits one record's acknowledgement. While the broker is down that takes as long as
+    /// the outage; the lease is renewed meanwhile, so no standby takes over rows that are
+    /// still in flight. A renewal that fails, or finds the lease lost, stops the wait:
+    /// this relay may no longer publish, so it does not wait to mark.
+    async fn acknowledged(
+        &self,
+        mut delivery: DeliveryFuture,
+        renew: &mut tokio::time::Interval,
+    ) -> std::result::Result<std::result::Result<(), KafkaError>, Stop> {
+        loop {
+            tokio::select! {
+                acknowledged = &mut delivery => {
+                    return Ok(match acknowledged {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((error, _))) => Err(error),
+                        Err(_) => Err(KafkaError::Canceled),
+                    });
+                }
+                _ = renew.tick() => match self.storage.hold_lease().await {
+                    Ok(Lease::Kept) => {}
+                    Ok(Lease::Taken | Lease::Elsewhere) => return Err(Stop::LeaseLost),
+                    Err(error) => return Err(Stop::RenewalFailed(error)),
+                },
+            }
+        }
+    }
+
+    /// Dead-letters a row the broker refused for good, with reason `publish`.
+    async fn dead_letter_refused(
+        &mut self,
+        refused: &Refused,
+        published: &mut Vec<i64>,
+        settled: &mut Settled,
+    ) {
+        let Sent { row, headers } = &refused.sent;
+        let error = format!("outbox row {} refused: {}", row.id, refused.error);
+        let letter = Letter {
+            row,
+            headers,
+            reason: DeadLetterReason::Publish,
+            error: &error,
+            attempts: refused.attempts,
+        };
+        self.settle_letter(letter, published, settled).await;
+    }
+
+    /// Writes `letter` and adds its row to `published` (to be marked). When the
+    /// dead-letter topic refuses the letter for good too (it is larger than the row's
+    /// record, so a record over librdkafka's own `message.max.bytes` always is), the row
+    /// is parked: left unmarked, so nothing is lost, and not read again while this relay
+    /// runs. Any other failure to write it leaves the row unmarked and fails the round.
+    async fn settle_letter(
+        &mut self,
+        letter: Letter<'_>,
+        published: &mut Vec<i64>,
+        settled: &mut Settled,
+    ) {
+        let (row, reason) = (letter.row, letter.reason);
+        match self.dead_letter(&letter).await {
+            Ok(()) => {
+                tracing::error!(
+                    row = row.id,
+                    topic = %row.topic,
+                    %reason,
+                    error = letter.error,
+                    "outbox row dead-lettered"
+                );
+                published.push(row.id);
+            }
+            Err(Error::Delivery {
+                source: letter_error,
+                ..
+            }) if refusal(&letter_error).is_some() && self.parked.len() < MAX_PARKED => {
+                tracing::error!(
+                    row = row.id,
+                    topic = %row.topic,
+                    %reason,
+                    error = letter.error,
+                    dead_letter_error = %letter_error,
+                    "outbox row could not be dead-lettered: the dead-letter topic refused it \
+                     too; left unmarked and skipped until the relay restarts"
+                );
+                self.parked.insert(row.id);
+            }
+            Err(failed) => {
+                settled.failed.get_or_insert(failed);
+            }
         }
     }
 
@@ -494,11 +895,12 @@ impl OutboxRelay {
     /// batch is in flight at once; waits only while librdkafka's queue is full.
     async fn enqueue(
         &self,
+        producer: &FutureProducer,
         mut record: FutureRecord<'_, [u8], [u8]>,
     ) -> std::result::Result<DeliveryFuture, KafkaError> {
         let started = tokio::time::Instant::now();
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if started.elapsed() < self.delivery_timeout =>
@@ -511,43 +913,137 @@ impl OutboxRelay {
         }
     }
 
-    /// Sends an unreadable row to the dead-letter topic, as it is stored.
-    async fn dead_letter(&self, row: &OutboxRow, reason: &str) -> Result<()> {
+    /// Writes a dead letter to the relay's dead-letter topic and awaits the broker's
+    /// acknowledgement: the row's key and value, `headers` (the row's own, in order), then
+    /// the `dlq-` headers of `docs/wire-format.md` section 7 for outbox rows.
+    async fn dead_letter(&mut self, letter: &Letter<'_>) -> Result<()> {
         use crate::dead_letter::header;
+        let producer = self.producer()?;
+        let row = letter.row;
         let id = row.id.to_string();
         let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let error = format!("outbox row {id} has malformed headers: {reason}");
-        let headers = [
+        let attempts = letter.attempts.to_string();
+        let error = truncate(letter.error, crate::dead_letter::MAX_ERROR_BYTES);
+        let dlq = [
             (header::ORIGINAL_TOPIC, row.topic.as_str()),
             (header::ORIGINAL_PARTITION, "-1"),
             (header::ORIGINAL_OFFSET, id.as_str()),
-            (header::CONSUMER_GROUP, "outbox-relay"),
-            (header::REASON, "decode"),
-            (header::ERROR, error.as_str()),
-            (header::ATTEMPTS, "1"),
+            (header::CONSUMER_GROUP, RELAY_GROUP),
+            (header::REASON, letter.reason.as_str()),
+            (header::ERROR, error),
+            (header::ATTEMPTS, attempts.as_str()),
             (header::FAILED_AT, failed_at.as_str()),
-        ]
-        .iter()
-        .fold(OwnedHeaders::new(), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        });
+        ];
+        let headers = letter
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .chain(dlq)
+            .fold(
+                OwnedHeaders::new_with_capacity(letter.headers.len() + 8),
+                |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                },
+            );
         let mut record = FutureRecord::to(&self.settings.dead_letter_topic)
             .payload(row.payload.as_slice())
             .headers(headers);
         if let Some(key) = &row.key {
             record = record.key(key.as_slice());
         }
-        self.producer
+        producer
             .send(record, self.delivery_timeout)
             .await
             .map_err(|(source, _)| Error::Delivery {
                 topic: self.settings.dead_letter_topic.clone(),
                 source,
             })?;
-        tracing::error!(row = row.id, topic = %row.topic, "outbox row dead-lettered: malformed headers");
         Ok(())
+    }
+}
+
+/// A dead letter of the relay, before it is written.
+struct Letter<'a> {
+    row: &'a OutboxRow,
+    /// The row's headers, as its record carried them (none when they cannot be read).
+    headers: &'a [(String, String)],
+    reason: DeadLetterReason,
+    error: &'a str,
+    attempts: u32,
+}
+
+/// The record of a row: its topic, key, value and headers, in order.
+fn record(sent: &Sent) -> FutureRecord<'_, [u8], [u8]> {
+    let Sent { row, headers } = sent;
+    let headers = headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    );
+    let record = FutureRecord::to(&row.topic)
+        .payload(row.payload.as_slice())
+        .headers(headers);
+    match &row.key {
+        Some(key) => record.key(key.as_slice()),
+        None => record,
+    }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_about_the_record_or_its_topic_are_for_good() {
+        let refusal_of = |code| refusal(&KafkaError::MessageProduction(code));
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            assert_eq!(refusal_of(code), Some(Refusal::Record), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert_eq!(refusal_of(code), Some(Refusal::Topic), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::PurgeQueue,
+        ] {
+            assert_eq!(refusal_of(code), None, "{code:?}");
+        }
+        assert_eq!(refusal(&KafkaError::Canceled), None);
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+        assert_eq!(truncate("aé", 3), "aé");
     }
 }

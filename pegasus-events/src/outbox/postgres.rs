@@ -1,5 +1,11 @@
 //! The outbox in PostgreSQL: enqueue in the caller's transaction, NOTIFY on commit (from
 //! the table's statement trigger), one active relay through a session advisory lock.
+//!
+//! The lock fences the relay's work: the relay reads rows to publish and marks them on the
+//! session that holds the lock, and a session keeps its advisory lock until it ends. So no
+//! statement of the relay reads or marks a row once its lock is gone (its session ended:
+//! terminated, timed out, cut off), even before the relay noticed; another relay may hold
+//! the lock by then.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +15,8 @@ use sqlx::Row;
 use tokio::sync::Mutex;
 
 use super::{
-    encode, BoxFuture, EncodedEvent, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings,
+    encode, BoxFuture, EncodedEvent, Fenced, Lease, OutboxRelay, OutboxRow, OutboxStorage,
+    RelaySettings,
 };
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -175,8 +182,30 @@ struct PostgresStorage {
     listener: Mutex<Option<PgListener>>,
 }
 
+/// The outcome of a failed statement on the lock's session: `Fenced::Lost` when the
+/// session ended (the lock went with it; the failure was the session's end), the error
+/// otherwise.
+async fn session_failed<T>(
+    lease: &mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    operation: &'static str,
+    error: sqlx::Error,
+) -> Result<Fenced<T>> {
+    if let Some(connection) = lease.as_mut() {
+        if sqlx::query("SELECT 1")
+            .execute(&mut **connection)
+            .await
+            .is_ok()
+        {
+            return Err(failed(operation)(error));
+        }
+    }
+    tracing::warn!(%error, "the outbox relay's lock session ended");
+    *lease = None;
+    Ok(Fenced::Lost)
+}
+
 impl OutboxStorage for PostgresStorage {
-    fn hold_lease(&self) -> BoxFuture<'_, Result<bool>> {
+    fn hold_lease(&self) -> BoxFuture<'_, Result<Lease>> {
         Box::pin(async move {
             let mut lease = self.lease.lock().await;
             if let Some(connection) = lease.as_mut() {
@@ -186,7 +215,7 @@ impl OutboxStorage for PostgresStorage {
                     .await
                     .is_ok()
                 {
-                    return Ok(true);
+                    return Ok(Lease::Kept);
                 }
                 *lease = None;
             }
@@ -195,15 +224,16 @@ impl OutboxStorage for PostgresStorage {
                 .fetch_one(&mut *connection)
                 .await
                 .map_err(failed("take the relay lease"))?;
-            if acquired {
-                // Keep the lock's session out of the pool for as long as this relay runs,
-                // and close it when the relay goes: back in the pool, the session would
-                // keep the lock and no other relay could ever take over.
-                connection.close_on_drop();
-                *lease = Some(connection);
-                tracing::info!("outbox relay is active");
+            if !acquired {
+                return Ok(Lease::Elsewhere);
             }
-            Ok(acquired)
+            // Keep the lock's session out of the pool for as long as this relay runs, and
+            // close it when the relay goes: back in the pool, the session would keep the
+            // lock and no other relay could ever take over.
+            connection.close_on_drop();
+            *lease = Some(connection);
+            tracing::info!("outbox relay is active");
+            Ok(Lease::Taken)
         })
     }
 
@@ -216,24 +246,36 @@ impl OutboxStorage for PostgresStorage {
         })
     }
 
-    fn unpublished(
-        &self,
+    fn unpublished<'a>(
+        &'a self,
         limit: i64,
         in_flight: Option<(i64, i64)>,
-    ) -> BoxFuture<'_, Result<Vec<OutboxRow>>> {
+        skip: &'a [i64],
+    ) -> BoxFuture<'a, Result<Fenced<Vec<OutboxRow>>>> {
         Box::pin(async move {
+            const OPERATION: &str = "read unpublished events";
             // An empty range (first > last) when nothing is in flight.
             let (first, last) = in_flight.unwrap_or((0, -1));
-            let rows = sqlx::query(
+            // On the lock's session: no lock, no rows.
+            let mut lease = self.lease.lock().await;
+            let Some(connection) = lease.as_mut() else {
+                return Ok(Fenced::Lost);
+            };
+            let read = sqlx::query(
                 "SELECT id, topic, message_key, payload, headers FROM pegasus_outbox
-                 WHERE published_at IS NULL AND (id < $2 OR id > $3) ORDER BY id LIMIT $1",
+                 WHERE published_at IS NULL AND (id < $2 OR id > $3) AND NOT (id = ANY($4))
+                 ORDER BY id LIMIT $1",
             )
             .bind(limit)
             .bind(first)
             .bind(last)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(failed("read unpublished events"))?;
+            .bind(skip)
+            .fetch_all(&mut **connection)
+            .await;
+            let rows = match read {
+                Ok(rows) => rows,
+                Err(error) => return session_failed(&mut lease, OPERATION, error).await,
+            };
             rows.into_iter()
                 .map(|row| {
                     Ok(OutboxRow {
@@ -245,26 +287,38 @@ impl OutboxStorage for PostgresStorage {
                     })
                 })
                 .collect::<std::result::Result<_, sqlx::Error>>()
-                .map_err(failed("read unpublished events"))
+                .map(Fenced::Held)
+                .map_err(failed(OPERATION))
         })
     }
 
-    fn mark_published<'a>(&'a self, ids: &'a [i64], delete: bool) -> BoxFuture<'a, Result<()>> {
+    fn mark_published<'a>(
+        &'a self,
+        ids: &'a [i64],
+        delete: bool,
+    ) -> BoxFuture<'a, Result<Fenced<()>>> {
         Box::pin(async move {
             if ids.is_empty() {
-                return Ok(());
+                return Ok(Fenced::Held(()));
             }
             let statement = if delete {
                 "DELETE FROM pegasus_outbox WHERE id = ANY($1)"
             } else {
                 "UPDATE pegasus_outbox SET published_at = now() WHERE id = ANY($1)"
             };
-            sqlx::query(statement)
+            // On the lock's session: no lock, no mark.
+            let mut lease = self.lease.lock().await;
+            let Some(connection) = lease.as_mut() else {
+                return Ok(Fenced::Lost);
+            };
+            match sqlx::query(statement)
                 .bind(ids)
-                .execute(&self.pool)
+                .execute(&mut **connection)
                 .await
-                .map_err(failed("mark events published"))?;
-            Ok(())
+            {
+                Ok(_) => Ok(Fenced::Held(())),
+                Err(error) => session_failed(&mut lease, "mark events published", error).await,
+            }
         })
     }
 

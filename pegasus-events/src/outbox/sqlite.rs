@@ -1,6 +1,12 @@
 //! The outbox in SQLite, the embedded default database: enqueue in the caller's
 //! transaction; the relay polls; one active relay per file through a lease row with an
 //! expiry.
+//!
+//! The lease fences the relay's work: reading rows to publish and marking them are single
+//! statements that run only while the lease row names this relay. Taking the lease over
+//! rewrites that name, so once another relay's takeover committed, no later statement of
+//! this one reads a row or marks one, even if this one has not noticed. (Rows read just
+//! before may still be sent; their mark is refused, and the new holder sends them again.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +16,8 @@ use sqlx::Row;
 use tokio::sync::Mutex;
 
 use super::{
-    encode, BoxFuture, EncodedEvent, OutboxRelay, OutboxRow, OutboxStorage, RelaySettings,
+    encode, BoxFuture, EncodedEvent, Fenced, Lease, OutboxRelay, OutboxRow, OutboxStorage,
+    RelaySettings,
 };
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -190,16 +197,55 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+impl SqliteStorage {
+    /// Whether the lease row names this relay. Called when a fenced statement changed
+    /// nothing, to tell "no rows" from "lease lost"; a loss is remembered, so the next
+    /// [`OutboxStorage::hold_lease`] asks the database.
+    async fn still_holds(&self, operation: &'static str) -> Result<bool> {
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pegasus_outbox_relay_lease WHERE id = 1 AND holder = ?)",
+        )
+        .bind(&self.holder)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(failed(operation))?;
+        if !held {
+            *self.renewed.lock().await = None;
+        }
+        Ok(held)
+    }
+}
+
 impl OutboxStorage for SqliteStorage {
-    fn hold_lease(&self) -> BoxFuture<'_, Result<bool>> {
+    fn hold_lease(&self) -> BoxFuture<'_, Result<Lease>> {
         Box::pin(async move {
             let mut renewed = self.renewed.lock().await;
-            // Renewing is a write: do it only once a third of the lease has passed.
+            // Renewing is a write: do it only once a third of the lease has passed. Nothing
+            // depends on this cache being right: every read and mark checks the holder.
             if renewed.is_some_and(|at| at.elapsed() < self.lease_ttl / 3) {
-                return Ok(true);
+                return Ok(Lease::Kept);
             }
             let now = now_ms();
             let ttl = i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+            let expires_at = now.saturating_add(ttl);
+            if renewed.is_some() {
+                // The row still naming this relay means no other took it since, even if it
+                // expired meanwhile: taking it over rewrites the holder.
+                let renewal = sqlx::query(
+                    "UPDATE pegasus_outbox_relay_lease SET expires_at_ms = ?1
+                     WHERE id = 1 AND holder = ?2",
+                )
+                .bind(expires_at)
+                .bind(&self.holder)
+                .execute(&self.pool)
+                .await
+                .map_err(failed("renew the relay lease"))?;
+                if renewal.rows_affected() == 1 {
+                    *renewed = Some(std::time::Instant::now());
+                    return Ok(Lease::Kept);
+                }
+                *renewed = None;
+            }
             let taken = sqlx::query(
                 "INSERT INTO pegasus_outbox_relay_lease (id, holder, expires_at_ms)
                  VALUES (1, ?1, ?2)
@@ -209,18 +255,21 @@ impl OutboxStorage for SqliteStorage {
                     OR pegasus_outbox_relay_lease.expires_at_ms < ?3",
             )
             .bind(&self.holder)
-            .bind(now.saturating_add(ttl))
+            .bind(expires_at)
             .bind(now)
             .execute(&self.pool)
             .await
             .map_err(failed("take the relay lease"))?
             .rows_affected()
                 == 1;
-            if taken && renewed.is_none() {
+            if taken {
                 tracing::info!("outbox relay is active");
+                *renewed = Some(std::time::Instant::now());
+                Ok(Lease::Taken)
+            } else {
+                *renewed = None;
+                Ok(Lease::Elsewhere)
             }
-            *renewed = taken.then(std::time::Instant::now);
-            Ok(taken)
         })
     }
 
@@ -241,25 +290,35 @@ impl OutboxStorage for SqliteStorage {
         })
     }
 
-    fn unpublished(
-        &self,
+    fn unpublished<'a>(
+        &'a self,
         limit: i64,
         in_flight: Option<(i64, i64)>,
-    ) -> BoxFuture<'_, Result<Vec<OutboxRow>>> {
+        skip: &'a [i64],
+    ) -> BoxFuture<'a, Result<Fenced<Vec<OutboxRow>>>> {
         Box::pin(async move {
+            const OPERATION: &str = "read unpublished events";
             // An empty range (first > last) when nothing is in flight.
             let (first, last) = in_flight.unwrap_or((0, -1));
             let rows = sqlx::query(
                 "SELECT id, topic, message_key, payload, headers FROM pegasus_outbox
                  WHERE published_at IS NULL AND (id < ? OR id > ?)
+                   AND id NOT IN (SELECT value FROM json_each(?))
+                   AND EXISTS (SELECT 1 FROM pegasus_outbox_relay_lease
+                               WHERE id = 1 AND holder = ?)
                  ORDER BY id LIMIT ?",
             )
             .bind(first)
             .bind(last)
+            .bind(json_list(skip))
+            .bind(&self.holder)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
-            .map_err(failed("read unpublished events"))?;
+            .map_err(failed(OPERATION))?;
+            if rows.is_empty() && !self.still_holds(OPERATION).await? {
+                return Ok(Fenced::Lost);
+            }
             rows.into_iter()
                 .map(|row| {
                     Ok(OutboxRow {
@@ -271,30 +330,45 @@ impl OutboxStorage for SqliteStorage {
                     })
                 })
                 .collect::<std::result::Result<_, sqlx::Error>>()
-                .map_err(failed("read unpublished events"))
+                .map(Fenced::Held)
+                .map_err(failed(OPERATION))
         })
     }
 
-    fn mark_published<'a>(&'a self, ids: &'a [i64], delete: bool) -> BoxFuture<'a, Result<()>> {
+    fn mark_published<'a>(
+        &'a self,
+        ids: &'a [i64],
+        delete: bool,
+    ) -> BoxFuture<'a, Result<Fenced<()>>> {
         Box::pin(async move {
+            const OPERATION: &str = "mark events published";
             if ids.is_empty() {
-                return Ok(());
+                return Ok(Fenced::Held(()));
             }
-            // One statement for the whole batch: the ids go in as one JSON array.
-            let ids = json_list(ids);
+            // One statement for the whole batch: the ids go in as one JSON array. It marks
+            // nothing unless this relay holds the lease at that moment.
             let statement = if delete {
-                "DELETE FROM pegasus_outbox WHERE id IN (SELECT value FROM json_each(?))"
+                "DELETE FROM pegasus_outbox WHERE id IN (SELECT value FROM json_each(?1))
+                   AND EXISTS (SELECT 1 FROM pegasus_outbox_relay_lease
+                               WHERE id = 1 AND holder = ?2)"
             } else {
                 "UPDATE pegasus_outbox
                  SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                 WHERE id IN (SELECT value FROM json_each(?))"
+                 WHERE id IN (SELECT value FROM json_each(?1))
+                   AND EXISTS (SELECT 1 FROM pegasus_outbox_relay_lease
+                               WHERE id = 1 AND holder = ?2)"
             };
-            sqlx::query(statement)
-                .bind(ids)
+            let marked = sqlx::query(statement)
+                .bind(json_list(ids))
+                .bind(&self.holder)
                 .execute(&self.pool)
                 .await
-                .map_err(failed("mark events published"))?;
-            Ok(())
+                .map_err(failed(OPERATION))?;
+            // None marked: the lease is gone, or (rarely) the rows are, e.g. deleted by hand.
+            if marked.rows_affected() == 0 && !self.still_holds(OPERATION).await? {
+                return Ok(Fenced::Lost);
+            }
+            Ok(Fenced::Held(()))
         })
     }
 
