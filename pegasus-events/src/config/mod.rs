@@ -1,0 +1,327 @@
+//! Typed configuration: one set of defaults, a validation that names the bad field, and a
+//! pass-through for any other librdkafka property.
+//!
+//! # Guarantees
+//!
+//! - [`KafkaConfig::default`] is the one place defaults live; every loader starts from it.
+//! - [`KafkaConfig::validate`] rejects a bad value with [`Error::Config`] naming the field
+//!   as the user wrote it (`Kafka.SaslPassword`, `KAFKA_SASL_PASSWORD`, `producer.acks`).
+//! - Secrets ([`Secret`] values and pass-through properties whose name says password,
+//!   secret, token or key material) are shown as `***` by `Debug`, and never appear in an
+//!   error message: not ours, and not librdkafka's, which we rewrite.
+//!
+//! # Sources
+//!
+//! - [`KafkaConfig::from_appsettings`]: the `Kafka` section of an `appsettings.json` shaped
+//!   like the .NET services' (`BootstrapServers`, `ClientId`, `SecurityProtocol`,
+//!   `SaslMechanism`, `SaslUsername`, `SaslPassword`, plus any librdkafka property by its
+//!   dotted name, e.g. `"linger.ms": "5"`).
+//! - [`KafkaConfig::from_env`]: `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_CLIENT_ID`,
+//!   `KAFKA_SOURCE_SERVICE`, `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_MECHANISM`,
+//!   `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`, `KAFKA_ACKS`, `KAFKA_ENABLE_IDEMPOTENCE`,
+//!   `KAFKA_COMPRESSION`, `KAFKA_DELIVERY_TIMEOUT_MS`, `KAFKA_LINGER_MS`,
+//!   `KAFKA_WRITE_BASE_EVENT_FIELDS` (appsettings `WriteBaseEventFields`), and
+//!   `KAFKA_PROPERTY_<NAME>` for any librdkafka property (`KAFKA_PROPERTY_SOCKET_TIMEOUT_MS`
+//!   sets `socket.timeout.ms`). The .NET spelling `Kafka__BootstrapServers` works too.
+//! - [`KafkaConfig::load`]: an appsettings file if it exists, then the environment on top.
+//!
+//! # Layout
+//!
+//! | file | what it holds |
+//! |------|---------------|
+//! | `mod.rs` | [`KafkaConfig`] and its defaults |
+//! | `settings.rs` | the typed settings: [`ProducerSettings`], the enums, each setting's appsettings and environment names |
+//! | `environment.rs` | reading `KAFKA_*` and `Kafka__*` variables |
+//! | `appsettings.rs` | reading an `appsettings.json` |
+//! | `secrets.rs` | [`Secret`], which properties are secret, redaction in `Debug` and errors |
+//! | `validate.rs` | [`KafkaConfig::validate`] and the checks shared with other settings |
+//! | `librdkafka.rs` | the librdkafka configuration built from it |
+
+use std::collections::BTreeMap;
+
+mod appsettings;
+mod environment;
+mod librdkafka;
+mod secrets;
+mod settings;
+mod validate;
+
+pub(crate) use secrets::client_error;
+pub use secrets::{is_secret_property, Secret};
+pub use settings::{Acks, Compression, ProducerSettings, SaslMechanism, SecurityProtocol};
+pub(crate) use validate::{validate_property_name, validate_topic_name};
+
+/// Connection and producer settings for one service.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers to bootstrap from.
+    pub bootstrap_servers: String,
+    /// The client id sent to the broker; by the design's convention the service name,
+    /// e.g. `shipping-api`.
+    pub client_id: String,
+    /// The `ce_source` written on published events; defaults to [`KafkaConfig::client_id`].
+    pub source_service: Option<String>,
+    /// How the client talks to the broker.
+    pub security_protocol: SecurityProtocol,
+    /// The SASL mechanism, required with the SASL protocols.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// The SASL user name.
+    pub sasl_username: Option<String>,
+    /// The SASL password; shown as `***` by `Debug`.
+    pub sasl_password: Option<Secret>,
+    /// Producer settings.
+    pub producer: ProducerSettings,
+    /// Any other librdkafka property, by its dotted name. A property that a typed field
+    /// above controls is rejected by [`KafkaConfig::validate`], so there is one way to set
+    /// each thing.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "localhost:9092".to_owned(),
+            client_id: "pegasus-events".to_owned(),
+            source_service: None,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            producer: ProducerSettings::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The defaults with the given bootstrap servers.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// Sets the client id (and so the default `ce_source`).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Sets any librdkafka property not covered by a typed field.
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// The `ce_source` of published events.
+    pub fn source(&self) -> &str {
+        self.source_service.as_deref().unwrap_or(&self.client_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::error::KafkaError;
+
+    use super::*;
+    use crate::error::{Error, Result};
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn field_of(result: Result<KafkaConfig>) -> String {
+        match result {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let config = KafkaConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.producer.acks, Acks::All);
+        assert!(config.producer.idempotence);
+        assert_eq!(config.source(), "pegasus-events");
+    }
+
+    #[test]
+    fn appsettings_kafka_section_shaped_like_the_seed_is_read() {
+        let json = r#"{
+            "Logging": { "LogLevel": { "Default": "Information" } },
+            "Kafka": {
+                "BootstrapServers": "localhost:29092",
+                "ClientId": "shipping-api",
+                "SecurityProtocol": "SaslPlaintext",
+                "SaslMechanism": "Plain",
+                "SaslUsername": "admin",
+                "SaslPassword": "admin-secret",
+                "socket.keepalive.enable": true,
+                "LingerMs": 20
+            }
+        }"#;
+        let config = KafkaConfig::from_appsettings_json(json).unwrap();
+        assert_eq!(config.bootstrap_servers, "localhost:29092");
+        assert_eq!(config.client_id, "shipping-api");
+        assert_eq!(config.source(), "shipping-api");
+        assert_eq!(config.security_protocol, SecurityProtocol::SaslPlaintext);
+        assert_eq!(config.sasl_mechanism, Some(SaslMechanism::Plain));
+        assert_eq!(config.sasl_username.as_deref(), Some("admin"));
+        assert_eq!(
+            config.sasl_password.as_ref().unwrap().expose(),
+            "admin-secret"
+        );
+        assert_eq!(config.properties["socket.keepalive.enable"], "true");
+        assert_eq!(config.producer.linger, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn environment_variables_override_defaults_and_pass_properties_through() {
+        let config = KafkaConfig::from_env_vars(env(&[
+            ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092,127.0.0.1:9093"),
+            ("KAFKA_CLIENT_ID", "identity-api"),
+            ("KAFKA_COMPRESSION", "zstd"),
+            ("KAFKA_PROPERTY_SOCKET_TIMEOUT_MS", "5000"),
+            ("Kafka__SourceService", "identity"),
+            ("UNRELATED", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(config.bootstrap_servers, "127.0.0.1:9092,127.0.0.1:9093");
+        assert_eq!(config.client_id, "identity-api");
+        assert_eq!(config.producer.compression, Compression::Zstd);
+        assert_eq!(config.properties["socket.timeout.ms"], "5000");
+        assert_eq!(config.source(), "identity");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_field_as_written() {
+        let bad_protocol = KafkaConfig::from_env_vars(env(&[("KAFKA_SECURITY_PROTOCOL", "smoke")]));
+        assert_eq!(field_of(bad_protocol), "KAFKA_SECURITY_PROTOCOL");
+
+        let bad_json = KafkaConfig::from_appsettings_json(r#"{"Kafka":{"Acks":"most"}}"#);
+        assert_eq!(field_of(bad_json), "Kafka.Acks");
+
+        let typo = KafkaConfig::from_appsettings_json(r#"{"Kafka":{"BootstrapServer":"a:1"}}"#);
+        assert_eq!(field_of(typo), "Kafka.BootstrapServer");
+
+        let no_port = KafkaConfig::from_env_vars(env(&[("KAFKA_BOOTSTRAP_SERVERS", "localhost")]));
+        assert_eq!(field_of(no_port), "bootstrap_servers");
+
+        let no_password = KafkaConfig::from_env_vars(env(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "svc"),
+        ]));
+        assert_eq!(field_of(no_password), "sasl_password");
+
+        let mut weak = KafkaConfig::default();
+        weak.producer.acks = Acks::Leader;
+        assert_eq!(
+            field_of(weak.validate().map(|()| weak.clone())),
+            "producer.acks"
+        );
+
+        let shadowing = KafkaConfig::default().with_property("bootstrap.servers", "x:1");
+        assert_eq!(
+            field_of(shadowing.validate().map(|()| shadowing.clone())),
+            "properties.bootstrap.servers"
+        );
+
+        let missing = KafkaConfig::from_appsettings_json(r#"{"Logging":{}}"#);
+        assert_eq!(field_of(missing), "Kafka");
+    }
+
+    #[test]
+    fn malformed_appsettings_is_a_syntax_error_with_position() {
+        let err = KafkaConfig::from_appsettings_json("{\"Kafka\": {").unwrap_err();
+        assert!(
+            matches!(err, Error::ConfigSyntax { line: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn oauth_assertion_keys_and_passphrases_count_as_secrets() {
+        for name in [
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "sasl.oauthbearer.assertion.private.key.file",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            assert!(is_secret_property(name), "{name}");
+        }
+        assert!(!is_secret_property("socket.timeout.ms"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = KafkaConfig::from_appsettings_json(
+            r#"{"Kafka":{"SecurityProtocol":"SaslPlaintext","SaslMechanism":"Plain",
+                "SaslUsername":"admin","SaslPassword":"hunter2-admin-secret",
+                "ssl.key.password":"keypass-secret-value","socket.timeout.ms":"1000"}}"#,
+        )
+        .unwrap();
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("hunter2-admin-secret"), "{shown}");
+        assert!(!shown.contains("keypass-secret-value"), "{shown}");
+        assert!(shown.contains("***"));
+        assert!(shown.contains("socket.timeout.ms"));
+        assert!(shown.contains("1000"));
+    }
+
+    #[test]
+    fn librdkafka_config_errors_never_carry_the_value() {
+        // librdkafka writes an enum-valued property's rejected value into its error text
+        // (an integer property's text leaves it out), so a secret put into one by mistake
+        // is in the error librdkafka returns. The conversion must leave it out. These
+        // properties exist in every build (SSL and SASL ones do not without OpenSSL or
+        // Cyrus SASL, and their error then names no value at all).
+        let secret = "hunter2-sasl-secret";
+        for property in [
+            "broker.address.family",
+            "isolation.level",
+            "auto.offset.reset",
+        ] {
+            let Err(raw) = ClientConfig::new()
+                .set(property, secret)
+                .create::<rdkafka::producer::BaseProducer>()
+            else {
+                panic!("librdkafka accepted {property}={secret}");
+            };
+            match &raw {
+                KafkaError::ClientConfig(_, description, key, _) => {
+                    assert_eq!(key, property);
+                    assert!(
+                        description.contains(secret),
+                        "librdkafka's own text carries the value: {description}"
+                    );
+                }
+                other => panic!("expected a client configuration error, got {other:?}"),
+            }
+            let error = client_error("producer", raw);
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains(&format!("properties.{property}")), "{shown}");
+        }
+
+        // The whole way: a producer created from a configuration with such a value.
+        let config = KafkaConfig::default().with_property("broker.address.family", secret);
+        let error =
+            crate::producer::EventProducer::new(&config).expect_err("librdkafka rejects the value");
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(
+            shown.contains("properties.broker.address.family"),
+            "{shown}"
+        );
+    }
+}

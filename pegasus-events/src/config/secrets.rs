@@ -1,0 +1,97 @@
+//! Secrets: [`Secret`] values, which librdkafka properties hold one, and keeping them out
+//! of `Debug` output and of errors (ours, and librdkafka's, which quote values).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::error::KafkaError;
+
+use super::KafkaConfig;
+use crate::error::Error;
+
+/// A secret value (a password). `Debug` and `Display` print `***`; read it with
+/// [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Call it only where the value is handed to the Kafka client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) { "***" } else { v };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("source_service", &self.source_service)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password)
+            .field("producer", &self.producer)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret, judged by its name.
+pub fn is_secret_property(name: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "password",
+        "secret",
+        "token",
+        "jaas",
+        "ssl.key",
+        "oauthbearer.config",
+        // `sasl.oauthbearer.assertion.private.key.pem`, `.file`, `.passphrase`.
+        "private.key",
+        "passphrase",
+    ];
+    MARKERS.iter().any(|m| name.contains(m))
+}
+
+/// Turns librdkafka's configuration error into ours without the offending value, which may
+/// be a secret.
+pub(crate) fn client_error(client: &'static str, error: KafkaError) -> Error {
+    match error {
+        // librdkafka's description quotes the value ("Invalid value \"...\" for
+        // configuration property ..."), which may be a secret: cut it out.
+        KafkaError::ClientConfig(_, description, key, value) => Error::Config {
+            field: format!("properties.{key}"),
+            reason: if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "<redacted>")
+            },
+        },
+        source => Error::Client { client, source },
+    }
+}
