@@ -445,3 +445,61 @@ fn delivery_error(source: KafkaError, message: &OwnedMessage) -> PublishError {
         record: Some(Box::new(record)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_errors_chain_names_the_event_and_topic_and_shows_each_cause_once() {
+        let id = Uuid::from_u128(7);
+        let error = PublishError {
+            error: Error::Delivery {
+                topic: "shipping.shipment.created".to_owned(),
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            },
+            record: Some(Box::new(EncodedRecord {
+                topic: "shipping.shipment.created".to_owned(),
+                key: None,
+                payload: None,
+                headers: vec![("ce_id".to_owned(), Some(id.to_string().into_bytes()))],
+            })),
+        };
+        let mut chain = vec![error.to_string()];
+        let mut cause = std::error::Error::source(&error);
+        while let Some(current) = cause {
+            chain.push(current.to_string());
+            cause = current.source();
+        }
+        assert_eq!(
+            chain[0],
+            format!("cannot publish event {id} to topic `shipping.shipment.created`")
+        );
+        let mut distinct = chain.clone();
+        distinct.dedup();
+        assert_eq!(distinct, chain, "a cause shown twice: {chain:?}");
+        assert_eq!(
+            chain[1],
+            "publishing to topic `shipping.shipment.created` failed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flush_that_times_out_is_error_flush() {
+        // Nothing listens on port 1: the record stays queued, and flushing cannot finish.
+        let mut config = KafkaConfig::new("127.0.0.1:1");
+        config.producer.delivery_timeout = Duration::from_secs(2);
+        let producer = EventProducer::new(&config).unwrap();
+        let publishing = producer.clone();
+        let pending = tokio::spawn(async move {
+            let event = crate::property_tests::UserCreatedForTests::sample();
+            let _ = publishing.publish(&event).await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match producer.flush(Duration::from_millis(100)) {
+            Err(Error::Flush { .. }) => {}
+            other => panic!("expected Error::Flush, got {other:?}"),
+        }
+        pending.abort();
+    }
+}

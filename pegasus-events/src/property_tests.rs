@@ -29,6 +29,15 @@ pub(crate) struct UserCreated {
 /// An event type for other modules' unit tests.
 pub(crate) type UserCreatedForTests = UserCreated;
 
+impl UserCreated {
+    pub(crate) fn sample() -> Self {
+        UserCreated {
+            user_id: "u1".to_owned(),
+            email: "a@example.com".to_owned(),
+        }
+    }
+}
+
 #[test]
 fn a_decoded_events_debug_hides_its_sensitive_fields() {
     let headers = [
