@@ -645,3 +645,56 @@ async fn a_worker_that_dies_outside_the_handler_stops_the_consumer_with_an_error
         "{committed:?} past the record at {offset}"
     );
 }
+
+/// Passes this run's events to a handler that hangs; others are acknowledged.
+struct OnlyRun(HangsOnce, String);
+
+impl EventHandler<Probe> for OnlyRun {
+    async fn handle(&self, event: Probe, context: &EventContext<'_>) -> Result<(), HandlerError> {
+        if event.run == self.1 {
+            return self.0.handle(event, context).await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_handler_outlives_the_consumer_a_handler_still_running_at_the_deadline_is_dropped_before_run_until_returns(
+) {
+    let run = unique("outlives");
+    let dlq = unique("dlq-outlives");
+    create_topics(&[Probe::TOPIC, &dlq]).await;
+    send(
+        Probe::TOPIC,
+        cloudevent_headers(Uuid::now_v7()),
+        &serde_json::to_vec(&Probe {
+            run: run.clone(),
+            n: 1,
+        })
+        .unwrap(),
+    )
+    .await;
+    let handler = HangsOnce {
+        hang_always: true,
+        ..HangsOnce::default()
+    };
+    let consumer = EventConsumer::builder(config("outlives"))
+        .group_id(unique("outlives-group"))
+        .settings(ConsumerSettings {
+            shutdown_timeout: Duration::from_millis(300),
+            handler_timeout: None,
+            ..settings(&dlq)
+        })
+        .handler::<Probe, _>(OnlyRun(handler.clone(), run))
+        .build()
+        .unwrap();
+    let attempts = Arc::clone(&handler.attempts);
+    let started = Instant::now();
+    run_until_done(consumer, move || attempts.load(Ordering::SeqCst) >= 1).await;
+    // The handler never finishes by itself: only the consumer dropping it sets this.
+    assert!(
+        handler.dropped.load(Ordering::SeqCst),
+        "the hung handler was still running after run_until returned"
+    );
+    assert!(started.elapsed() < TEST_DEADLINE);
+}
