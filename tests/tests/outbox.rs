@@ -1434,19 +1434,47 @@ async fn a_postgres_relay_whose_lock_session_ended_marks_and_publishes_nothing_m
         .await
         .unwrap();
     }
-    let ended: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
+    // Another session queues for the lock first, so it is granted the moment the relay's
+    // session ends: were it to ask only after the termination, the relay (retrying on a
+    // new connection) could take the lock back first, and `pg_advisory_lock` would wait
+    // for ever.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    let queued = tokio::spawn(async move {
+        sqlx::query("SELECT pg_advisory_lock(hashtext('pegasus_outbox_relay'))")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        other
+    });
+    let in_this_database =
+        "locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let waiting_since = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM pg_locks WHERE {in_this_database} AND NOT granted"
+        ))
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            waiting_since.elapsed() < DEADLINE,
+            "the other session never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ended: Vec<bool> = sqlx::query_scalar(&format!(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE {in_this_database} AND granted"
+    ))
     .fetch_all(&mut *blocker)
     .await
     .unwrap();
     assert_eq!(ended, [true], "the relay's lock session ended");
-    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(hashtext('pegasus_outbox_relay'))")
-        .execute(&mut other)
+    let other = tokio::time::timeout(DEADLINE, queued)
         .await
+        .expect("the other session got the lock")
         .unwrap();
     blocker.rollback().await.unwrap();
 
