@@ -1330,7 +1330,21 @@ async fn a_sqlite_relay_whose_lease_was_taken_over_marks_and_publishes_nothing_m
     let kafka = config("orders-api");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
     let url = format!("sqlite://{}.db", path.display());
-    let outbox = SqliteOutbox::connect(&url, &kafka).await.unwrap();
+    // The relay's pool as `SqliteOutbox::connect` opens it, but with a busy_timeout long
+    // enough for the test's read of the topic while the relay's mark waits on the write
+    // lock (10 s could run out on a loaded machine; the relay would then send again).
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            url.parse::<SqliteConnectOptions>()
+                .unwrap()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(DEADLINE),
+        )
+        .await
+        .unwrap();
+    let outbox = SqliteOutbox::with_pool(pool, &kafka).await.unwrap();
     let run = unique("run");
     let settings = RelaySettings {
         lease_ttl: Duration::from_secs(60),
@@ -1354,7 +1368,7 @@ async fn a_sqlite_relay_whose_lease_was_taken_over_marks_and_publishes_nothing_m
 
     // The rows are committed on a connection that takes the database's one write lock
     // again at once: in WAL mode the relay still reads and publishes them, and its mark
-    // waits (its busy_timeout, 10 s: the takeover below comes well within it).
+    // waits (its busy_timeout, above).
     let options = url
         .parse::<SqliteConnectOptions>()
         .unwrap()
