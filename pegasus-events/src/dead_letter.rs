@@ -71,7 +71,7 @@ pub mod header {
     pub const ORIGINAL_TIMESTAMP: &str = "dlq-original-timestamp";
     /// The consumer group that failed to handle it.
     pub const CONSUMER_GROUP: &str = "dlq-consumer-group";
-    /// `decode`, `handler` or `panic`.
+    /// `decode`, `handler`, `panic` or `publish`.
     pub const REASON: &str = "dlq-reason";
     /// The failure's text: redacted, at most 4 KiB.
     pub const ERROR: &str = "dlq-error";
@@ -228,7 +228,7 @@ impl DeadLetter {
         let original_topic = get(header::ORIGINAL_TOPIC)?.to_owned();
         let reason_text = get(header::REASON)?;
         let reason = DeadLetterReason::parse(reason_text)
-            .ok_or_else(|| malformed(header::REASON, "`decode`, `handler` or `panic`"))?;
+            .ok_or_else(|| malformed(header::REASON, "`decode`, `handler`, `panic` or `publish`"))?;
         let failed_at = DateTime::parse_from_rfc3339(get(header::FAILED_AT)?)
             .map_err(|_| malformed(header::FAILED_AT, "an RFC 3339 time"))?
             .with_timezone(&Utc);

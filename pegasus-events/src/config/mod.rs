@@ -4,7 +4,7 @@
 //! # Guarantees
 //!
 //! - [`KafkaConfig::default`] is the one place defaults live; every loader starts from it.
-//! - [`KafkaConfig::validate`] rejects a bad value with [`Error::Config`] naming the field
+//! - [`KafkaConfig::validate`] rejects a bad value with [`Error::Config`](crate::Error::Config) naming the field
 //!   as the user wrote it (`Kafka.SaslPassword`, `KAFKA_SASL_PASSWORD`, `producer.acks`).
 //! - Secrets ([`Secret`] values and pass-through properties whose name says password,
 //!   secret, token or key material) are shown as `***` by `Debug`, and never appear in an

@@ -29,7 +29,7 @@ pub struct ProducerSettings {
     /// of each JSON payload, for .NET consumers that read them from the payload; off by
     /// default (the CloudEvents headers carry them). An event that does not serialize as a
     /// JSON object, or has a field of one of those names, then fails to publish with
-    /// [`Error::Serialize`]. Used by the producer and the outbox.
+    /// [`Error::Serialize`](crate::Error::Serialize). Used by the producer and the outbox.
     pub base_event_fields: bool,
 }
 
