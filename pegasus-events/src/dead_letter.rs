@@ -227,8 +227,9 @@ impl DeadLetter {
         };
         let original_topic = get(header::ORIGINAL_TOPIC)?.to_owned();
         let reason_text = get(header::REASON)?;
-        let reason = DeadLetterReason::parse(reason_text)
-            .ok_or_else(|| malformed(header::REASON, "`decode`, `handler`, `panic` or `publish`"))?;
+        let reason = DeadLetterReason::parse(reason_text).ok_or_else(|| {
+            malformed(header::REASON, "`decode`, `handler`, `panic` or `publish`")
+        })?;
         let failed_at = DateTime::parse_from_rfc3339(get(header::FAILED_AT)?)
             .map_err(|_| malformed(header::FAILED_AT, "an RFC 3339 time"))?
             .with_timezone(&Utc);
