@@ -156,6 +156,29 @@ impl EventHandler<BadName> for SeenBadNames {
     }
 }
 
+/// Hands this run's events to the handler it wraps and acknowledges the others: the probe
+/// topic is shared by this file's tests, and a broker may hold earlier runs' records.
+struct OfRun<H>(H, String);
+
+impl<H: EventHandler<Probe>> EventHandler<Probe> for OfRun<H> {
+    async fn handle(&self, event: Probe, context: &EventContext<'_>) -> Result<(), HandlerError> {
+        if event.run == self.1 {
+            return self.0.handle(event, context).await;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes this run's probe number `n` with CloudEvents headers; where it landed.
+async fn send_probe(run: &str, n: u32, id: Uuid) -> (i32, i64) {
+    let payload = serde_json::to_vec(&Probe {
+        run: run.to_owned(),
+        n,
+    })
+    .unwrap();
+    send(Probe::TOPIC, cloudevent_headers(id), &payload).await
+}
+
 #[tokio::test]
 async fn a_header_name_that_is_not_utf8_is_decoded_consumed_and_dead_lettered_without_a_panic() {
     let run = unique("badname");
@@ -314,31 +337,9 @@ async fn timeouts_of_duration_max_wait_forever_and_the_consumer_still_stops_and_
     let run = unique("forever");
     let dlq = unique("dlq-forever");
     create_topics(&[Probe::TOPIC, &dlq]).await;
-    let (_, offset) = send(
-        Probe::TOPIC,
-        cloudevent_headers(Uuid::now_v7()),
-        &serde_json::to_vec(&Probe {
-            run: run.clone(),
-            n: 7,
-        })
-        .unwrap(),
-    )
-    .await;
+    let (_, offset) = send_probe(&run, 7, Uuid::now_v7()).await;
     let group = unique("forever-group");
     let seen = Seen::default();
-    struct Only(Seen, String);
-    impl EventHandler<Probe> for Only {
-        async fn handle(
-            &self,
-            event: Probe,
-            context: &EventContext<'_>,
-        ) -> Result<(), HandlerError> {
-            if event.run == self.1 {
-                self.0.handle(event, context).await?;
-            }
-            Ok(())
-        }
-    }
     let consumer = EventConsumer::builder(config("forever"))
         .group_id(&group)
         .settings(ConsumerSettings {
@@ -348,7 +349,7 @@ async fn timeouts_of_duration_max_wait_forever_and_the_consumer_still_stops_and_
             retry: RetryPolicy::default().with_backoff(Duration::MAX, 2.0, Duration::MAX),
             ..settings(&dlq)
         })
-        .handler::<Probe, _>(Only(seen.clone(), run))
+        .handler::<Probe, _>(OfRun(seen.clone(), run))
         .build()
         .expect("Duration::MAX is a valid timeout and backoff");
     let done = seen.clone();
@@ -455,29 +456,7 @@ async fn a_hung_handler_is_dropped_at_its_timeout_and_the_record_retried() {
     create_topics(&[Probe::TOPIC, &dlq]).await;
     // The probe topic is shared by this file's tests: the handler takes this run's only.
     let handler = HangsOnce::default();
-    struct OfRun(HangsOnce, String);
-    impl EventHandler<Probe> for OfRun {
-        async fn handle(
-            &self,
-            event: Probe,
-            context: &EventContext<'_>,
-        ) -> Result<(), HandlerError> {
-            if event.run == self.1 {
-                return self.0.handle(event, context).await;
-            }
-            Ok(())
-        }
-    }
-    send(
-        Probe::TOPIC,
-        cloudevent_headers(Uuid::now_v7()),
-        &serde_json::to_vec(&Probe {
-            run: run.clone(),
-            n: 1,
-        })
-        .unwrap(),
-    )
-    .await;
+    send_probe(&run, 1, Uuid::now_v7()).await;
     let consumer = EventConsumer::builder(config("hung"))
         .group_id(unique("hung-group"))
         .settings(settings(&dlq))
@@ -519,30 +498,8 @@ async fn a_handler_that_always_hangs_is_dead_lettered_once_its_attempts_timed_ou
         hang_always: true,
         ..HangsOnce::default()
     };
-    struct OfRun(HangsOnce, String);
-    impl EventHandler<Probe> for OfRun {
-        async fn handle(
-            &self,
-            event: Probe,
-            context: &EventContext<'_>,
-        ) -> Result<(), HandlerError> {
-            if event.run == self.1 {
-                return self.0.handle(event, context).await;
-            }
-            Ok(())
-        }
-    }
     let id = Uuid::now_v7();
-    send(
-        Probe::TOPIC,
-        cloudevent_headers(id),
-        &serde_json::to_vec(&Probe {
-            run: run.clone(),
-            n: 1,
-        })
-        .unwrap(),
-    )
-    .await;
+    send_probe(&run, 1, id).await;
     let consumer = EventConsumer::builder(config("hangs"))
         .group_id(unique("hangs-group"))
         .settings(ConsumerSettings {
@@ -608,16 +565,7 @@ async fn a_worker_that_dies_outside_the_handler_stops_the_consumer_with_an_error
     let run = unique("dies");
     let dlq = unique("dlq-dies");
     create_topics(&[Probe::TOPIC, &dlq]).await;
-    let (partition, offset) = send(
-        Probe::TOPIC,
-        cloudevent_headers(Uuid::now_v7()),
-        &serde_json::to_vec(&Probe {
-            run: run.clone(),
-            n: 1,
-        })
-        .unwrap(),
-    )
-    .await;
+    let (partition, offset) = send_probe(&run, 1, Uuid::now_v7()).await;
     let group = unique("dies-group");
     let consumer = EventConsumer::builder(config("dies"))
         .group_id(&group)
@@ -646,34 +594,13 @@ async fn a_worker_that_dies_outside_the_handler_stops_the_consumer_with_an_error
     );
 }
 
-/// Passes this run's events to a handler that hangs; others are acknowledged.
-struct OnlyRun(HangsOnce, String);
-
-impl EventHandler<Probe> for OnlyRun {
-    async fn handle(&self, event: Probe, context: &EventContext<'_>) -> Result<(), HandlerError> {
-        if event.run == self.1 {
-            return self.0.handle(event, context).await;
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_handler_outlives_the_consumer_a_handler_still_running_at_the_deadline_is_dropped_before_run_until_returns(
 ) {
     let run = unique("outlives");
     let dlq = unique("dlq-outlives");
     create_topics(&[Probe::TOPIC, &dlq]).await;
-    send(
-        Probe::TOPIC,
-        cloudevent_headers(Uuid::now_v7()),
-        &serde_json::to_vec(&Probe {
-            run: run.clone(),
-            n: 1,
-        })
-        .unwrap(),
-    )
-    .await;
+    send_probe(&run, 1, Uuid::now_v7()).await;
     let handler = HangsOnce {
         hang_always: true,
         ..HangsOnce::default()
@@ -685,7 +612,7 @@ async fn no_handler_outlives_the_consumer_a_handler_still_running_at_the_deadlin
             handler_timeout: None,
             ..settings(&dlq)
         })
-        .handler::<Probe, _>(OnlyRun(handler.clone(), run))
+        .handler::<Probe, _>(OfRun(handler.clone(), run))
         .build()
         .unwrap();
     let attempts = Arc::clone(&handler.attempts);

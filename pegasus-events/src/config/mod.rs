@@ -46,7 +46,7 @@ mod secrets;
 mod settings;
 mod validate;
 
-pub(crate) use secrets::client_error;
+pub(crate) use secrets::{client_error, shown_properties};
 pub use secrets::{is_secret_property, Secret};
 pub use settings::{Acks, Compression, ProducerSettings, SaslMechanism, SecurityProtocol};
 pub(crate) use validate::{validate_property_name, validate_topic_name};

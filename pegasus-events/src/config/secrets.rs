@@ -40,14 +40,7 @@ impl fmt::Display for Secret {
 
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let shown = if is_secret_property(k) { "***" } else { v };
-                (k.as_str(), shown)
-            })
-            .collect();
+        let properties: BTreeMap<&str, &str> = shown_properties(&self.properties).collect();
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("client_id", &self.client_id)
@@ -60,6 +53,25 @@ impl fmt::Debug for KafkaConfig {
             .field("properties", &properties)
             .finish()
     }
+}
+
+/// Each property as `Debug` may show it: the value of a secret one is `***`.
+pub(crate) fn shown_properties<'a, K, V>(
+    properties: impl IntoIterator<Item = (&'a K, &'a V)>,
+) -> impl Iterator<Item = (&'a str, &'a str)>
+where
+    K: AsRef<str> + ?Sized + 'a,
+    V: AsRef<str> + ?Sized + 'a,
+{
+    properties.into_iter().map(|(name, value)| {
+        let name = name.as_ref();
+        let shown = if is_secret_property(name) {
+            "***"
+        } else {
+            value.as_ref()
+        };
+        (name, shown)
+    })
 }
 
 /// Whether a librdkafka property holds a secret, judged by its name.

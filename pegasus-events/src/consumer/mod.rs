@@ -96,7 +96,7 @@ use tokio::task::JoinSet;
 pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
 pub use retry::RetryPolicy;
 
-use crate::config::{client_error, is_secret_property, KafkaConfig};
+use crate::config::{client_error, is_secret_property, shown_properties, KafkaConfig};
 use crate::dead_letter::{self, DeadLetterWriter, DEFAULT_TOPIC};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -181,18 +181,8 @@ pub const RUNTIME_PROPERTIES: &[&str] = &[
 
 impl std::fmt::Debug for ConsumerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let properties: Vec<(&str, &str)> = self
-            .properties
-            .iter()
-            .map(|(name, value)| {
-                let shown = if is_secret_property(name) {
-                    "***"
-                } else {
-                    value
-                };
-                (name.as_str(), shown)
-            })
-            .collect();
+        let properties: Vec<(&str, &str)> =
+            shown_properties(self.properties.iter().map(|(k, v)| (k, v))).collect();
         f.debug_struct("ConsumerSettings")
             .field("offset_reset", &self.offset_reset)
             .field(
