@@ -169,13 +169,8 @@ impl DeadLetter {
     /// so the replayed record keeps the id it had ([`wire::plain_record_id`]).
     pub fn plain_record_id(&self) -> Option<Uuid> {
         let has = |name: &str| self.record.headers.iter().any(|(n, _)| n == name);
-        let structured = self
-            .record
-            .header(wire::header::CONTENT_TYPE)
-            .is_some_and(|ct| {
-                ct.get(..wire::CONTENT_TYPE_CLOUDEVENTS.len())
-                    .is_some_and(|p| p.eq_ignore_ascii_case(wire::CONTENT_TYPE_CLOUDEVENTS))
-            });
+        let content_type = self.record.header(wire::header::CONTENT_TYPE);
+        let structured = wire::is_structured(content_type.map(str::as_bytes));
         let plain = !has(wire::header::SPEC_VERSION) && !has(wire::header::ID) && !structured;
         plain.then(|| {
             wire::plain_record_id(
@@ -650,7 +645,7 @@ impl DeadLetterWriter {
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

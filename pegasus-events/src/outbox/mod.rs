@@ -738,14 +738,8 @@ impl OutboxRelay {
             self.dead_letter_refused(refused, &mut published, &mut settled)
                 .await;
         }
-        match self
-            .storage
-            .mark_published(&published, self.settings.retention.is_zero())
-            .await?
-        {
-            Fenced::Held(()) => Ok(settled),
-            Fenced::Lost => Err(Stop::LeaseLost),
-        }
+        self.mark(&published).await?;
+        Ok(settled)
     }
 
     /// Sends each row refused in its producer batch again, on its own, and awaits it before
@@ -782,12 +776,19 @@ impl OutboxRelay {
                 }
             }
         }
+        self.mark(&published).await?;
+        Ok(settled)
+    }
+
+    /// Marks `published` (deletes the rows with a retention of zero), only while this
+    /// relay holds the lease.
+    async fn mark(&self, published: &[i64]) -> std::result::Result<(), Stop> {
         match self
             .storage
-            .mark_published(&published, self.settings.retention.is_zero())
+            .mark_published(published, self.settings.retention.is_zero())
             .await?
         {
-            Fenced::Held(()) => Ok(settled),
+            Fenced::Held(()) => Ok(()),
             Fenced::Lost => Err(Stop::LeaseLost),
         }
     }
@@ -923,7 +924,7 @@ impl OutboxRelay {
         let id = row.id.to_string();
         let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let attempts = letter.attempts.to_string();
-        let error = truncate(letter.error, crate::dead_letter::MAX_ERROR_BYTES);
+        let error = crate::dead_letter::truncate(letter.error, crate::dead_letter::MAX_ERROR_BYTES);
         let dlq = [
             (header::ORIGINAL_TOPIC, row.topic.as_str()),
             (header::ORIGINAL_PARTITION, "-1"),
@@ -996,15 +997,6 @@ fn record(sent: &Sent) -> FutureRecord<'_, [u8], [u8]> {
     }
 }
 
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1038,12 +1030,5 @@ mod tests {
             assert_eq!(refusal_of(code), None, "{code:?}");
         }
         assert_eq!(refusal(&KafkaError::Canceled), None);
-    }
-
-    #[test]
-    fn truncation_keeps_whole_characters() {
-        assert_eq!(truncate("abc", 10), "abc");
-        assert_eq!(truncate("aé", 2), "a");
-        assert_eq!(truncate("aé", 3), "aé");
     }
 }

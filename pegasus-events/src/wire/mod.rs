@@ -97,7 +97,9 @@ where
     required(header::TYPE, found.event_type).map(|t| Some(Cow::Borrowed(t)))
 }
 
-fn is_structured(content_type: Option<&[u8]>) -> bool {
+/// Whether a `content-type` value marks a structured-mode record (`application/cloudevents`
+/// and anything after it, compared ignoring ASCII case).
+pub(crate) fn is_structured(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|ct| {
         ct.len() >= CONTENT_TYPE_CLOUDEVENTS.len()
             && ct[..CONTENT_TYPE_CLOUDEVENTS.len()]

@@ -44,7 +44,6 @@ pub(super) struct FoundHeaders<'a> {
     pub(super) causation_id: Option<&'a [u8]>,
     pub(super) traceparent: Option<&'a [u8]>,
     pub(super) tracestate: Option<&'a [u8]>,
-    pub(super) any_cloudevents: bool,
 }
 
 impl<'a> FoundHeaders<'a> {
@@ -74,12 +73,8 @@ impl<'a> FoundHeaders<'a> {
                 name::CAUSATION_ID => &mut found.causation_id,
                 name::TRACEPARENT => &mut found.traceparent,
                 name::TRACESTATE => &mut found.tracestate,
-                other => {
-                    found.any_cloudevents |= other.starts_with(b"ce_");
-                    continue;
-                }
+                _ => continue,
             };
-            found.any_cloudevents |= h.name.starts_with(b"ce_");
             *slot = h.value;
         }
         found
