@@ -488,3 +488,62 @@ pub async fn run_with_signal(
         .expect("stopped before the deadline")
         .expect("the consumer ran");
 }
+
+/// Every dead letter the dead-letter topic `topic` holds now.
+///
+/// # Panics
+///
+/// When the topic cannot be read.
+pub async fn dead_letters_now(topic: &str) -> Vec<pegasus_events::DeadLetter> {
+    pegasus_events::DeadLetterQueue::new(&config("dlq-reader"))
+        .expect("a dead-letter reader")
+        .topic(topic)
+        .read(&pegasus_events::ReplayFilter::new())
+        .await
+        .expect("the dead-letter topic is readable")
+}
+
+/// Reads the dead-letter topic `topic` in the background until it holds a dead letter,
+/// for a test whose consumer runs until then ([`DeadLetterWatch::arrived`]).
+pub struct DeadLetterWatch {
+    letters: std::sync::Arc<std::sync::Mutex<Vec<pegasus_events::DeadLetter>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeadLetterWatch {
+    /// Starts reading `topic` every 200 ms.
+    pub fn start(topic: &str) -> Self {
+        let letters: std::sync::Arc<std::sync::Mutex<Vec<pegasus_events::DeadLetter>>> =
+            std::sync::Arc::default();
+        let found = std::sync::Arc::clone(&letters);
+        let queue = pegasus_events::DeadLetterQueue::new(&config("dlq-reader"))
+            .expect("a dead-letter reader")
+            .topic(topic);
+        let task = tokio::spawn(async move {
+            loop {
+                let read = queue
+                    .read(&pegasus_events::ReplayFilter::new())
+                    .await
+                    .unwrap_or_default();
+                if !read.is_empty() {
+                    *found.lock().unwrap_or_else(|e| e.into_inner()) = read;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        DeadLetterWatch { letters, task }
+    }
+
+    /// Whether a dead letter arrived, as a condition for [`run_until_done`].
+    pub fn arrived(&self) -> impl Fn() -> bool + Send + 'static {
+        let letters = std::sync::Arc::clone(&self.letters);
+        move || !letters.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// The dead letters read when the first arrived (none if none did); stops reading.
+    pub fn letters(self) -> Vec<pegasus_events::DeadLetter> {
+        self.task.abort();
+        std::mem::take(&mut *self.letters.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}

@@ -19,7 +19,8 @@ use pegasus_events::idempotency::{PostgresIdempotencyStore, SqliteIdempotencySto
 use pegasus_events::wire::{self, ByteHeaders};
 use pegasus_events::{Error, Event, IdempotencyStore, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    bootstrap, config, fresh_postgres_database, read_record, run_until_done, unique, TEST_DEADLINE,
+    bootstrap, config, fresh_postgres_database, read_record, run_until_done, unique,
+    DeadLetterWatch, TEST_DEADLINE,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -514,28 +515,9 @@ async fn a_handler_that_always_hangs_is_dead_lettered_once_its_attempts_timed_ou
         .handler::<Probe, _>(OfRun(handler.clone(), run))
         .build()
         .unwrap();
-    let queue = DeadLetterQueue::new(&config("dlq-reader"))
-        .unwrap()
-        .topic(&dlq);
-    let letters = Arc::new(Mutex::new(Vec::new()));
-    let poll = {
-        let letters = Arc::clone(&letters);
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            loop {
-                let read = queue.read(&ReplayFilter::new()).await.unwrap_or_default();
-                if !read.is_empty() {
-                    *letters.lock().unwrap() = read;
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let found = Arc::clone(&letters);
-    run_until_done(consumer, move || !found.lock().unwrap().is_empty()).await;
-    poll.abort();
-    let letters = letters.lock().unwrap();
+    let watch = DeadLetterWatch::start(&dlq);
+    run_until_done(consumer, watch.arrived()).await;
+    let letters = watch.letters();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.event_id(), Some(id));

@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pegasus_events::consumer::{ConsumerSettings, EventConsumer, EventContext, HandlerError};
-use pegasus_events::dead_letter::{DeadLetterQueue, ReplayFilter};
 use pegasus_events::idempotency::{Inbox, InboxHandler, PostgresIdempotencyStore};
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
-use pegasus_events_tests::{config, unique, FaultScenario, TEST_DEADLINE};
+use pegasus_events_tests::{config, dead_letters_now, unique, FaultScenario, TEST_DEADLINE};
 use serde::{Deserialize, Serialize};
 
 const KEYS: u32 = 4;
@@ -201,12 +200,7 @@ async fn the_inbox_waits_out_a_postgres_outage_without_dead_letters_losses_or_re
         .unwrap()
         .expect("the consumer ran and stopped");
 
-    let letters = DeadLetterQueue::new(&config("dlq-reader"))
-        .unwrap()
-        .topic(&dlq)
-        .read(&ReplayFilter::new())
-        .await
-        .unwrap();
+    let letters = dead_letters_now(&dlq).await;
     let mut distinct: Vec<(i64, i64)> = rows.clone();
     distinct.sort_unstable();
     distinct.dedup();

@@ -18,7 +18,10 @@ use pegasus_events::consumer::{
 use pegasus_events::dead_letter::{DeadLetterQueue, ReplayFilter};
 use pegasus_events::wire::{self, WireForm, FOREIGN_ID_NAMESPACE};
 use pegasus_events::{Error, Event, EventProducer, TopicAdmin, TopicSpec};
-use pegasus_events_tests::{bootstrap, config, header, headers_of, run_until_done, unique};
+use pegasus_events_tests::{
+    bootstrap, config, dead_letters_now, header, headers_of, run_until_done, unique,
+    DeadLetterWatch,
+};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -281,12 +284,7 @@ async fn every_valid_cloudevent_and_the_designs_plain_events_are_read_with_their
         })
         .collect();
     assert_eq!(seen, expected);
-    let letters = DeadLetterQueue::new(&config("dlq-reader"))
-        .unwrap()
-        .topic(&dlq)
-        .read(&ReplayFilter::new())
-        .await
-        .unwrap();
+    let letters = dead_letters_now(&dlq).await;
     assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
 }
 
@@ -365,32 +363,16 @@ async fn a_plain_record_without_an_id_keeps_its_derived_id_when_replayed_from_th
         .handler::<Plain, _>(handler.clone())
         .build()
         .unwrap();
-    let queue = DeadLetterQueue::new(&config("dlq-reader"))
-        .unwrap()
-        .topic(&dlq);
-    let dead = Arc::new(Mutex::new(Vec::new()));
-    let poll = {
-        let (queue, dead) = (queue.clone(), Arc::clone(&dead));
-        tokio::spawn(async move {
-            loop {
-                let letters = queue.read(&ReplayFilter::new()).await.unwrap_or_default();
-                if !letters.is_empty() {
-                    *dead.lock().unwrap() = letters;
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let found = Arc::clone(&dead);
-    run_until_done(consumer, move || !found.lock().unwrap().is_empty()).await;
-    poll.abort();
+    let watch = DeadLetterWatch::start(&dlq);
+    run_until_done(consumer, watch.arrived()).await;
     let first_id = handler.ids.lock().unwrap()[&1][0];
-    let letter = dead.lock().unwrap()[0].clone();
+    let letter = watch.letters()[0].clone();
     assert_eq!(letter.event_id(), None, "the record carries no ce_id");
     assert_eq!(letter.plain_record_id(), Some(first_id));
 
-    let report = queue
+    let report = DeadLetterQueue::new(&config("dlq-reader"))
+        .unwrap()
+        .topic(&dlq)
         .replay(&ReplayFilter::new().event_ids([first_id]))
         .await
         .unwrap();
