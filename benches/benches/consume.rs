@@ -59,7 +59,7 @@ fn group() -> String {
 
 /// Publishes until the topic holds at least `count` records.
 async fn fill(config: &KafkaConfig, count: u64) {
-    let producer = EventProducer::new(config).expect("producer");
+    let producer = EventProducer::new(config).await.expect("producer");
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .create()
@@ -269,7 +269,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let config = KafkaConfig::new(&bootstrap).with_client_id("bench-consumer");
-        TopicAdmin::new(&config)
+        TopicAdmin::new(&config).await
             .expect("admin")
             .ensure_topics(&[TopicSpec::for_event::<ConsumeSample>().partitions(3)])
             .await

@@ -86,7 +86,7 @@ fn spawn_relay(
 }
 
 async fn direct(config: &KafkaConfig, count: u64) -> f64 {
-    let producer = EventProducer::new(config).expect("producer");
+    let producer = EventProducer::new(config).await.expect("producer");
     // Connected and holding the topic's metadata before the clock starts, as the relay's
     // producer is once it runs.
     producer.publish(&shipment(0)).await.expect("warm-up");
@@ -296,7 +296,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let config = KafkaConfig::new(&bootstrap).with_client_id("bench-outbox");
-        TopicAdmin::new(&config)
+        TopicAdmin::new(&config).await
             .expect("admin")
             .ensure_topics(&[TopicSpec::for_event::<Shipment>().partitions(3)])
             .await

@@ -104,12 +104,12 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let config = typed_config(&bootstrap);
-        TopicAdmin::new(&config)
+        TopicAdmin::new(&config).await
             .expect("admin")
             .ensure_topics(&[TopicSpec::for_event::<ShipmentCreated>().partitions(3)])
             .await
             .expect("topic");
-        let typed = EventProducer::new(&config).expect("typed producer");
+        let typed = EventProducer::new(&config).await.expect("typed producer");
         let raw = raw_producer(&config);
         let events: Vec<ShipmentCreated> = (0..events_per_round).map(sample).collect();
 

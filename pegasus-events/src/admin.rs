@@ -76,7 +76,7 @@ pub struct TopicAdmin {
 impl TopicAdmin {
     /// Creates an admin client from the connection part of `config`. Requests time out
     /// after the producer's delivery timeout.
-    pub fn new(config: &KafkaConfig) -> Result<Self> {
+    pub async fn new(config: &KafkaConfig) -> Result<Self> {
         config.validate()?;
         let client = config
             .client_config()

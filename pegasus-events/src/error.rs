@@ -296,3 +296,42 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and each of its causes, written with `Display`, one per line: what a
+/// program's `main` should print instead of the `Debug` form.
+///
+/// ```
+/// use pegasus_events::{error::Report, KafkaConfig};
+///
+/// let error = KafkaConfig::from_appsettings_json(r#"{"Kafka":{"Acks":"most"}}"#).unwrap_err();
+/// assert_eq!(
+///     Report::new(&error).to_string(),
+///     "invalid configuration `Kafka.Acks`: one of `None` `Leader` `All`"
+/// );
+/// ```
+pub struct Report<'e>(&'e (dyn std::error::Error + 'static));
+
+impl<'e> Report<'e> {
+    /// The report of `error` and its causes.
+    pub fn new(error: &'e (dyn std::error::Error + 'static)) -> Self {
+        Report(error)
+    }
+}
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(current) = cause {
+            write!(f, "\n  caused by: {current}")?;
+            cause = current.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}

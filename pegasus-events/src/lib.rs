@@ -42,7 +42,7 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let producer = EventProducer::new(&KafkaConfig::from_env()?)?;
+//! let producer = EventProducer::new(&KafkaConfig::from_env()?).await?;
 //! let delivery = producer
 //!     .publish(&ShipmentCreated {
 //!         shipment_id: uuid::Uuid::now_v7(),

@@ -25,7 +25,7 @@
 //! # #[event(topic = "shipping.shipment.created")]
 //! # struct ShipmentCreated { #[event(key)] shipment_id: String }
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let producer = EventProducer::new(&KafkaConfig::from_env()?)?;
+//! let producer = EventProducer::new(&KafkaConfig::from_env()?).await?;
 //! let delivery = producer
 //!     .publish(&ShipmentCreated { shipment_id: "42".into() })
 //!     .await?;
@@ -206,7 +206,7 @@ thread_local! {
 impl EventProducer {
     /// Validates `config` and creates the producer. No connection is made yet; an
     /// unreachable broker shows up as a failed publish after the delivery timeout.
-    pub fn new(config: &KafkaConfig) -> Result<Self, Error> {
+    pub async fn new(config: &KafkaConfig) -> Result<Self, Error> {
         config.validate()?;
         tracing::debug!(config = ?config, "creating event producer");
         let producer: FutureProducer = config
@@ -489,7 +489,7 @@ mod tests {
         // Nothing listens on port 1: the record stays queued, and flushing cannot finish.
         let mut config = KafkaConfig::new("127.0.0.1:1");
         config.producer.delivery_timeout = Duration::from_secs(2);
-        let producer = EventProducer::new(&config).unwrap();
+        let producer = EventProducer::new(&config).await.unwrap();
         let publishing = producer.clone();
         let pending = tokio::spawn(async move {
             let event = crate::property_tests::UserCreatedForTests::sample();

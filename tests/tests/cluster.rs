@@ -170,7 +170,7 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
     let mut config = KafkaConfig::new(&bootstrap).with_client_id("cluster-test");
     config.producer.delivery_timeout = Duration::from_secs(60);
 
-    TopicAdmin::new(&config)
+    TopicAdmin::new(&config).await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<Replicated>()
@@ -225,7 +225,7 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
         "min.insync.replicas of the topic under test and of the strict one"
     );
 
-    let producer = EventProducer::new(&config).unwrap();
+    let producer = EventProducer::new(&config).await.unwrap();
     let before: Vec<_> = (0..100).map(|n| Replicated { n }).collect();
     for result in producer.publish_all(&before).await {
         result.expect("acknowledged by all in-sync replicas");
@@ -252,7 +252,7 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
         .clone()
         .with_property("message.send.max.retries", "1");
     strict.producer.delivery_timeout = Duration::from_secs(10);
-    let refused = EventProducer::new(&strict)
+    let refused = EventProducer::new(&strict).await
         .unwrap()
         .publish(&Strict { n: 1 })
         .await
@@ -269,7 +269,7 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
     let mut short = config.clone();
     short.producer.delivery_timeout = Duration::from_secs(10);
     let asked = Instant::now();
-    let results = EventProducer::new(&short)
+    let results = EventProducer::new(&short).await
         .unwrap()
         .publish_all(&(200..210).map(|n| Replicated { n }).collect::<Vec<_>>())
         .await;

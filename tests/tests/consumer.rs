@@ -23,7 +23,7 @@ use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 
 async fn create_topic<E: Event>(partitions: i32) {
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<E>().partitions(partitions)])
         .await
@@ -31,7 +31,7 @@ async fn create_topic<E: Event>(partitions: i32) {
 }
 
 async fn publish_all<E: Event>(events: &[E]) {
-    let producer = EventProducer::new(&config("test-publisher")).unwrap();
+    let producer = EventProducer::new(&config("test-publisher")).await.unwrap();
     for result in producer.publish_all(events).await {
         result.expect("published");
     }
@@ -443,7 +443,7 @@ async fn a_panicking_handler_is_dead_lettered_without_crashing_the_runtime() {
             n,
         })
         .collect();
-    let producer = EventProducer::new(&config("test-publisher")).unwrap();
+    let producer = EventProducer::new(&config("test-publisher")).await.unwrap();
     let deliveries: Vec<_> = producer
         .publish_all(&events)
         .await
@@ -695,7 +695,7 @@ async fn undecodable_records_do_not_stop_the_good_records_around_them() {
 
     create_topic::<Quality>(1).await;
     let run = unique("run");
-    let producer = EventProducer::new(&config("quality-test")).unwrap();
+    let producer = EventProducer::new(&config("quality-test")).await.unwrap();
     let raw: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
@@ -860,7 +860,7 @@ impl EventHandler<UserDeactivated> for Arc<MixedProbe> {
 async fn a_mixed_topic_dispatches_each_record_to_the_handler_of_its_ce_type() {
     create_topic::<UserCreated>(1).await;
     let run = unique("run");
-    let producer = EventProducer::new(&config("identity-api")).unwrap();
+    let producer = EventProducer::new(&config("identity-api")).await.unwrap();
     for n in 0..6 {
         if n % 2 == 0 {
             producer
@@ -987,7 +987,7 @@ impl Drop for OwnBroker {
 async fn shutdown_returns_within_its_deadline_when_the_broker_is_gone() {
     let (broker, address) = OwnBroker::start();
     let config = pegasus_events::KafkaConfig::new(&address).with_client_id("orphan-test");
-    let producer = EventProducer::new(&config).unwrap();
+    let producer = EventProducer::new(&config).await.unwrap();
     for result in producer
         .publish_all(&(0..10).map(|n| Orphaned { n }).collect::<Vec<_>>())
         .await

@@ -59,13 +59,13 @@ async fn a_consumer_killed_at_random_points_and_restarted_handles_every_event_an
     const EVENTS: usize = 50_000;
     const KILLS: usize = 5;
     let deadline = Instant::now() + Duration::from_secs(300);
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<LedgerEntry>().partitions(3)])
         .await
         .unwrap();
     let run = unique("run");
-    let producer = EventProducer::new(&config("ledger-publisher")).unwrap();
+    let producer = EventProducer::new(&config("ledger-publisher")).await.unwrap();
     let entries: Vec<LedgerEntry> = (0..EVENTS as u32)
         .map(|n| LedgerEntry {
             run: run.clone(),
@@ -306,7 +306,7 @@ async fn publish_and_consume_through<E: Numbered>(
     let finished = Arc::clone(&all_handled);
     let consuming = tokio::spawn(consumer.run_until(async move { finished.notified().await }));
 
-    let producer = EventProducer::new(&config).unwrap();
+    let producer = EventProducer::new(&config).await.unwrap();
     let mut acknowledged = HashSet::new();
     let mut fault = Some(fault);
     let mut faulted = None;
@@ -396,7 +396,7 @@ async fn the_single_broker_killed_and_restarted_under_load_loses_no_acknowledged
     let mut config = KafkaConfig::new(&address).with_client_id("restart-test");
     // Long enough for librdkafka to hold and resend what it could not deliver meanwhile.
     config.producer.delivery_timeout = Duration::from_secs(120);
-    TopicAdmin::new(&config)
+    TopicAdmin::new(&config).await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<AcrossRestart>().partitions(3)])
         .await
@@ -426,7 +426,7 @@ async fn the_partition_leader_killed_during_acks_all_publishing_loses_no_acknowl
     let cluster = cluster_env("PEGASUS_TEST_CLUSTER_NAME");
     let mut config = KafkaConfig::new(&address).with_client_id("leader-test");
     config.producer.delivery_timeout = Duration::from_secs(120);
-    TopicAdmin::new(&config)
+    TopicAdmin::new(&config).await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<AcrossLeaderLoss>()
             .partitions(3)

@@ -50,7 +50,7 @@ async fn create_topics(names: &[&str]) {
         .iter()
         .map(|n| TopicSpec::new(*n).partitions(1))
         .collect();
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&specs)
         .await

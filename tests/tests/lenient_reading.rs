@@ -183,7 +183,7 @@ async fn send_raw(topic: &str, raw: &Raw, timestamp_ms: i64) {
 async fn every_valid_cloudevent_and_the_designs_plain_events_are_read_with_their_identity() {
     let run = unique("lenient");
     let dlq = unique("dlq-lenient");
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<UserCreated>().partitions(1),
@@ -325,7 +325,7 @@ async fn a_plain_record_without_an_id_keeps_its_derived_id_when_replayed_from_th
 ) {
     let run = unique("plain-replay");
     let dlq = unique("dlq-plain-replay");
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<Plain>().partitions(1),
@@ -411,14 +411,14 @@ struct Clashing {
 
 #[tokio::test]
 async fn base_event_fields_are_written_into_the_payload_when_asked_and_agree_with_the_headers() {
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<ShipmentCreated>().partitions(1)])
         .await
         .unwrap();
     let mut settings = config("shipping-api");
     settings.producer.base_event_fields = true;
-    let producer = EventProducer::new(&settings).unwrap();
+    let producer = EventProducer::new(&settings).await.unwrap();
     let run = unique("baseevent");
     let delivery = producer
         .publish(&ShipmentCreated {

@@ -67,13 +67,13 @@ struct CompressionSampled {
     text: String,
 }
 
-fn producer(client_id: &str) -> EventProducer {
-    EventProducer::new(&config(client_id)).expect("producer")
+async fn producer(client_id: &str) -> EventProducer {
+    EventProducer::new(&config(client_id)).await.expect("producer")
 }
 
 #[tokio::test]
 async fn published_record_carries_exactly_the_wire_contract_headers_key_and_value() {
-    let producer = producer("shipping-api");
+    let producer = producer("shipping-api").await;
     let event = shipment();
     let metadata = PublishMetadata::new()
         .subject("3fa85f64-5717-4562-b3fc-2c963f66afa6")
@@ -160,7 +160,7 @@ async fn published_record_carries_exactly_the_wire_contract_headers_key_and_valu
 
 #[tokio::test]
 async fn unkeyed_event_is_keyed_by_its_event_id_without_a_partitionkey_header() {
-    let producer = producer("audit-api");
+    let producer = producer("audit-api").await;
     let delivery = producer
         .publish(&AuditRecorded {
             action: "login".into(),
@@ -180,7 +180,7 @@ async fn unkeyed_event_is_keyed_by_its_event_id_without_a_partitionkey_header() 
 
 #[tokio::test]
 async fn record_read_back_decodes_into_the_same_event_and_metadata() {
-    let producer = producer("shipping-api");
+    let producer = producer("shipping-api").await;
     let event = shipment();
     let delivery = producer
         .publish_with(&event, &PublishMetadata::new().correlation_id("flow-7"))
@@ -198,7 +198,7 @@ async fn record_read_back_decodes_into_the_same_event_and_metadata() {
 }
 
 async fn topic_with_partitions(name: &str, partitions: i32) {
-    let admin = TopicAdmin::new(&config("admin")).expect("admin client");
+    let admin = TopicAdmin::new(&config("admin")).await.expect("admin client");
     admin
         .ensure_topics(&[TopicSpec::new(name).partitions(partitions)])
         .await
@@ -208,7 +208,7 @@ async fn topic_with_partitions(name: &str, partitions: i32) {
 #[tokio::test]
 async fn events_with_the_same_key_land_in_one_partition_in_publish_order() {
     topic_with_partitions(StepRecorded::TOPIC, 3).await;
-    let producer = producer("orders-api");
+    let producer = producer("orders-api").await;
     let events: Vec<StepRecorded> = (0..300)
         .map(|i| StepRecorded {
             order: i % 10,
@@ -251,7 +251,7 @@ async fn publish_all_acknowledges_every_event_of_a_batch_with_distinct_offsets()
         })
         .collect();
     topic_with_partitions(StepRecorded::TOPIC, 3).await;
-    let producer = producer("orders-api");
+    let producer = producer("orders-api").await;
     let results = producer.publish_all(&topic_events).await;
     assert_eq!(results.len(), topic_events.len());
     let mut seen = std::collections::HashSet::new();
@@ -278,7 +278,7 @@ async fn every_compression_codec_publishes_records_that_read_back_unchanged() {
     ] {
         let mut settings = config("compression-test");
         settings.producer.compression = codec;
-        let producer = EventProducer::new(&settings).expect("producer");
+        let producer = EventProducer::new(&settings).await.expect("producer");
         let event = CompressionSampled {
             codec: format!("{codec:?}"),
             text: "compressible ".repeat(200),
@@ -293,7 +293,7 @@ async fn every_compression_codec_publishes_records_that_read_back_unchanged() {
 #[tokio::test]
 async fn ensure_topics_creates_the_partitions_asked_for_and_is_idempotent() {
     let name = unique("tests.topics.created");
-    let admin = TopicAdmin::new(&config("admin")).expect("admin client");
+    let admin = TopicAdmin::new(&config("admin")).await.expect("admin client");
     let spec = TopicSpec::new(&name).partitions(3).replication_factor(1);
     admin
         .ensure_topics(std::slice::from_ref(&spec))
@@ -333,7 +333,7 @@ async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_recor
     let mut settings =
         KafkaConfig::new(format!("127.0.0.1:{}", closed_port())).with_client_id("shipping-api");
     settings.producer.delivery_timeout = Duration::from_secs(2);
-    let producer = EventProducer::new(&settings).expect("creating a producer does not connect");
+    let producer = EventProducer::new(&settings).await.expect("creating a producer does not connect");
     let started = Instant::now();
     let error = producer
         .publish(&shipment())
@@ -362,7 +362,7 @@ async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_recor
     assert_eq!(value, shipment());
 
     // The handed-back record goes out unchanged once a broker is there.
-    let working = producer_for_republish();
+    let working = producer_for_republish().await;
     let delivery = working.republish(&record).await.expect("republished");
     assert_eq!(delivery.event_id, event_id);
     let stored = read_record(&record.topic, delivery.partition, delivery.offset);
@@ -371,14 +371,14 @@ async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_recor
     assert_eq!(stored.payload(), record.payload.as_deref());
 }
 
-fn producer_for_republish() -> EventProducer {
-    producer("shipping-api")
+async fn producer_for_republish() -> EventProducer {
+    producer("shipping-api").await
 }
 
-#[test]
-fn creating_a_producer_with_a_bad_property_names_it_and_hides_its_value() {
+#[tokio::test]
+async fn creating_a_producer_with_a_bad_property_names_it_and_hides_its_value() {
     let settings = config("shipping-api").with_property("socket.timeout.ms", "not-a-number-secret");
-    let error = EventProducer::new(&settings).expect_err("librdkafka rejects the value");
+    let error = EventProducer::new(&settings).await.expect_err("librdkafka rejects the value");
     match &error {
         Error::Config { field, .. } => assert_eq!(field, "properties.socket.timeout.ms"),
         other => panic!("expected a config error, got {other:?}"),
@@ -402,7 +402,9 @@ fn secrets_never_reach_logs_or_errors_when_a_producer_is_created_and_fails() {
             .enable_all()
             .build()
             .unwrap();
-        let producer = EventProducer::new(&settings).expect("producer");
+        let producer = runtime
+            .block_on(EventProducer::new(&settings))
+            .expect("producer");
         let error = runtime
             .block_on(producer.publish(&shipment()))
             .expect_err("nothing listens");
@@ -512,7 +514,7 @@ struct Unserializable {
 
 #[tokio::test]
 async fn an_event_that_cannot_be_serialized_is_a_typed_error_not_a_panic() {
-    let producer = producer("serialize-test");
+    let producer = producer("serialize-test").await;
     let event = Unserializable {
         by_pair: [((1, 2), 3)].into_iter().collect(),
     };

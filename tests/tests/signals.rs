@@ -72,13 +72,13 @@ impl EventHandler<Signalled> for SeenBy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_record_being_handled_finish_commits_what_was_handled_and_exits_in_bounded_time(
 ) {
-    TopicAdmin::new(&config("admin"))
+    TopicAdmin::new(&config("admin")).await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<Signalled>().partitions(1)])
         .await
         .unwrap();
     let run = unique("run");
-    let producer = EventProducer::new(&config("signal-test")).unwrap();
+    let producer = EventProducer::new(&config("signal-test")).await.unwrap();
     let events: Vec<Signalled> = (0..EVENTS)
         .map(|n| Signalled {
             run: run.clone(),

@@ -68,7 +68,7 @@ impl From<ParcelRegisteredV2> for ParcelRegisteredV3 {
 
 #[tokio::test]
 async fn records_of_every_older_version_are_upcast_to_the_newest_type_in_transit() {
-    let producer = EventProducer::new(&config("parcel-api")).unwrap();
+    let producer = EventProducer::new(&config("parcel-api")).await.unwrap();
     let v1 = producer
         .publish(&ParcelRegisteredV1 {
             parcel_id: "p-1".into(),

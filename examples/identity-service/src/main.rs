@@ -104,14 +104,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.client_id = "identity-api".to_owned();
     }
 
-    TopicAdmin::new(&config)?
+    TopicAdmin::new(&config).await?
         .ensure_topics(&[
             TopicSpec::for_event::<UserCreated>().partitions(3),
             TopicSpec::for_event::<ShipmentCreated>().partitions(3),
         ])
         .await?;
 
-    let producer = EventProducer::new(&config)?;
+    let producer = EventProducer::new(&config).await?;
     let user = UserCreated {
         user_id: "auth0|123".to_owned(),
         email: "user@example.com".to_owned(),

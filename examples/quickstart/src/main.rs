@@ -94,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = KafkaConfig::from_env()?.with_client_id("quickstart");
     let _embedded = if external {
         println!("using the broker at {}", config.bootstrap_servers);
-        TopicAdmin::new(&config)?
+        TopicAdmin::new(&config).await?
             .ensure_topics(&[TopicSpec::for_event::<OrderPlaced>().partitions(3)])
             .await?;
         None
@@ -114,7 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Publish: acknowledged by the broker before `publish_all` returns.
     let run = uuid::Uuid::now_v7();
-    let producer = EventProducer::new(&config)?;
+    let producer = EventProducer::new(&config).await?;
     let started = Instant::now();
     let mut published = 0;
     while published < count {

@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(?config, "starting shipping service");
 
     // The design creates its topics with three partitions.
-    TopicAdmin::new(&config)?
+    TopicAdmin::new(&config).await?
         .ensure_topics(&[
             TopicSpec::for_event::<ShipmentCreated>().partitions(3),
             TopicSpec::for_event::<ShipmentStatusChanged>().partitions(3),

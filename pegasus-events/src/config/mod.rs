@@ -38,6 +38,7 @@
 //! | `librdkafka.rs` | the librdkafka configuration built from it |
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 mod appsettings;
 mod environment;
@@ -69,6 +70,13 @@ pub struct KafkaConfig {
     pub sasl_username: Option<String>,
     /// The SASL password; shown as `***` by `Debug`.
     pub sasl_password: Option<Secret>,
+    /// How long creating a producer or a topic admin, or starting a consumer or an outbox
+    /// relay, waits for a broker at [`KafkaConfig::bootstrap_servers`] to answer before it
+    /// fails with [`Error::BrokersUnreachable`](crate::Error::BrokersUnreachable), which
+    /// names the address and the cause; 5 s by default (`ConnectTimeoutMs`,
+    /// `KAFKA_CONNECT_TIMEOUT_MS`). `None` skips the check: the client connects lazily, and
+    /// an unreachable broker shows up only when a publish times out.
+    pub connect_timeout: Option<Duration>,
     /// Producer settings.
     pub producer: ProducerSettings,
     /// Any other librdkafka property, by its dotted name. A property that a typed field
@@ -77,16 +85,24 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// The bootstrap address used when none is configured.
+pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
+/// The client id used when none is configured; it also prefixes the default group ids.
+pub const DEFAULT_CLIENT_ID: &str = "pegasus-events";
+/// How long a client waits for a broker to answer when it is created, by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
-            bootstrap_servers: "localhost:9092".to_owned(),
-            client_id: "pegasus-events".to_owned(),
+            bootstrap_servers: DEFAULT_BOOTSTRAP_SERVERS.to_owned(),
+            client_id: DEFAULT_CLIENT_ID.to_owned(),
             source_service: None,
             security_protocol: SecurityProtocol::Plaintext,
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             producer: ProducerSettings::default(),
             properties: BTreeMap::new(),
         }
@@ -108,6 +124,12 @@ impl KafkaConfig {
         self
     }
 
+    /// Sets how long creating a client waits for a broker to answer; `None` skips the check.
+    pub fn with_connect_timeout(mut self, connect_timeout: Option<Duration>) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
     /// Sets any librdkafka property not covered by a typed field.
     pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(name.into(), value.into());
@@ -122,8 +144,6 @@ impl KafkaConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use rdkafka::config::ClientConfig;
     use rdkafka::error::KafkaError;
 
@@ -278,8 +298,8 @@ mod tests {
         assert!(shown.contains("1000"));
     }
 
-    #[test]
-    fn librdkafka_config_errors_never_carry_the_value() {
+    #[tokio::test]
+    async fn librdkafka_config_errors_never_carry_the_value() {
         // librdkafka writes an enum-valued property's rejected value into its error text
         // (an integer property's text leaves it out), so a secret put into one by mistake
         // is in the error librdkafka returns. The conversion must leave it out. These
@@ -316,7 +336,7 @@ mod tests {
         // The whole way: a producer created from a configuration with such a value.
         let config = KafkaConfig::default().with_property("broker.address.family", secret);
         let error =
-            crate::producer::EventProducer::new(&config).expect_err("librdkafka rejects the value");
+            crate::producer::EventProducer::new(&config).await.expect_err("librdkafka rejects the value");
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains(secret), "{shown}");
         assert!(

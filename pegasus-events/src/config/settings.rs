@@ -181,6 +181,7 @@ pub(super) const SETTINGS: &[(&str, &str)] = &[
     ("Acks", "KAFKA_ACKS"),
     ("EnableIdempotence", "KAFKA_ENABLE_IDEMPOTENCE"),
     ("CompressionType", "KAFKA_COMPRESSION"),
+    ("ConnectTimeoutMs", "KAFKA_CONNECT_TIMEOUT_MS"),
     ("DeliveryTimeoutMs", "KAFKA_DELIVERY_TIMEOUT_MS"),
     ("LingerMs", "KAFKA_LINGER_MS"),
     ("WriteBaseEventFields", "KAFKA_WRITE_BASE_EVENT_FIELDS"),
@@ -231,6 +232,7 @@ impl KafkaConfig {
                 self.producer.compression = Compression::parse(&value)
                     .ok_or_else(|| config_error(&field, Compression::expected()))?;
             }
+            "ConnectTimeoutMs" => self.connect_timeout = Some(parse_ms(&value)?),
             "DeliveryTimeoutMs" => self.producer.delivery_timeout = parse_ms(&value)?,
             "LingerMs" => self.producer.linger = parse_ms(&value)?,
             property if property.contains('.') => {
@@ -241,7 +243,7 @@ impl KafkaConfig {
                     &field,
                     "unknown setting; the known ones are BootstrapServers, ClientId, \
                      SourceService, SecurityProtocol, SaslMechanism, SaslUsername, SaslPassword, \
-                     Acks, EnableIdempotence, CompressionType, DeliveryTimeoutMs, LingerMs, \
+                     Acks, EnableIdempotence, CompressionType, ConnectTimeoutMs, DeliveryTimeoutMs, LingerMs, \
                      WriteBaseEventFields, \
                      or any librdkafka property by its dotted name",
                 ))

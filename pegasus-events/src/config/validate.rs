@@ -8,6 +8,9 @@ use super::settings::SaslMechanism;
 use super::KafkaConfig;
 use crate::error::{Error, Result};
 
+/// The longest a client may wait for a broker when it is created.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// librdkafka properties that typed fields own.
 const TYPED_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
@@ -101,6 +104,14 @@ impl KafkaConfig {
                 field,
                 "is set but security_protocol is not SaslPlaintext or SaslSsl",
             ));
+        }
+        if let Some(timeout) = self.connect_timeout {
+            if timeout.is_zero() || timeout > MAX_CONNECT_TIMEOUT {
+                return Err(config_error(
+                    "connect_timeout",
+                    "must be between 1 ms and 1 hour (`None` in code skips the check)",
+                ));
+            }
         }
         let producer = &self.producer;
         if producer.idempotence && producer.acks != Acks::All {
