@@ -15,8 +15,11 @@
 //! (default `dlq-events`). Without `--replay` it only lists. Replayed records keep their
 //! `ce_id`, so a consumer with an idempotency store skips any it had handled after all.
 
+use std::process::ExitCode;
+
 use chrono::{DateTime, Utc};
 use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter, DEFAULT_TOPIC};
+use pegasus_events::error::Report;
 use pegasus_events::KafkaConfig;
 
 fn usage(problem: &str) -> ! {
@@ -36,7 +39,17 @@ fn time(value: &str) -> DateTime<Utc> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", Report::new(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -15,14 +15,23 @@
 //!
 //! Configuration comes from `appsettings.json` in the working directory if there is one
 //! (the `Kafka` section, as in the .NET services), then from `KAFKA_*` variables.
+//!
+//! `--until-shipment <shipment id>` stops it once the shipment with that id was handled,
+//! and fails if that has not happened within 60 s (the record was dead-lettered, say).
+//! `scripts/readme-crate` uses it to prove that an event published as the README shows is
+//! handled here.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pegasus_events::consumer::{
-    EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
+    shutdown_signal, EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
 };
+use pegasus_events::error::Report;
 use pegasus_events::{
     Event, EventProducer, KafkaConfig, MemoryIdempotencyStore, TopicAdmin, TopicSpec,
 };
@@ -41,7 +50,8 @@ struct UserCreated {
     name: String,
 }
 
-/// The shipping service's event, as this service reads it: only the fields it needs.
+/// The shipping service's event, the same shape as in `examples/shipping-service` and in
+/// the README's first example (`scripts/readme-crate` checks that one is handled here).
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[serde(rename_all = "camelCase")]
 #[event(topic = "shipping.shipment.created", name = "ShipmentCreatedEvent")]
@@ -49,6 +59,7 @@ struct ShipmentCreated {
     #[event(key)]
     shipment_id: Uuid,
     tracking_number: String,
+    status: String,
     created_at: DateTime<Utc>,
     created_by_user_id: String,
     #[event(sensitive)]
@@ -59,6 +70,8 @@ struct ShipmentCreated {
 #[derive(Default)]
 struct ShipmentCreatedConsumer {
     activity: Mutex<HashMap<String, Vec<String>>>,
+    /// With `--until-shipment`: the shipment to wait for, and where to say it was handled.
+    until: Option<(Uuid, Arc<tokio::sync::Notify>, Arc<AtomicBool>)>,
 }
 
 impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
@@ -87,12 +100,38 @@ impl EventHandler<ShipmentCreated> for ShipmentCreatedConsumer {
             log.len(),
             if log.len() == 1 { "y" } else { "ies" }
         );
+        if let Some((shipment_id, notify, handled)) = &self.until {
+            if *shipment_id == event.shipment_id {
+                println!("handled shipment {shipment_id}, the one asked for");
+                handled.store(true, Ordering::SeqCst);
+                notify.notify_one();
+            }
+        }
         Ok(())
     }
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", Report::new(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let until_shipment = match (args.next().as_deref(), args.next()) {
+        (None, _) => None,
+        (Some("--until-shipment"), Some(id)) => Some(
+            Uuid::try_parse(&id).map_err(|_| format!("`{id}` is not a shipment id (a UUID)"))?,
+        ),
+        _ => return Err("usage: identity-service [--until-shipment <shipment id>]".into()),
+    };
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -104,7 +143,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.client_id = "identity-api".to_owned();
     }
 
-    TopicAdmin::new(&config).await?
+    TopicAdmin::new(&config)
+        .await?
         .ensure_topics(&[
             TopicSpec::for_event::<UserCreated>().partitions(3),
             TopicSpec::for_event::<ShipmentCreated>().partitions(3),
@@ -126,20 +166,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         delivery.offset
     );
 
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let handled = Arc::new(AtomicBool::new(false));
+    let handler = ShipmentCreatedConsumer {
+        until: until_shipment.map(|id| (id, Arc::clone(&notify), Arc::clone(&handled))),
+        ..ShipmentCreatedConsumer::default()
+    };
     let consumer = EventConsumer::builder(config)
         // Remembers handled events for a day; SqliteIdempotencyStore (feature "sqlite") or
         // PostgresIdempotencyStore keep them across restarts.
         .idempotency(MemoryIdempotencyStore::default())
         .handler_with_retry::<ShipmentCreated, _>(
-            ShipmentCreatedConsumer::default(),
+            handler,
             RetryPolicy::default().with_max_attempts(5),
         )
         .build()?;
+    let group = consumer.group_id().to_owned();
+    let Some(shipment_id) = until_shipment else {
+        println!(
+            "consuming {} as group {group} (Ctrl-C to stop)",
+            ShipmentCreated::TOPIC
+        );
+        consumer.run().await?;
+        return Ok(());
+    };
     println!(
-        "consuming {} as group {} (Ctrl-C to stop)",
-        ShipmentCreated::TOPIC,
-        consumer.group_id()
+        "consuming {} as group {group} until shipment {shipment_id} is handled",
+        ShipmentCreated::TOPIC
     );
-    consumer.run().await?;
+    consumer
+        .run_until(async move {
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = shutdown_signal() => {}
+            }
+        })
+        .await?;
+    if !handled.load(Ordering::SeqCst) {
+        return Err(format!(
+            "shipment {shipment_id} was not handled within 60 s; if it was dead-lettered, \
+             `cargo run -p dead-letter-replay -- --group {group}` lists it with the reason"
+        )
+        .into());
+    }
     Ok(())
 }

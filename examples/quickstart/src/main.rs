@@ -15,6 +15,7 @@
 
 mod embedded;
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
 };
+use pegasus_events::error::Report;
 use pegasus_events::{
     Compression, Event, EventProducer, KafkaConfig, PublishMetadata, TopicAdmin, TopicSpec,
 };
@@ -76,7 +78,17 @@ impl EventHandler<OrderPlaced> for OrderPlacedHandler {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", Report::new(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -94,7 +106,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = KafkaConfig::from_env()?.with_client_id("quickstart");
     let _embedded = if external {
         println!("using the broker at {}", config.bootstrap_servers);
-        TopicAdmin::new(&config).await?
+        TopicAdmin::new(&config)
+            .await?
             .ensure_topics(&[TopicSpec::for_event::<OrderPlaced>().partitions(3)])
             .await?;
         None

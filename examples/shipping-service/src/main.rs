@@ -18,9 +18,11 @@
 //! Configuration comes from `appsettings.json` in the working directory if there is one
 //! (the `Kafka` section, as in the .NET services), then from `KAFKA_*` variables.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pegasus_events::error::Report;
 use pegasus_events::outbox::{RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, KafkaConfig, PublishMetadata, TopicAdmin, TopicSpec};
 use serde::{Deserialize, Serialize};
@@ -57,7 +59,17 @@ struct ShipmentStatusChanged {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", Report::new(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -71,7 +83,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(?config, "starting shipping service");
 
     // The design creates its topics with three partitions.
-    TopicAdmin::new(&config).await?
+    TopicAdmin::new(&config)
+        .await?
         .ensure_topics(&[
             TopicSpec::for_event::<ShipmentCreated>().partitions(3),
             TopicSpec::for_event::<ShipmentStatusChanged>().partitions(3),
