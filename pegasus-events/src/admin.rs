@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{client_error, KafkaConfig};
+use crate::connection::{check_brokers, ClientWatch, Watching};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
@@ -69,21 +69,27 @@ impl TopicSpec {
 
 /// Administrative operations on topics.
 pub struct TopicAdmin {
-    client: AdminClient<DefaultClientContext>,
+    client: AdminClient<ClientWatch>,
+    watch: ClientWatch,
     timeout: Duration,
 }
 
 impl TopicAdmin {
-    /// Creates an admin client from the connection part of `config`. Requests time out
+    /// Creates an admin client from the connection part of `config`, once a broker at its
+    /// bootstrap address answered (at most [`KafkaConfig::connect_timeout`]; otherwise
+    /// [`Error::BrokersUnreachable`] names the address and the cause). Requests time out
     /// after the producer's delivery timeout.
     pub async fn new(config: &KafkaConfig) -> Result<Self> {
         config.validate()?;
+        check_brokers(config, "admin").await?;
+        let watch = ClientWatch::new(config, "admin", Watching::Client);
         let client = config
             .client_config()
-            .create()
+            .create_with_context(watch.clone())
             .map_err(|e| client_error("admin", e))?;
         Ok(TopicAdmin {
             client,
+            watch,
             timeout: config.producer.delivery_timeout,
         })
     }
@@ -124,13 +130,23 @@ impl TopicAdmin {
             self.client.create_topics(new_topics.iter(), &options),
         )
         .await
-        .map_err(|_| Error::Admin {
-            operation: "create_topics",
-            source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut),
+        .map_err(|_| {
+            self.watch
+                .unreachable_error(self.timeout)
+                .unwrap_or(Error::Admin {
+                    operation: "create_topics",
+                    source: rdkafka::error::KafkaError::AdminOp(
+                        RDKafkaErrorCode::OperationTimedOut,
+                    ),
+                })
         })?
-        .map_err(|source| Error::Admin {
-            operation: "create_topics",
-            source,
+        .map_err(|source| {
+            self.watch
+                .unreachable_error(self.timeout)
+                .unwrap_or(Error::Admin {
+                    operation: "create_topics",
+                    source,
+                })
         })?;
         for result in results {
             match result {

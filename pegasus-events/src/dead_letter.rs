@@ -45,11 +45,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::config::{client_error, KafkaConfig};
+use crate::connection::{check_brokers, ClientWatch, WatchedProducer, Watching};
 use crate::error::{Error, Result};
 use crate::producer::EncodedRecord;
 use crate::wire::{self, ByteHeaders};
@@ -391,10 +392,14 @@ impl DeadLetterQueue {
     /// The dead letters stay in the dead-letter topic.
     pub async fn replay(&self, filter: &ReplayFilter) -> Result<ReplayReport> {
         let (letters, mut report) = self.read_with_counts(filter).await?;
-        let producer: FutureProducer = self
+        let producer: WatchedProducer = self
             .config
             .producer_config()
-            .create()
+            .create_with_context(ClientWatch::new(
+                &self.config,
+                "replay producer",
+                Watching::Client,
+            ))
             .map_err(|e| client_error("replay producer", e))?;
         let timeout = self.config.producer.delivery_timeout;
         for letter in &letters {
@@ -447,6 +452,7 @@ impl DeadLetterQueue {
         &self,
         filter: &ReplayFilter,
     ) -> Result<(Vec<DeadLetter>, ReplayReport)> {
+        check_brokers(&self.config, "dead-letter reader").await?;
         let queue = self.clone();
         let filter = filter.clone();
         tokio::task::spawn_blocking(move || queue.read_blocking(&filter))
@@ -465,8 +471,12 @@ impl DeadLetterQueue {
             .set("group.id", format!("pegasus-dlq-reader-{}", Uuid::now_v7()))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = client
-            .create()
+        let consumer: BaseConsumer<ClientWatch> = client
+            .create_with_context(ClientWatch::new(
+                &self.config,
+                "dead-letter reader",
+                Watching::Client,
+            ))
             .map_err(|e| client_error("dead-letter reader", e))?;
         let consumer_error = |operation, source| Error::Consumer { operation, source };
         let metadata = consumer
@@ -573,16 +583,18 @@ pub(crate) struct Failure<'a> {
 
 /// Writes dead letters for the consumer runtime.
 pub(crate) struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: WatchedProducer,
     topic: String,
     timeout: Duration,
 }
 
 impl DeadLetterWriter {
     pub(crate) fn new(config: &KafkaConfig, topic: &str) -> Result<Self> {
+        // The consumer beside it reports broker outages; this one would repeat them.
+        let watch = ClientWatch::new(config, "dead-letter producer", Watching::Companion);
         let producer = config
             .producer_config()
-            .create()
+            .create_with_context(watch)
             .map_err(|e| client_error("dead-letter producer", e))?;
         Ok(DeadLetterWriter {
             producer,

@@ -53,6 +53,22 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// No broker at the bootstrap address answered: when a client was created or started
+    /// (within [`KafkaConfig::connect_timeout`](crate::KafkaConfig::connect_timeout)), or
+    /// while a publish waited for its acknowledgement. The message names the client, the
+    /// address and the cause in words.
+    #[error("{}", crate::connection::describe_unreachable(client, bootstrap, *waited, cause))]
+    BrokersUnreachable {
+        /// Which client: `producer`, `consumer`, `admin` or `outbox relay`.
+        client: &'static str,
+        /// The bootstrap servers as configured.
+        bootstrap: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// Why no broker answered.
+        cause: crate::connection::UnreachableCause,
+    },
+
     /// An event could not be serialized to JSON.
     #[error("cannot serialize event `{event_type}` to JSON: {detail}")]
     Serialize {

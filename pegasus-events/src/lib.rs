@@ -83,6 +83,7 @@ extern crate self as pegasus_events;
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod consumer;
 pub mod dead_letter;
 pub mod error;
@@ -102,6 +103,7 @@ pub use admin::{TopicAdmin, TopicSpec};
 pub use config::{
     Acks, Compression, KafkaConfig, ProducerSettings, SaslMechanism, Secret, SecurityProtocol,
 };
+pub use connection::UnreachableCause;
 pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterReason, ReplayFilter};
 pub use error::{Error, Result};
@@ -115,3 +117,10 @@ pub use pegasus_events_derive::Event;
 
 #[doc(hidden)]
 pub use event::__private;
+
+// The README's Rust blocks, compiled (and run, unless `no_run`) as doc tests, so every
+// snippet a user copies compiles. Its snippets use the `sqlite` feature, which the
+// workspace's `cargo test --doc` (scripts/test) and `--all-features` turn on.
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../../README.md")]
+mod readme_doc_tests {}

@@ -40,10 +40,11 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use uuid::Uuid;
 
 use crate::config::{client_error, KafkaConfig};
+use crate::connection::{check_brokers, ClientWatch, WatchedProducer, Watching};
 use crate::error::Error;
 use crate::event::Event;
 use crate::wire::ByteHeaders;
@@ -183,7 +184,8 @@ impl From<PublishError> for Error {
 /// Publishes typed events; cheap to clone (the underlying client is shared).
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: WatchedProducer,
+    watch: ClientWatch,
     source: std::sync::Arc<str>,
     delivery_timeout: Duration,
     base_event_fields: bool,
@@ -204,17 +206,24 @@ thread_local! {
 }
 
 impl EventProducer {
-    /// Validates `config` and creates the producer. No connection is made yet; an
-    /// unreachable broker shows up as a failed publish after the delivery timeout.
+    /// Validates `config`, waits for a broker at its bootstrap address to answer (at most
+    /// [`KafkaConfig::connect_timeout`]) and creates the producer.
+    ///
+    /// Fails with [`Error::Config`] naming a bad setting, or with
+    /// [`Error::BrokersUnreachable`] naming the address and the cause (connection refused,
+    /// host name not resolved, ...) when no broker answered in time.
     pub async fn new(config: &KafkaConfig) -> Result<Self, Error> {
         config.validate()?;
         tracing::debug!(config = ?config, "creating event producer");
-        let producer: FutureProducer = config
+        check_brokers(config, "producer").await?;
+        let watch = ClientWatch::new(config, "producer", Watching::Client);
+        let producer: WatchedProducer = config
             .producer_config()
-            .create()
+            .create_with_context(watch.clone())
             .map_err(|e| client_error("producer", e))?;
         Ok(EventProducer {
             producer,
+            watch,
             source: config.source().into(),
             delivery_timeout: config.producer.delivery_timeout,
             base_event_fields: config.producer.base_event_fields,
@@ -229,7 +238,7 @@ impl EventProducer {
     /// Publishes `event` and waits for the broker's acknowledgement.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Delivery, PublishError> {
         let pending = self.enqueue(event, None).await?;
-        pending.acknowledged().await
+        pending.acknowledged(self).await
     }
 
     /// Publishes `event` with explicit metadata (correlation id, causation id, subject, a
@@ -240,7 +249,7 @@ impl EventProducer {
         metadata: &PublishMetadata,
     ) -> Result<Delivery, PublishError> {
         let pending = self.enqueue(event, Some(metadata)).await?;
-        pending.acknowledged().await
+        pending.acknowledged(self).await
     }
 
     /// Publishes every event, enqueuing all of them before waiting for any
@@ -256,7 +265,7 @@ impl EventProducer {
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
             results.push(match p {
-                Ok(p) => p.acknowledged().await,
+                Ok(p) => p.acknowledged(self).await,
                 Err(e) => Err(e),
             });
         }
@@ -280,7 +289,7 @@ impl EventProducer {
             event_id,
             delivery,
         }
-        .acknowledged()
+        .acknowledged(self)
         .await
     }
 
@@ -382,7 +391,7 @@ impl EventProducer {
                     -1,
                     record.headers,
                 );
-                return Err(delivery_error(error, &message));
+                return Err(self.delivery_error(error, &message));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
             match self.producer.send_result(record) {
@@ -404,7 +413,7 @@ struct Pending<'t> {
 }
 
 impl Pending<'_> {
-    async fn acknowledged(self) -> Result<Delivery, PublishError> {
+    async fn acknowledged(self, producer: &EventProducer) -> Result<Delivery, PublishError> {
         let result: OwnedDeliveryResult = match self.delivery.await {
             Ok(result) => result,
             // librdkafka drops the delivery callback only when the producer is destroyed.
@@ -419,30 +428,42 @@ impl Pending<'_> {
             }
         };
         match result {
-            Ok(delivery) => Ok(Delivery {
-                event_id: self.event_id,
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((error, message)) => Err(delivery_error(error, &message)),
+            Ok(delivery) => {
+                producer.watch.reachable();
+                Ok(Delivery {
+                    event_id: self.event_id,
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Err((error, message)) => Err(producer.delivery_error(error, &message)),
         }
     }
 }
 
-fn delivery_error(source: KafkaError, message: &OwnedMessage) -> PublishError {
-    let record = EncodedRecord::from_message(message);
-    tracing::warn!(
-        topic = %record.topic,
-        event_id = ?record.event_id(),
-        error = %source,
-        "publish failed"
-    );
-    PublishError {
-        error: Error::Delivery {
-            topic: record.topic.clone(),
-            source,
-        },
-        record: Some(Box::new(record)),
+impl EventProducer {
+    /// The error of a failed publish: a timeout while no broker was reachable is
+    /// [`Error::BrokersUnreachable`], naming the address and the last cause.
+    fn delivery_error(&self, source: KafkaError, message: &OwnedMessage) -> PublishError {
+        let record = EncodedRecord::from_message(message);
+        let timed_out = source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
+        let error = timed_out
+            .then(|| self.watch.unreachable_error(self.delivery_timeout))
+            .flatten()
+            .unwrap_or_else(|| Error::Delivery {
+                topic: record.topic.clone(),
+                source,
+            });
+        tracing::warn!(
+            topic = %record.topic,
+            event_id = ?record.event_id(),
+            %error,
+            "publish failed"
+        );
+        PublishError {
+            error,
+            record: Some(Box::new(record)),
+        }
     }
 }
 
@@ -487,7 +508,7 @@ mod tests {
     #[tokio::test]
     async fn a_flush_that_times_out_is_error_flush() {
         // Nothing listens on port 1: the record stays queued, and flushing cannot finish.
-        let mut config = KafkaConfig::new("127.0.0.1:1");
+        let mut config = KafkaConfig::new("127.0.0.1:1").with_connect_timeout(None);
         config.producer.delivery_timeout = Duration::from_secs(2);
         let producer = EventProducer::new(&config).await.unwrap();
         let publishing = producer.clone();

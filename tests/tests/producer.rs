@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use pegasus_events::wire::{self, header};
 use pegasus_events::{
     Compression, Error, Event, EventProducer, KafkaConfig, PublishMetadata, TopicAdmin, TopicSpec,
-    WireForm,
+    UnreachableCause, WireForm,
 };
 use pegasus_events_tests::{bootstrap, config, header as find, headers_of, read_record, unique};
 use rdkafka::message::Message;
@@ -68,7 +68,9 @@ struct CompressionSampled {
 }
 
 async fn producer(client_id: &str) -> EventProducer {
-    EventProducer::new(&config(client_id)).await.expect("producer")
+    EventProducer::new(&config(client_id))
+        .await
+        .expect("producer")
 }
 
 #[tokio::test]
@@ -198,7 +200,9 @@ async fn record_read_back_decodes_into_the_same_event_and_metadata() {
 }
 
 async fn topic_with_partitions(name: &str, partitions: i32) {
-    let admin = TopicAdmin::new(&config("admin")).await.expect("admin client");
+    let admin = TopicAdmin::new(&config("admin"))
+        .await
+        .expect("admin client");
     admin
         .ensure_topics(&[TopicSpec::new(name).partitions(partitions)])
         .await
@@ -293,7 +297,9 @@ async fn every_compression_codec_publishes_records_that_read_back_unchanged() {
 #[tokio::test]
 async fn ensure_topics_creates_the_partitions_asked_for_and_is_idempotent() {
     let name = unique("tests.topics.created");
-    let admin = TopicAdmin::new(&config("admin")).await.expect("admin client");
+    let admin = TopicAdmin::new(&config("admin"))
+        .await
+        .expect("admin client");
     let spec = TopicSpec::new(&name).partitions(3).replication_factor(1);
     admin
         .ensure_topics(std::slice::from_ref(&spec))
@@ -329,11 +335,17 @@ fn closed_port() -> u16 {
 }
 
 #[tokio::test]
-async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_record_back() {
-    let mut settings =
-        KafkaConfig::new(format!("127.0.0.1:{}", closed_port())).with_client_id("shipping-api");
+async fn a_publish_to_an_unreachable_broker_fails_after_the_delivery_timeout_naming_the_address_and_hands_the_record_back(
+) {
+    let address = format!("127.0.0.1:{}", closed_port());
+    // Without the connection check, so that the publish is what meets the dead address.
+    let mut settings = KafkaConfig::new(&address)
+        .with_client_id("shipping-api")
+        .with_connect_timeout(None);
     settings.producer.delivery_timeout = Duration::from_secs(2);
-    let producer = EventProducer::new(&settings).await.expect("creating a producer does not connect");
+    let producer = EventProducer::new(&settings)
+        .await
+        .expect("without the check, creating a producer does not connect");
     let started = Instant::now();
     let error = producer
         .publish(&shipment())
@@ -345,8 +357,25 @@ async fn unreachable_broker_fails_after_the_delivery_timeout_and_hands_the_recor
         "failed only after the timeout"
     );
     assert!(waited < Duration::from_secs(60), "but not much later");
+    match &error.error {
+        Error::BrokersUnreachable {
+            client,
+            bootstrap,
+            cause: UnreachableCause::ConnectionRefused { broker },
+            ..
+        } => {
+            assert_eq!(*client, "producer");
+            assert_eq!(bootstrap, &address);
+            assert_eq!(broker, &address);
+        }
+        other => panic!("expected BrokersUnreachable with connection refused, got {other:?}"),
+    }
+    let message = pegasus_events::error::Report::new(&error).to_string();
     assert!(
-        matches!(error.error, Error::Delivery { ref topic, .. } if topic == ShipmentCreated::TOPIC)
+        message.contains(&format!("found no Kafka broker at `{address}`"))
+            && message.contains("connection refused")
+            && message.contains(ShipmentCreated::TOPIC),
+        "the message names the topic, the address and the cause: {message}"
     );
     let shown = format!("{error} {error:?}");
     assert!(
@@ -378,7 +407,9 @@ async fn producer_for_republish() -> EventProducer {
 #[tokio::test]
 async fn creating_a_producer_with_a_bad_property_names_it_and_hides_its_value() {
     let settings = config("shipping-api").with_property("socket.timeout.ms", "not-a-number-secret");
-    let error = EventProducer::new(&settings).await.expect_err("librdkafka rejects the value");
+    let error = EventProducer::new(&settings)
+        .await
+        .expect_err("librdkafka rejects the value");
     match &error {
         Error::Config { field, .. } => assert_eq!(field, "properties.socket.timeout.ms"),
         other => panic!("expected a config error, got {other:?}"),
@@ -392,16 +423,24 @@ fn secrets_never_reach_logs_or_errors_when_a_producer_is_created_and_fails() {
     let json = format!(
         r#"{{"Kafka":{{"BootstrapServers":"127.0.0.1:{}","ClientId":"identity-api",
             "SecurityProtocol":"SaslPlaintext","SaslMechanism":"Plain",
-            "SaslUsername":"admin","SaslPassword":"{password}","DeliveryTimeoutMs":1500}}}}"#,
+            "SaslUsername":"admin","SaslPassword":"{password}","DeliveryTimeoutMs":1500,
+            "ConnectTimeoutMs":1000}}}}"#,
         closed_port()
     );
     let ((), logs) = pegasus_events_tests::capture_logs(|| {
-        let settings = KafkaConfig::from_appsettings_json(&json).expect("valid");
+        let mut settings = KafkaConfig::from_appsettings_json(&json).expect("valid");
         tracing::info!(config = ?settings, "loaded");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let refused = runtime
+            .block_on(EventProducer::new(&settings))
+            .expect_err("nothing listens: the connection check fails");
+        tracing::error!(error = %refused, debug = ?refused, "producer creation failed");
+        assert!(!format!("{refused} {refused:?}").contains(password));
+        // Without the check, the publish meets the dead address.
+        settings.connect_timeout = None;
         let producer = runtime
             .block_on(EventProducer::new(&settings))
             .expect("producer");
@@ -416,6 +455,7 @@ fn secrets_never_reach_logs_or_errors_when_a_producer_is_created_and_fails() {
         "the config was logged: {logs}"
     );
     assert!(logs.contains("publish failed"), "{logs}");
+    assert!(logs.contains("producer creation failed"), "{logs}");
     assert!(
         !logs.contains(password),
         "password leaked into logs: {logs}"

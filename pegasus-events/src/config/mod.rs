@@ -335,8 +335,9 @@ mod tests {
 
         // The whole way: a producer created from a configuration with such a value.
         let config = KafkaConfig::default().with_property("broker.address.family", secret);
-        let error =
-            crate::producer::EventProducer::new(&config).await.expect_err("librdkafka rejects the value");
+        let error = crate::producer::EventProducer::new(&config)
+            .await
+            .expect_err("librdkafka rejects the value");
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains(secret), "{shown}");
         assert!(

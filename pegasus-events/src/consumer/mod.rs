@@ -74,6 +74,7 @@
 
 pub(crate) mod dispatch;
 mod handler;
+mod health;
 mod partition;
 mod retry;
 
@@ -86,14 +87,18 @@ use std::time::{Duration, Instant};
 
 use std::sync::{OnceLock, Weak};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, TopicPartitionList};
+
+use crate::connection::{check_brokers, ClientWatch, Watching};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
+pub use health::{ConsumerHealth, ConsumerStatus};
 pub use retry::RetryPolicy;
 
 use crate::config::{client_error, is_secret_property, shown_properties, KafkaConfig};
@@ -450,7 +455,10 @@ impl ConsumerBuilder {
                 (topic, route)
             })
             .collect();
+        let watch = ClientWatch::new(&self.config, "consumer", Watching::Client);
         Ok(EventConsumer {
+            health: ConsumerHealth::new(watch.clone()),
+            watch,
             config: self.config,
             group_id: group_id.into(),
             routes,
@@ -473,6 +481,8 @@ pub fn default_group_id(client_id: &str, event_type: &str) -> String {
 
 /// A consumer group member that hands each record to its typed handler.
 pub struct EventConsumer {
+    watch: ClientWatch,
+    health: ConsumerHealth,
     config: KafkaConfig,
     group_id: Arc<str>,
     routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
@@ -510,6 +520,13 @@ impl EventConsumer {
         &self.group_id
     }
 
+    /// The consumer's health, to clone and ask from a readiness check while it runs:
+    /// [`ConsumerStatus::Running`] once it subscribed with its brokers reachable,
+    /// [`ConsumerStatus::BrokersUnreachable`] during an outage.
+    pub fn health(&self) -> ConsumerHealth {
+        self.health.clone()
+    }
+
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run(self) -> Result<()> {
         self.run_until(shutdown_signal()).await
@@ -520,110 +537,147 @@ impl EventConsumer {
     /// and the consumer leaves the group. Every task the consumer started has ended (or,
     /// past the deadline, was aborted) when this returns.
     ///
+    /// It first waits for a broker at the bootstrap address to answer, at most
+    /// [`KafkaConfig::connect_timeout`], and otherwise returns
+    /// [`Error::BrokersUnreachable`] naming the address and the cause. Once running, a
+    /// broker outage is waited out: logged when it starts, summarised every 30 s, logged
+    /// when it ends, and shown by [`EventConsumer::health`].
+    ///
     /// Returns [`Error::TaskFailed`] when a partition worker or the poll thread died (a
     /// panic outside a handler, such as in an [`IdempotencyStore`]): the consumer then
     /// stops the same graceful way instead of running on with a stalled partition, and
     /// the record that worker held is delivered again after a restart.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let EventConsumer {
+            watch,
+            health,
             config,
             group_id,
             routes,
             settings,
             idempotency,
         } = self;
-        let (failures, mut worker_failures) = mpsc::unbounded_channel();
-        let env = Arc::new(WorkerEnv {
-            group_id: Arc::clone(&group_id),
-            dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
-            secrets: secrets_of(&config, &settings),
-            settings: settings.clone(),
-            idempotency,
-            failures,
-        });
-        let shared = Arc::new(Shared {
+        let result = run_consumer(
+            watch,
+            &health,
+            config,
             group_id,
             routes,
             settings,
-            env,
-            runtime: tokio::runtime::Handle::current(),
-            workers: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(JoinSet::new()),
-            stopping: AtomicBool::new(false),
+            idempotency,
+            shutdown,
+        )
+        .await;
+        health.stopped();
+        result
+    }
+}
+
+/// [`EventConsumer::run_until`], with the consumer taken apart.
+#[allow(clippy::too_many_arguments)]
+async fn run_consumer(
+    watch: ClientWatch,
+    health: &ConsumerHealth,
+    config: KafkaConfig,
+    group_id: Arc<str>,
+    routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
+    settings: ConsumerSettings,
+    idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    check_brokers(&config, "consumer").await?;
+    let (failures, mut worker_failures) = mpsc::unbounded_channel();
+    let env = Arc::new(WorkerEnv {
+        group_id: Arc::clone(&group_id),
+        dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
+        secrets: secrets_of(&config, &settings),
+        settings: settings.clone(),
+        idempotency,
+        failures,
+    });
+    let shared = Arc::new(Shared {
+        watch,
+        group_id,
+        routes,
+        settings,
+        env,
+        runtime: tokio::runtime::Handle::current(),
+        workers: Mutex::new(HashMap::new()),
+        tasks: Mutex::new(JoinSet::new()),
+        stopping: AtomicBool::new(false),
+    });
+    let consumer = Arc::new(create_consumer(&config, &shared)?);
+    // The rebalance callbacks split partition queues, which needs the consumer's Arc.
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+    let topics: Vec<&str> = shared.routes.keys().copied().collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| Error::Consumer {
+            operation: "subscribe",
+            source,
+        })?;
+    tracing::info!(group = %shared.group_id, ?topics, "consumer started");
+    health.running();
+
+    let (finished_tx, mut finished_rx) = oneshot::channel::<std::result::Result<(), String>>();
+    let thread_shared = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name(format!("pegasus-poll-{}", shared.group_id))
+        .spawn(move || {
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                poll_loop(consumer, &thread_shared);
+            }));
+            let _ =
+                finished_tx.send(polled.map_err(|panic| panic_message("the poll loop", &*panic)));
+        })
+        .map_err(|source| Error::Spawn {
+            what: "the consumer's poll thread",
+            source,
+        })?;
+
+    let mut failure = None;
+    let mut poll_ended = None;
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut finished_rx => poll_ended = Some(ended),
+        Some(error) = worker_failures.recv() => failure = Some(error),
+    }
+    shared.stopping.store(true, Ordering::Release);
+    // The poll thread closes workers within the shutdown timeout, then commits and
+    // leaves the group; closing may hang when the broker is gone, so bound the wait.
+    let grace = shared.settings.shutdown_timeout.saturating_add(CLOSE_GRACE);
+    if poll_ended.is_none() {
+        match tokio::time::timeout(grace, &mut finished_rx).await {
+            Ok(ended) => poll_ended = Some(ended),
+            Err(_) => tracing::warn!(
+                group = %shared.group_id,
+                waited_ms = crate::limits::millis(grace),
+                "consumer did not close in time (broker unreachable?); returning anyway"
+            ),
+        }
+    }
+    let poll_failure = match poll_ended {
+        Some(Ok(Err(panic))) => Some(panic),
+        // The thread ended without a word: it cannot, short of an abort.
+        Some(Err(_)) => Some("ended without reporting".to_owned()),
+        Some(Ok(Ok(()))) | None => None,
+    };
+    if let Some(reason) = poll_failure {
+        let reason = dead_letter::redact(&reason, shared.env.secrets.iter().map(String::as_str));
+        tracing::error!(group = %shared.group_id, %reason, "the consumer's poll thread died");
+        failure.get_or_insert(Error::TaskFailed {
+            task: "the consumer's poll thread".to_owned(),
+            reason,
         });
-        let consumer = Arc::new(create_consumer(&config, &shared)?);
-        // The rebalance callbacks split partition queues, which needs the consumer's Arc.
-        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-        let topics: Vec<&str> = shared.routes.keys().copied().collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|source| Error::Consumer {
-                operation: "subscribe",
-                source,
-            })?;
-        tracing::info!(group = %shared.group_id, ?topics, "consumer started");
-
-        let (finished_tx, mut finished_rx) = oneshot::channel::<std::result::Result<(), String>>();
-        let thread_shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("pegasus-poll-{}", shared.group_id))
-            .spawn(move || {
-                let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    poll_loop(consumer, &thread_shared);
-                }));
-                let _ = finished_tx
-                    .send(polled.map_err(|panic| panic_message("the poll loop", &*panic)));
-            })
-            .map_err(|source| Error::Spawn {
-                what: "the consumer's poll thread",
-                source,
-            })?;
-
-        let mut failure = None;
-        let mut poll_ended = None;
-        tokio::select! {
-            () = shutdown => {}
-            ended = &mut finished_rx => poll_ended = Some(ended),
-            Some(error) = worker_failures.recv() => failure = Some(error),
-        }
-        shared.stopping.store(true, Ordering::Release);
-        // The poll thread closes workers within the shutdown timeout, then commits and
-        // leaves the group; closing may hang when the broker is gone, so bound the wait.
-        let grace = shared.settings.shutdown_timeout.saturating_add(CLOSE_GRACE);
-        if poll_ended.is_none() {
-            match tokio::time::timeout(grace, &mut finished_rx).await {
-                Ok(ended) => poll_ended = Some(ended),
-                Err(_) => tracing::warn!(
-                    group = %shared.group_id,
-                    waited_ms = crate::limits::millis(grace),
-                    "consumer did not close in time (broker unreachable?); returning anyway"
-                ),
-            }
-        }
-        let poll_failure = match poll_ended {
-            Some(Ok(Err(panic))) => Some(panic),
-            // The thread ended without a word: it cannot, short of an abort.
-            Some(Err(_)) => Some("ended without reporting".to_owned()),
-            Some(Ok(Ok(()))) | None => None,
-        };
-        if let Some(reason) = poll_failure {
-            let reason =
-                dead_letter::redact(&reason, shared.env.secrets.iter().map(String::as_str));
-            tracing::error!(group = %shared.group_id, %reason, "the consumer's poll thread died");
-            failure.get_or_insert(Error::TaskFailed {
-                task: "the consumer's poll thread".to_owned(),
-                reason,
-            });
-        }
-        shared.stop_tasks().await;
-        if let Ok(error) = worker_failures.try_recv() {
-            failure.get_or_insert(error);
-        }
-        tracing::info!(group = %shared.group_id, "consumer stopped");
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+    }
+    shared.stop_tasks().await;
+    if let Ok(error) = worker_failures.try_recv() {
+        failure.get_or_insert(error);
+    }
+    tracing::info!(group = %shared.group_id, "consumer stopped");
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
     }
 }
 
@@ -699,6 +753,10 @@ fn create_consumer(
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long closed workers get to end their tasks, and then aborted ones to unwind.
 const TASK_GRACE: Duration = Duration::from_secs(2);
+/// How often the poll thread asks the brokers for metadata while all of them are down.
+const OUTAGE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long that request may take.
+const OUTAGE_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one poll waits for a record; also how often offsets are stored when idle.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -728,6 +786,8 @@ pub async fn shutdown_signal() {
 
 /// What the poll thread, the rebalance callbacks and the workers share.
 struct Shared {
+    /// Records why brokers cannot be reached, logs outages and librdkafka's lines.
+    watch: ClientWatch,
     group_id: Arc<str>,
     routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
@@ -894,11 +954,36 @@ fn commit_stored(consumer: &BaseConsumer<RuntimeContext>, group_id: &str) {
 /// partition workers through their own queues), until the runtime stops; then it stops
 /// the workers, commits, and closes the consumer.
 fn poll_loop(consumer: SharedConsumer, shared: &Shared) {
+    // A topic to ask the brokers about during an outage, to notice its end.
+    let probe_topic = shared.routes.keys().next().copied();
+    let mut last_probe = Instant::now();
     while !shared.stopping.load(Ordering::Acquire) {
         match consumer.poll(POLL_INTERVAL) {
-            Some(Ok(message)) => shared.route_stray(message.detach()),
-            Some(Err(error)) => tracing::warn!(group = %shared.group_id, %error, "poll failed"),
+            Some(Ok(message)) => {
+                shared.watch.reachable();
+                shared.route_stray(message.detach());
+            }
+            // The client's watch reported it already, once per outage rather than per poll.
+            Some(Err(error)) if crate::connection::is_connection_error(&error) => {}
+            Some(Err(error)) => shared.watch.log_deduplicated(
+                tracing::Level::WARN,
+                "POLL",
+                &format!("group {}: poll failed: {error}", shared.group_id),
+            ),
             None => {}
+        }
+        if shared.watch.is_down() && last_probe.elapsed() >= OUTAGE_PROBE_INTERVAL {
+            last_probe = Instant::now();
+            // Nothing else tells that an outage ended while the topics are quiet: a
+            // metadata answer does. It costs one request a second, during outages only.
+            if consumer
+                .fetch_metadata(probe_topic, OUTAGE_PROBE_TIMEOUT)
+                .is_ok()
+            {
+                shared.watch.reachable();
+            } else {
+                shared.watch.summarise_if_due();
+            }
         }
     }
     let deadline = crate::limits::deadline(shared.settings.shutdown_timeout);
@@ -920,7 +1005,15 @@ struct RuntimeContext {
     consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
 }
 
-impl ClientContext for RuntimeContext {}
+impl ClientContext for RuntimeContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        self.shared.watch.log(level, facility, line);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.watch.error(error, reason);
+    }
+}
 
 impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -60,10 +60,11 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::DeliveryFuture;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
 use crate::config::{client_error, KafkaConfig};
+use crate::connection::{check_brokers, ClientWatch, WatchedProducer, Watching};
 use crate::dead_letter::DeadLetterReason;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -261,7 +262,9 @@ pub struct OutboxRelay {
     /// The producer's settings, for a new producer after the lease was lost.
     producer_config: rdkafka::ClientConfig,
     /// `None` after the lease was lost, until the relay sends again.
-    producer: Option<FutureProducer>,
+    producer: Option<WatchedProducer>,
+    watch: ClientWatch,
+    check: KafkaConfig,
     delivery_timeout: Duration,
     settings: RelaySettings,
     /// Rows the broker refused for good whose dead letter it refused too: left unmarked
@@ -412,13 +415,16 @@ impl OutboxRelay {
         // An outage holds the round up instead; the relay catches up when it ends.
         let mut producer_config = config.producer_config();
         producer_config.set("message.timeout.ms", "0");
+        let watch = ClientWatch::new(config, "outbox relay", Watching::Client);
         let producer = producer_config
-            .create()
+            .create_with_context(watch.clone())
             .map_err(|e| client_error("outbox relay producer", e))?;
         Ok(OutboxRelay {
             storage,
             producer_config,
             producer: Some(producer),
+            watch,
+            check: config.clone(),
             delivery_timeout: config.producer.delivery_timeout,
             settings,
             parked: BTreeSet::new(),
@@ -426,13 +432,13 @@ impl OutboxRelay {
     }
 
     /// The producer, made anew after the lease was lost.
-    fn producer(&mut self) -> Result<FutureProducer> {
+    fn producer(&mut self) -> Result<WatchedProducer> {
         if let Some(producer) = &self.producer {
             return Ok(producer.clone());
         }
-        let producer: FutureProducer = self
+        let producer: WatchedProducer = self
             .producer_config
-            .create()
+            .create_with_context(self.watch.clone())
             .map_err(|e| client_error("outbox relay producer", e))?;
         self.producer = Some(producer.clone());
         Ok(producer)
@@ -443,7 +449,12 @@ impl OutboxRelay {
     /// broker outage they never are: those rows stay unmarked and are published again,
     /// with the same `ce_id`, by the next relay). The database or the broker being down is
     /// logged and retried with backoff, never returned.
+    ///
+    /// It first waits for a broker at the bootstrap address to answer, at most
+    /// [`KafkaConfig::connect_timeout`], and otherwise returns
+    /// [`Error::BrokersUnreachable`] naming the address and the cause.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        check_brokers(&self.check, "outbox relay").await?;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         let mut last_purge = tokio::time::Instant::now();
@@ -896,7 +907,7 @@ impl OutboxRelay {
     /// batch is in flight at once; waits only while librdkafka's queue is full.
     async fn enqueue(
         &self,
-        producer: &FutureProducer,
+        producer: &WatchedProducer,
         mut record: FutureRecord<'_, [u8], [u8]>,
     ) -> std::result::Result<DeliveryFuture, KafkaError> {
         let started = tokio::time::Instant::now();
