@@ -81,8 +81,8 @@ impl TopicAdmin {
     /// after the producer's delivery timeout.
     pub async fn new(config: &KafkaConfig) -> Result<Self> {
         config.validate()?;
-        check_brokers(config, "admin").await?;
-        let watch = ClientWatch::new(config, "admin", Watching::Client);
+        check_brokers(config, "topic admin").await?;
+        let watch = ClientWatch::new(config, "topic admin", Watching::Client);
         let client = config
             .client_config()
             .create_with_context(watch.clone())

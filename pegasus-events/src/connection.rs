@@ -45,6 +45,9 @@ pub const OUTAGE_SUMMARY_INTERVAL: Duration = Duration::from_secs(30);
 pub const LOG_REPEAT_WINDOW: Duration = Duration::from_secs(30);
 /// Distinct log lines remembered for deduplication; beyond it, the oldest are forgotten.
 const LOG_LINES_REMEMBERED: usize = 1024;
+/// How long the start of an outage waits for librdkafka to say why before it is logged
+/// without a cause.
+const ANNOUNCE_WITHOUT_CAUSE_AFTER: Duration = Duration::from_secs(5);
 /// How long the diagnosis after a failed check may try a plain TCP connection.
 const TCP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -172,7 +175,7 @@ pub(crate) fn describe_unreachable(
         ""
     };
     format!(
-        "the {client} found no Kafka broker at `{bootstrap}`{default_note} within {}: {cause}",
+        "the {client} could not connect to a Kafka broker at `{bootstrap}`{default_note} after {}: {cause}",
         human(waited)
     )
 }
@@ -184,7 +187,7 @@ pub(crate) fn human(duration: Duration) -> String {
         format!("{millis} ms")
     } else if millis < 60_000 {
         let tenths = millis / 100;
-        if tenths % 10 == 0 {
+        if tenths.is_multiple_of(10) {
             format!("{} s", tenths / 10)
         } else {
             format!("{}.{} s", tenths / 10, tenths % 10)
@@ -308,6 +311,9 @@ struct Outage {
     since: Instant,
     failed_attempts: u64,
     last_summary: Instant,
+    /// Whether its start was logged: librdkafka may report "all brokers down" before the
+    /// failure that says why, and the start is logged with the why.
+    announced: bool,
 }
 
 impl ClientWatch {
@@ -375,7 +381,8 @@ impl ClientWatch {
         self.state.down.store(false, Ordering::Release);
         failures.last = None;
         if let Some(outage) = failures.outage.take() {
-            if self.state.watching == Watching::Client {
+            // An outage too short to be announced ends without a word too.
+            if self.state.watching == Watching::Client && outage.announced {
                 tracing::info!(
                     client = self.state.client,
                     bootstrap = %self.state.bootstrap,
@@ -403,6 +410,13 @@ impl ClientWatch {
     }
 
     fn summarise(&self, outage: &mut Outage, last: Option<&UnreachableCause>) {
+        if !outage.announced {
+            // No cause came with the start; announce it without one rather than not at all.
+            if outage.since.elapsed() >= ANNOUNCE_WITHOUT_CAUSE_AFTER {
+                self.announce(outage, last);
+            }
+            return;
+        }
         if outage.last_summary.elapsed() < OUTAGE_SUMMARY_INTERVAL
             || self.state.watching != Watching::Client
         {
@@ -478,7 +492,11 @@ impl ClientWatch {
         let last = failures.last.clone();
         if let Some(outage) = failures.outage.as_mut() {
             outage.failed_attempts += 1;
-            self.summarise(outage, last.as_ref());
+            if outage.announced {
+                self.summarise(outage, last.as_ref());
+            } else {
+                self.announce(outage, last.as_ref());
+            }
         }
     }
 
@@ -488,19 +506,27 @@ impl ClientWatch {
             return;
         }
         let now = Instant::now();
-        failures.outage = Some(Outage {
+        let mut outage = Outage {
             since: now,
             failed_attempts: 0,
             last_summary: now,
-        });
+            announced: false,
+        };
         self.state.down.store(true, Ordering::Release);
+        if failures.last.is_some() {
+            self.announce(&mut outage, failures.last.as_ref());
+        }
+        failures.outage = Some(outage);
+    }
+
+    /// Logs the start of an outage, once.
+    fn announce(&self, outage: &mut Outage, last: Option<&UnreachableCause>) {
+        outage.announced = true;
+        outage.last_summary = Instant::now();
         if self.state.watching != Watching::Client {
             return;
         }
-        let cause = failures
-            .last
-            .as_ref()
-            .map_or_else(|| "no cause reported".to_owned(), ToString::to_string);
+        let cause = last.map_or_else(|| "no cause reported".to_owned(), ToString::to_string);
         tracing::warn!(
             client = self.state.client,
             bootstrap = %self.state.bootstrap,
@@ -760,8 +786,8 @@ mod tests {
             describe_unreachable("producer", "localhost:9092", Duration::from_secs(5), &cause);
         assert_eq!(
             shown,
-            "the producer found no Kafka broker at `localhost:9092` (the default address: set \
-             KAFKA_BOOTSTRAP_SERVERS or Kafka.BootstrapServers) within 5 s: connection refused \
+            "the producer could not connect to a Kafka broker at `localhost:9092` (the default address: set \
+             KAFKA_BOOTSTRAP_SERVERS or Kafka.BootstrapServers) after 5 s: connection refused \
              by localhost:9092: no broker is listening there"
         );
         assert!(!shown.contains('\n'));
@@ -771,8 +797,9 @@ mod tests {
             Duration::from_millis(1_500),
             &cause,
         );
-        assert!(elsewhere
-            .starts_with("the consumer found no Kafka broker at `kafka:9092` within 1.5 s: "));
+        assert!(elsewhere.starts_with(
+            "the consumer could not connect to a Kafka broker at `kafka:9092` after 1.5 s: "
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 pub enum Error {
     /// A configuration value is invalid; `field` names it as the user wrote it
     /// (e.g. `Kafka.BootstrapServers` or `KAFKA_BOOTSTRAP_SERVERS`).
-    #[error("invalid configuration `{field}`: {reason}")]
+    #[error("invalid configuration `{}`: {}", Shown(field), Shown(reason))]
     Config {
         /// The setting that is wrong.
         field: String,
@@ -59,7 +59,7 @@ pub enum Error {
     /// address and the cause in words.
     #[error("{}", crate::connection::describe_unreachable(client, bootstrap, *waited, cause))]
     BrokersUnreachable {
-        /// Which client: `producer`, `consumer`, `admin` or `outbox relay`.
+        /// Which client: `producer`, `consumer`, `topic admin`, `outbox relay`, `dead-letter reader`.
         client: &'static str,
         /// The bootstrap servers as configured.
         bootstrap: String,
@@ -70,7 +70,7 @@ pub enum Error {
     },
 
     /// An event could not be serialized to JSON.
-    #[error("cannot serialize event `{event_type}` to JSON: {detail}")]
+    #[error("cannot serialize event `{event_type}` to JSON: {}", Shown(detail))]
     Serialize {
         /// The event type name.
         event_type: &'static str,
@@ -79,7 +79,7 @@ pub enum Error {
     },
 
     /// The broker did not acknowledge a record.
-    #[error("publishing to topic `{topic}` failed")]
+    #[error("{}", describe_delivery(topic, source))]
     Delivery {
         /// The topic.
         topic: String,
@@ -97,7 +97,7 @@ pub enum Error {
     },
 
     /// Creating a topic failed (an already existing topic is not an error).
-    #[error("cannot create topic `{topic}`: {reason}")]
+    #[error("cannot create topic `{}`: {}", Shown(topic), Shown(reason))]
     TopicCreation {
         /// The topic.
         topic: String,
@@ -123,7 +123,7 @@ pub enum Error {
     },
 
     /// A header is present but its value cannot be used.
-    #[error("header `{header}` is malformed: {reason}")]
+    #[error("header `{header}` is malformed: {}", Shown(reason))]
     MalformedHeader {
         /// The header name.
         header: &'static str,
@@ -132,14 +132,14 @@ pub enum Error {
     },
 
     /// The record declares a CloudEvents version this library does not read.
-    #[error("unsupported CloudEvents specversion `{found}` (expected `1.0`)")]
+    #[error("unsupported CloudEvents specversion `{}` (expected `1.0`)", Shown(found))]
     UnsupportedSpecVersion {
         /// The version found.
         found: String,
     },
 
     /// The record's `ce_type` is not the event type that was expected.
-    #[error("event type mismatch: expected `{expected}`, found `{found}`")]
+    #[error("event type mismatch: expected `{expected}`, found `{}`", Shown(found))]
     EventTypeMismatch {
         /// The type the handler decodes.
         expected: &'static str,
@@ -175,7 +175,8 @@ pub enum Error {
 
     /// The payload is not JSON of the event's shape.
     #[error(
-        "payload of `{event_type}` cannot be decoded: {detail} (line {line}, column {column})"
+        "payload of `{event_type}` cannot be decoded: {} (line {line}, column {column})",
+        Shown(detail)
     )]
     MalformedPayload {
         /// The event type name.
@@ -189,7 +190,7 @@ pub enum Error {
     },
 
     /// A record on a topic with several event types carries a type no handler takes.
-    #[error("no handler for event type `{found}` on topic `{topic}`")]
+    #[error("no handler for event type `{}` on topic `{}`", Shown(found), Shown(topic))]
     UnhandledEventType {
         /// The topic.
         topic: String,
@@ -221,7 +222,7 @@ pub enum Error {
     /// [`IdempotencyStore`](crate::IdempotencyStore) implementation) or was cancelled. The
     /// consumer stops gracefully around it and returns this; the record it held stays
     /// uncommitted and is delivered again.
-    #[error("{task} stopped unexpectedly: {reason}")]
+    #[error("{} stopped unexpectedly: {}", Shown(task), Shown(reason))]
     TaskFailed {
         /// The task, e.g. `the worker of partition 3 of topic \`orders\``.
         task: String,
@@ -291,6 +292,45 @@ pub enum Error {
     },
 }
 
+/// Text that came from outside (a record's header, a panic, a setting's name) as it goes
+/// into a message: on one line (control characters escaped, so a value cannot forge a log
+/// line) and at most [`SHOWN_CHARS`] characters.
+struct Shown<'a>(&'a str);
+
+/// The most characters of an outside value a message shows.
+const SHOWN_CHARS: usize = 300;
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for (shown, c) in self.0.chars().enumerate() {
+            if shown == SHOWN_CHARS {
+                return f.write_str("...");
+            }
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The message of [`Error::Delivery`]: a timeout says what usually causes it while the
+/// brokers answer (an outage is [`Error::BrokersUnreachable`]).
+fn describe_delivery(topic: &str, source: &KafkaError) -> String {
+    if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut) {
+        format!(
+            "publishing to topic `{topic}` timed out: no acknowledgement within the delivery \
+             timeout (is the partition's leader available, and are at least \
+             min.insync.replicas replicas in sync?)"
+        )
+    } else {
+        format!("publishing to topic `{topic}` failed")
+    }
+}
+
 impl Error {
     /// Whether this error means a record could not be decoded (the `decode` dead-letter
     /// reason), as opposed to a failure of the client or the broker.
@@ -349,5 +389,50 @@ impl std::fmt::Display for Report<'_> {
 impl std::fmt::Debug for Report<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_from_a_record_or_a_panic_cannot_break_a_message_into_lines_or_swell_it() {
+        let forged = "Shipment\nERROR forged log line\r\u{1b}[31m";
+        let errors = [
+            Error::EventTypeMismatch {
+                expected: "ShipmentCreatedEvent",
+                found: forged.to_owned(),
+            },
+            Error::UnsupportedSpecVersion {
+                found: forged.to_owned(),
+            },
+            Error::UnhandledEventType {
+                topic: "identity-events".to_owned(),
+                found: forged.to_owned(),
+            },
+            Error::TaskFailed {
+                task: "the worker of partition 0".to_owned(),
+                reason: forged.to_owned(),
+            },
+            Error::Config {
+                field: forged.to_owned(),
+                reason: "unknown setting".to_owned(),
+            },
+        ];
+        for error in &errors {
+            let message = error.to_string();
+            assert!(
+                !message.chars().any(char::is_control),
+                "one line, no control characters: {message:?}"
+            );
+            assert!(message.contains("Shipment\\nERROR forged log line\\r\\u{1b}[31m"), "{message}");
+        }
+        let long = Error::UnsupportedSpecVersion {
+            found: "x".repeat(1_000_000),
+        };
+        let message = long.to_string();
+        assert!(message.len() < SHOWN_CHARS + 100, "{} bytes", message.len());
+        assert!(message.contains("x..."), "{message}");
     }
 }

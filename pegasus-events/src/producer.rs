@@ -499,9 +499,9 @@ mod tests {
         let mut distinct = chain.clone();
         distinct.dedup();
         assert_eq!(distinct, chain, "a cause shown twice: {chain:?}");
-        assert_eq!(
-            chain[1],
-            "publishing to topic `shipping.shipment.created` failed"
+        assert!(
+            chain[1].starts_with("publishing to topic `shipping.shipment.created` timed out"),
+            "{chain:?}"
         );
     }
 

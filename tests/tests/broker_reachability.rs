@@ -69,7 +69,7 @@ fn cause_of(error: &Error, client: &str, address: &str) -> UnreachableCause {
             assert_eq!(bootstrap, address, "{message}");
             assert!(
                 message.contains(&format!(
-                    "the {client} found no Kafka broker at `{address}`"
+                    "the {client} could not connect to a Kafka broker at `{address}`"
                 )),
                 "{message}"
             );
@@ -231,7 +231,7 @@ async fn a_topic_admin_for_an_address_where_nothing_listens_fails_the_same_way()
         .err()
         .expect("no broker");
     assert!(matches!(
-        cause_of(&error, "admin", &address),
+        cause_of(&error, "topic admin", &address),
         UnreachableCause::ConnectionRefused { .. }
     ));
     assert!(started.elapsed() < BOUND + MARGIN);

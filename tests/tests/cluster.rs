@@ -170,7 +170,8 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
     let mut config = KafkaConfig::new(&bootstrap).with_client_id("cluster-test");
     config.producer.delivery_timeout = Duration::from_secs(60);
 
-    TopicAdmin::new(&config).await
+    TopicAdmin::new(&config)
+        .await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<Replicated>()
@@ -252,7 +253,8 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
         .clone()
         .with_property("message.send.max.retries", "1");
     strict.producer.delivery_timeout = Duration::from_secs(10);
-    let refused = EventProducer::new(&strict).await
+    let refused = EventProducer::new(&strict)
+        .await
         .unwrap()
         .publish(&Strict { n: 1 })
         .await
@@ -269,7 +271,8 @@ async fn acks_all_with_replication_three_and_min_isr_two_survives_one_broker_dow
     let mut short = config.clone();
     short.producer.delivery_timeout = Duration::from_secs(10);
     let asked = Instant::now();
-    let results = EventProducer::new(&short).await
+    let results = EventProducer::new(&short)
+        .await
         .unwrap()
         .publish_all(&(200..210).map(|n| Replicated { n }).collect::<Vec<_>>())
         .await;

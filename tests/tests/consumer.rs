@@ -23,7 +23,8 @@ use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 
 async fn create_topic<E: Event>(partitions: i32) {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<E>().partitions(partitions)])
         .await

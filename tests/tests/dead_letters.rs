@@ -41,7 +41,8 @@ fn fast_retry() -> RetryPolicy {
 }
 
 async fn create_topic(name: &str, partitions: i32) {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::new(name).partitions(partitions)])
         .await
@@ -190,7 +191,9 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
     let dlq = unique("tests-dlq");
     let run = unique("run");
     let email = format!("{}@secret.example", unique("alice"));
-    let producer = EventProducer::new(&config("parcel-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("parcel-publisher"))
+        .await
+        .unwrap();
     let raw: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
@@ -485,7 +488,9 @@ impl EventHandler<Blocked> for Arc<BlockedHandler> {
 async fn a_failed_dead_letter_write_leaves_the_record_uncommitted_and_nothing_after_it_passes() {
     create_topic(Blocked::TOPIC, 1).await;
     let run = unique("run");
-    let producer = EventProducer::new(&config("blocked-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("blocked-publisher"))
+        .await
+        .unwrap();
     for n in 0..3 {
         producer
             .publish(&Blocked {
@@ -605,7 +610,7 @@ impl EventHandler<Replayed> for Arc<ReplayHandler> {
         if event.run != self.run {
             return Ok(());
         }
-        if self.buggy && event.n % 3 == 0 {
+        if self.buggy && event.n.is_multiple_of(3) {
             return Err(HandlerError::permanent(std::io::Error::other("bug")));
         }
         self.seen
@@ -622,7 +627,9 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     let dlq = unique("tests-dlq");
     let run = unique("run");
     let group = unique("replay");
-    let producer = EventProducer::new(&config("replay-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("replay-publisher"))
+        .await
+        .unwrap();
     let mut ids = HashMap::new();
     for n in 0..10 {
         let delivery = producer

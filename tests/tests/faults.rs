@@ -59,13 +59,16 @@ async fn a_consumer_killed_at_random_points_and_restarted_handles_every_event_an
     const EVENTS: usize = 50_000;
     const KILLS: usize = 5;
     let deadline = Instant::now() + Duration::from_secs(300);
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<LedgerEntry>().partitions(3)])
         .await
         .unwrap();
     let run = unique("run");
-    let producer = EventProducer::new(&config("ledger-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("ledger-publisher"))
+        .await
+        .unwrap();
     let entries: Vec<LedgerEntry> = (0..EVENTS as u32)
         .map(|n| LedgerEntry {
             run: run.clone(),
@@ -396,7 +399,8 @@ async fn the_single_broker_killed_and_restarted_under_load_loses_no_acknowledged
     let mut config = KafkaConfig::new(&address).with_client_id("restart-test");
     // Long enough for librdkafka to hold and resend what it could not deliver meanwhile.
     config.producer.delivery_timeout = Duration::from_secs(120);
-    TopicAdmin::new(&config).await
+    TopicAdmin::new(&config)
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<AcrossRestart>().partitions(3)])
         .await
@@ -426,7 +430,8 @@ async fn the_partition_leader_killed_during_acks_all_publishing_loses_no_acknowl
     let cluster = cluster_env("PEGASUS_TEST_CLUSTER_NAME");
     let mut config = KafkaConfig::new(&address).with_client_id("leader-test");
     config.producer.delivery_timeout = Duration::from_secs(120);
-    TopicAdmin::new(&config).await
+    TopicAdmin::new(&config)
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<AcrossLeaderLoss>()
             .partitions(3)

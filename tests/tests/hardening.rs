@@ -50,7 +50,8 @@ async fn create_topics(names: &[&str]) {
         .iter()
         .map(|n| TopicSpec::new(*n).partitions(1))
         .collect();
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&specs)
         .await

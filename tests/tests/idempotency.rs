@@ -238,13 +238,16 @@ impl EventHandler<Charged> for Arc<Charges> {
 
 /// Publishes each of `n` events twice with the same `ce_id` and counts handler calls.
 async fn duplicates_skipped_with(store: impl IdempotencyStore) {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<Charged>().partitions(1)])
         .await
         .unwrap();
     let run = unique("run");
-    let producer = EventProducer::new(&config("charges-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("charges-publisher"))
+        .await
+        .unwrap();
     for n in 0..5 {
         let event = Charged {
             run: run.clone(),
@@ -384,12 +387,15 @@ ledger_for!(
 /// Publishes 3 deposits, each twice with the same `ce_id`, then a last one; returns the
 /// ids of the 4 distinct events.
 async fn publish_deposits(run: &str) -> Vec<Uuid> {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<Deposited>().partitions(1)])
         .await
         .unwrap();
-    let producer = EventProducer::new(&config("deposits-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("deposits-publisher"))
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for amount in [10, 20, 30, 999] {
         let event = Deposited {

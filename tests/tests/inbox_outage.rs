@@ -109,7 +109,8 @@ async fn the_inbox_waits_out_a_postgres_outage_without_dead_letters_losses_or_re
     let _server = Server(name.clone());
     let run = unique("outage");
     let dlq = unique("dlq-inbox-outage");
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<Credited>().partitions(2),
@@ -131,7 +132,9 @@ async fn the_inbox_waits_out_a_postgres_outage_without_dead_letters_losses_or_re
         .await
         .unwrap();
 
-    let producer = EventProducer::new(&config("outage-publisher")).await.unwrap();
+    let producer = EventProducer::new(&config("outage-publisher"))
+        .await
+        .unwrap();
     let events: Vec<Credited> = (0..PER_KEY)
         .flat_map(|seq| {
             let run = run.clone();

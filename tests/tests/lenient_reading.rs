@@ -183,7 +183,8 @@ async fn send_raw(topic: &str, raw: &Raw, timestamp_ms: i64) {
 async fn every_valid_cloudevent_and_the_designs_plain_events_are_read_with_their_identity() {
     let run = unique("lenient");
     let dlq = unique("dlq-lenient");
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<UserCreated>().partitions(1),
@@ -325,7 +326,8 @@ async fn a_plain_record_without_an_id_keeps_its_derived_id_when_replayed_from_th
 ) {
     let run = unique("plain-replay");
     let dlq = unique("dlq-plain-replay");
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<Plain>().partitions(1),
@@ -411,7 +413,8 @@ struct Clashing {
 
 #[tokio::test]
 async fn base_event_fields_are_written_into_the_payload_when_asked_and_agree_with_the_headers() {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<ShipmentCreated>().partitions(1)])
         .await

@@ -31,7 +31,8 @@ struct OrderPlaced {
 }
 
 async fn create_topic() {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<OrderPlaced>().partitions(3)])
         .await
@@ -827,7 +828,8 @@ const OVERSIZED_TOPIC_LIMIT: &str = "10000";
 const LIMITED_TOPIC_LIMIT: &str = "4000";
 
 async fn create_topics_with_limits() {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[
             TopicSpec::for_event::<OrderPlaced>().partitions(3),

@@ -142,7 +142,8 @@ fn record_scenario(name: &str, sent: u32, acknowledged: i64, distinct: usize, du
 }
 
 async fn create_topic(config: &KafkaConfig) {
-    TopicAdmin::new(config).await
+    TopicAdmin::new(config)
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<Relayed>().partitions(3)])
         .await

@@ -372,8 +372,9 @@ async fn a_publish_to_an_unreachable_broker_fails_after_the_delivery_timeout_nam
     }
     let message = pegasus_events::error::Report::new(&error).to_string();
     assert!(
-        message.contains(&format!("found no Kafka broker at `{address}`"))
-            && message.contains("connection refused")
+        message.contains(&format!(
+            "could not connect to a Kafka broker at `{address}`"
+        )) && message.contains("connection refused")
             && message.contains(ShipmentCreated::TOPIC),
         "the message names the topic, the address and the cause: {message}"
     );

@@ -72,7 +72,8 @@ impl EventHandler<Signalled> for SeenBy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_record_being_handled_finish_commits_what_was_handled_and_exits_in_bounded_time(
 ) {
-    TopicAdmin::new(&config("admin")).await
+    TopicAdmin::new(&config("admin"))
+        .await
         .unwrap()
         .ensure_topics(&[TopicSpec::for_event::<Signalled>().partitions(1)])
         .await

@@ -1,0 +1,260 @@
+//! A broker that goes away after start, under a running consumer and producer: the
+//! outage is logged once when it starts, summarised while it lasts and logged once when it
+//! ends (not once per poll); the consumer's health shows it; a publish that times out
+//! meanwhile names the address and the cause; and the consumer goes on once the broker is
+//! back.
+//!
+//! Alone in its file because it installs the process-wide log subscriber: the consumer
+//! logs from its own threads, which a per-thread subscriber would not see.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pegasus_events::connection::OUTAGE_SUMMARY_INTERVAL;
+use pegasus_events::consumer::{ConsumerStatus, EventConsumer, EventContext, EventHandler};
+use pegasus_events::{
+    Error, Event, EventProducer, HandlerError, KafkaConfig, TopicAdmin, TopicSpec, UnreachableCause,
+};
+use pegasus_events_tests::{kafka_script, unique};
+use serde::{Deserialize, Serialize};
+
+/// The whole test, broker start and restart included, ends within this.
+const TEST_DEADLINE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "tests.outage.survived")]
+struct Survived {
+    n: u32,
+}
+
+struct Counting(Arc<AtomicUsize>);
+
+impl EventHandler<Survived> for Counting {
+    async fn handle(&self, _: Survived, _: &EventContext<'_>) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Stops its own broker on drop, whatever the test did.
+struct OwnBroker(String);
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        kafka_script(&["stop", "--name", &self.0]);
+    }
+}
+
+/// Every line logged in the process, at `info` and above.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        if std::env::var_os("OUTAGE_DEBUG").is_some() {
+            eprint!("{}", String::from_utf8_lossy(bytes));
+        }
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn install() -> Self {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        )
+        .expect("the only subscriber of this test process");
+        logs
+    }
+
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_logged_once_summarised_and_ended_shown_in_health_and_waited_out() {
+    tokio::time::timeout(TEST_DEADLINE, outage_scenario())
+        .await
+        .expect("the scenario ends within its deadline");
+}
+
+async fn outage_scenario() {
+    let logs = Logs::install();
+    let name = unique("outage");
+    let address = kafka_script(&["start", "--name", &name]);
+    let _broker = OwnBroker(name.clone());
+    let config = KafkaConfig::new(&address).with_client_id("outage-test");
+    TopicAdmin::new(&config)
+        .await
+        .unwrap()
+        .ensure_topics(&[TopicSpec::for_event::<Survived>().partitions(2)])
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&config).await.unwrap();
+    let mut impatient_config = config.clone();
+    impatient_config.producer.delivery_timeout = Duration::from_secs(3);
+    let impatient = EventProducer::new(&impatient_config).await.unwrap();
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let consumer = EventConsumer::builder(config.clone())
+        .handler::<Survived, _>(Counting(Arc::clone(&handled)))
+        .build()
+        .unwrap();
+    let health = consumer.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    for result in producer
+        .publish_all(&(0..10).map(|n| Survived { n }).collect::<Vec<_>>())
+        .await
+    {
+        result.unwrap();
+    }
+    wait_for(
+        "10 handled before the outage",
+        Duration::from_secs(60),
+        || handled.load(Ordering::SeqCst) == 10,
+    )
+    .await;
+    assert!(health.is_ready(), "{:?}", health.status());
+
+    kafka_script(&["kill-node", "1", "--name", &name, "--signal", "KILL"]);
+    let killed = Instant::now();
+    // The first failure librdkafka reports is the lost connection; the attempts to
+    // reconnect that follow are refused.
+    wait_for(
+        "the outage, refused connections, in the health",
+        Duration::from_secs(60),
+        || {
+            matches!(
+                health.status(),
+                ConsumerStatus::BrokersUnreachable {
+                    cause: Some(UnreachableCause::ConnectionRefused { ref broker }),
+                    ..
+                } if *broker == address
+            )
+        },
+    )
+    .await;
+    assert!(!health.is_ready());
+
+    // A publish meanwhile fails after its delivery timeout naming the address and cause.
+    let error = impatient
+        .publish(&Survived { n: 999 })
+        .await
+        .expect_err("no broker to acknowledge it");
+    match &error.error {
+        Error::BrokersUnreachable {
+            client,
+            bootstrap,
+            cause: UnreachableCause::ConnectionRefused { .. },
+            ..
+        } => {
+            assert_eq!(*client, "producer");
+            assert_eq!(bootstrap, &address);
+        }
+        other => panic!("expected BrokersUnreachable, got {other:?}"),
+    }
+
+    // Down long enough for one summary.
+    let down_for = OUTAGE_SUMMARY_INTERVAL + Duration::from_secs(5);
+    tokio::time::sleep(down_for.saturating_sub(killed.elapsed())).await;
+    kafka_script(&["start-node", "1", "--name", &name]);
+    wait_for(
+        "the end of the outage in the health",
+        Duration::from_secs(90),
+        || health.is_ready(),
+    )
+    .await;
+
+    for result in producer
+        .publish_all(&(10..20).map(|n| Survived { n }).collect::<Vec<_>>())
+        .await
+    {
+        result.unwrap();
+    }
+    wait_for(
+        "10 more handled after the outage",
+        Duration::from_secs(90),
+        || handled.load(Ordering::SeqCst) == 20,
+    )
+    .await;
+    let _ = stop.send(());
+    running
+        .await
+        .unwrap()
+        .expect("the consumer ran through the outage");
+    assert_eq!(health.status(), ConsumerStatus::Stopped);
+
+    let lines = logs.lines();
+    let consumer_lines: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("client=\"consumer\""))
+        .collect();
+    let count = |needle: &str| consumer_lines.iter().filter(|l| l.contains(needle)).count();
+    let started = count("no Kafka broker reachable at");
+    let summaries = count("still no Kafka broker reachable at");
+    let ended = count("reachable again after");
+    let loud = consumer_lines
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count();
+    eprintln!(
+        "outage of {:?}: consumer lines {} (warn or error {loud}): started {started}, \
+         summaries {summaries}, ended {ended}",
+        down_for,
+        consumer_lines.len()
+    );
+    for line in &consumer_lines {
+        eprintln!("  {line}");
+    }
+    assert_eq!(started, 1, "the start is logged once");
+    assert!(
+        (1..=2).contains(&summaries),
+        "one summary per {OUTAGE_SUMMARY_INTERVAL:?}: {summaries}"
+    );
+    assert_eq!(ended, 1, "the end is logged once");
+    assert!(
+        consumer_lines
+            .iter()
+            .any(|l| l.contains("no Kafka broker reachable at") && l.contains("connection refused")),
+        "the start names the cause"
+    );
+    // Before, a consumer logged every 50 ms poll during an outage (about 800 lines here);
+    // now the outage lines above and librdkafka's own, each at most once per 30 s.
+    assert!(
+        loud <= 20,
+        "{loud} warn or error lines from the consumer in a {down_for:?} outage"
+    );
+}
