@@ -218,10 +218,21 @@ pub(crate) fn is_connection_error(error: &KafkaError) -> bool {
 /// `[scheme://]host:port/name: what happened (after 0ms in state CONNECT)`.
 fn split_reason(reason: &str) -> (String, String) {
     let reason = reason.trim();
-    let (broker, detail) = match reason.split_once(": ") {
-        Some((broker, detail)) if broker.contains(':') && !broker.contains(' ') => (broker, detail),
-        _ => ("", reason),
-    };
+    // The coordinator's thread writes its name first: `GroupCoordinator: host:port: ...`.
+    let mut rest = reason;
+    let (mut broker, mut detail) = ("", reason);
+    for _ in 0..2 {
+        match rest.split_once(": ") {
+            Some((head, tail)) if !head.contains(' ') => {
+                if head.contains(':') {
+                    (broker, detail) = (head, tail);
+                    break;
+                }
+                rest = tail;
+            }
+            _ => break,
+        }
+    }
     let broker = broker.split_once("://").map_or(broker, |(_, rest)| rest);
     let broker = broker
         .split_once('/')
@@ -768,6 +779,16 @@ mod tests {
                 UnreachableCause::ClosedAtFirstRequest { broker: "k1:9093".into() },
             ),
         ];
+        let coordinator = classify(
+            RDKafkaErrorCode::BrokerTransportFailure,
+            "GroupCoordinator: 127.0.0.1:49043: Connect to ipv4#127.0.0.1:49043 failed: Connection refused (after 0ms in state CONNECT)",
+        );
+        assert_eq!(
+            coordinator,
+            Some(UnreachableCause::ConnectionRefused {
+                broker: "127.0.0.1:49043".into()
+            })
+        );
         for (code, reason, expected) in cases {
             assert_eq!(classify(code, reason), Some(expected), "{reason}");
         }

@@ -132,7 +132,10 @@ pub enum Error {
     },
 
     /// The record declares a CloudEvents version this library does not read.
-    #[error("unsupported CloudEvents specversion `{}` (expected `1.0`)", Shown(found))]
+    #[error(
+        "unsupported CloudEvents specversion `{}` (expected `1.0`)",
+        Shown(found)
+    )]
     UnsupportedSpecVersion {
         /// The version found.
         found: String,
@@ -190,7 +193,11 @@ pub enum Error {
     },
 
     /// A record on a topic with several event types carries a type no handler takes.
-    #[error("no handler for event type `{}` on topic `{}`", Shown(found), Shown(topic))]
+    #[error(
+        "no handler for event type `{}` on topic `{}`",
+        Shown(found),
+        Shown(topic)
+    )]
     UnhandledEventType {
         /// The topic.
         topic: String,
@@ -426,7 +433,10 @@ mod tests {
                 !message.chars().any(char::is_control),
                 "one line, no control characters: {message:?}"
             );
-            assert!(message.contains("Shipment\\nERROR forged log line\\r\\u{1b}[31m"), "{message}");
+            assert!(
+                message.contains("Shipment\\nERROR forged log line\\r\\u{1b}[31m"),
+                "{message}"
+            );
         }
         let long = Error::UnsupportedSpecVersion {
             found: "x".repeat(1_000_000),

@@ -198,6 +198,56 @@ async fn a_server_that_accepts_but_never_answers_is_named_after_the_bound() {
     held.abort();
 }
 
+/// Python's own HTTP server (`python3 -m http.server`) on a free port; killed on drop.
+struct PythonHttpServer(std::process::Child, String);
+
+impl PythonHttpServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs (a prerequisite of the tests)");
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 40155 (http://127.0.0.1:40155/) ..."
+        let port = first
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no port in {first:?}"))
+            .to_owned();
+        PythonHttpServer(child, format!("127.0.0.1:{port}"))
+    }
+}
+
+impl Drop for PythonHttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_http_server_that_waits_for_a_request_line_is_named_as_giving_no_kafka_answer() {
+    // Python's server reads a line, and Kafka's first request has no line break in it:
+    // it waits, so librdkafka reports nothing, and the check's own TCP connection tells
+    // that something listens.
+    let server = PythonHttpServer::start();
+    let (error, took) = producer_error(&config_for(&server.1)).await;
+    assert_eq!(
+        cause_of(&error, "producer", &server.1),
+        UnreachableCause::NoAnswer {
+            broker: server.1.clone()
+        }
+    );
+    assert!(took < BOUND + MARGIN, "took {took:?}");
+}
+
 #[tokio::test]
 async fn credentials_the_broker_refuses_are_named_authentication_failed_at_once() {
     // The test broker has a plaintext listener without SASL: it refuses the handshake.
