@@ -21,6 +21,12 @@
 //! - **The wire contract is fixed** ([`wire`]): CloudEvents 1.0 binary mode headers and the
 //!   plain JSON payload; reading also accepts structured mode and plain JSON from services
 //!   that write no CloudEvents headers. Older schema versions are upcast in transit.
+//! - **No silent failure to connect.** Creating a producer or a topic admin, and starting a
+//!   consumer or an outbox relay, waits at most
+//!   [`KafkaConfig::connect_timeout`] for a broker to answer, then fails with
+//!   [`Error::BrokersUnreachable`] naming the address and the cause in words. Outages
+//!   while running are logged when they start, summarised, and logged when they end
+//!   ([`connection`]).
 //! - **Secrets stay secret.** Passwords and `#[event(sensitive)]` fields never reach a log
 //!   line, an error message or a header written by this crate.
 //!
@@ -66,8 +72,9 @@
 //! | `outbox` | the transactional outbox and its relay (features `sqlite`, `postgres`) |
 //! | [`idempotency`] | [`IdempotencyStore`] and its memory, SQLite and PostgreSQL implementations |
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
+//! | [`connection`] | reaching the brokers: the check at creation, [`UnreachableCause`], outage logs, librdkafka's log lines |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
-//! | [`error`] | the crate's one error type, [`Error`] |
+//! | [`error`] | the crate's one error type, [`Error`], and [`error::Report`] to print it with its causes |
 //!
 //! # Features
 //!
