@@ -19,7 +19,10 @@
 //! - While a client runs, an outage of all its brokers is logged once when it starts
 //!   (`warn`), summarised every [`OUTAGE_SUMMARY_INTERVAL`] while it lasts (`warn`), and
 //!   logged once when it ends (`info`); each failed connection attempt is only `debug`.
-//!   A consumer shows the outage in its [`ConsumerHealth`](crate::consumer::ConsumerHealth).
+//!   A consumer shows the outage in its [`ConsumerHealth`](crate::consumer::ConsumerHealth)
+//!   and notices its end within a second (one metadata request a second while it lasts);
+//!   a producer notices it with its next acknowledged publish. Each client logs its own
+//!   outage, named by its `client` field.
 //! - librdkafka's own log lines reach `tracing` under the target `librdkafka`, at their
 //!   level. The same line repeated within [`LOG_REPEAT_WINDOW`] is logged once; when it is
 //!   logged again after the window, its `repeats` field counts the lines left out. Secret

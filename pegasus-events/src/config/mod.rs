@@ -260,6 +260,36 @@ mod tests {
     }
 
     #[test]
+    fn a_connect_timeout_of_zero_or_beyond_an_hour_is_refused_and_none_skips_the_check() {
+        for bad in [Duration::ZERO, Duration::from_secs(3601), Duration::MAX] {
+            let config = KafkaConfig::default().with_connect_timeout(Some(bad));
+            assert_eq!(
+                field_of(config.validate().map(|()| config.clone())),
+                "connect_timeout",
+                "{bad:?}"
+            );
+        }
+        KafkaConfig::default()
+            .with_connect_timeout(None)
+            .validate()
+            .unwrap();
+        let from_env =
+            KafkaConfig::from_env_vars(env(&[("KAFKA_CONNECT_TIMEOUT_MS", "1500")])).unwrap();
+        assert_eq!(from_env.connect_timeout, Some(Duration::from_millis(1500)));
+        let from_file =
+            KafkaConfig::from_appsettings_json(r#"{"Kafka":{"ConnectTimeoutMs":250}}"#).unwrap();
+        assert_eq!(from_file.connect_timeout, Some(Duration::from_millis(250)));
+        let zero = KafkaConfig::from_env_vars(env(&[("KAFKA_CONNECT_TIMEOUT_MS", "0")]));
+        assert_eq!(field_of(zero), "connect_timeout");
+        let not_a_number = KafkaConfig::from_env_vars(env(&[("KAFKA_CONNECT_TIMEOUT_MS", "5s")]));
+        assert_eq!(field_of(not_a_number), "KAFKA_CONNECT_TIMEOUT_MS");
+        assert_eq!(
+            KafkaConfig::default().connect_timeout,
+            Some(DEFAULT_CONNECT_TIMEOUT)
+        );
+    }
+
+    #[test]
     fn malformed_appsettings_is_a_syntax_error_with_position() {
         let err = KafkaConfig::from_appsettings_json("{\"Kafka\": {").unwrap_err();
         assert!(
