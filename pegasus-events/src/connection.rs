@@ -39,7 +39,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, FutureProducer, Producer, ProducerContext};
 
-use crate::config::{client_error, is_secret_property, KafkaConfig, DEFAULT_BOOTSTRAP_SERVERS};
+use crate::config::{client_error, KafkaConfig, DEFAULT_BOOTSTRAP_SERVERS};
 use crate::error::{Error, Result};
 
 /// How often a broker outage that goes on is summarised in the log.
@@ -332,19 +332,7 @@ struct Outage {
 
 impl ClientWatch {
     pub(crate) fn new(config: &KafkaConfig, client: &'static str, watching: Watching) -> Self {
-        let secrets = config
-            .sasl_password
-            .iter()
-            .map(|p| p.expose().to_owned())
-            .chain(
-                config
-                    .properties
-                    .iter()
-                    .filter(|(name, _)| is_secret_property(name))
-                    .map(|(_, value)| value.clone()),
-            )
-            .filter(|s| !s.is_empty())
-            .collect();
+        let secrets = config.secret_values(std::iter::empty());
         ClientWatch {
             state: Arc::new(WatchState {
                 client,

@@ -16,7 +16,7 @@ use pegasus_events::consumer::{ConsumerStatus, EventConsumer, EventContext, Even
 use pegasus_events::{
     Error, Event, EventProducer, HandlerError, KafkaConfig, TopicAdmin, TopicSpec, UnreachableCause,
 };
-use pegasus_events_tests::{kafka_script, unique};
+use pegasus_events_tests::{kafka_script, unique, LogBuffer};
 use serde::{Deserialize, Serialize};
 
 /// The whole test, broker start and restart included, ends within this.
@@ -56,47 +56,13 @@ impl Drop for OwnBroker {
     }
 }
 
-/// Every line logged in the process, at `info` and above.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        if std::env::var_os("OUTAGE_DEBUG").is_some() {
-            eprint!("{}", String::from_utf8_lossy(bytes));
-        }
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn install() -> Self {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing::subscriber::set_global_default(
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::INFO)
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .finish(),
-        )
+/// Every line logged in the process, at `info` and above: the consumer logs from its own
+/// threads, which a per-thread subscriber would not see.
+fn install_process_logs() -> LogBuffer {
+    let logs = LogBuffer::default();
+    tracing::subscriber::set_global_default(logs.subscriber(tracing::Level::INFO))
         .expect("the only subscriber of this test process");
-        logs
-    }
-
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
+    logs
 }
 
 async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
@@ -118,7 +84,7 @@ async fn a_broker_outage_is_logged_once_summarised_and_ended_shown_in_health_and
 }
 
 async fn outage_scenario() {
-    let logs = Logs::install();
+    let logs = install_process_logs();
     let name = unique("outage");
     let address = kafka_script(&["start", "--name", &name]);
     let _broker = OwnBroker(name.clone());
@@ -227,9 +193,9 @@ async fn outage_scenario() {
         .expect("the consumer ran through the outage");
     assert_eq!(health.status(), ConsumerStatus::Stopped);
 
-    let lines = logs.lines();
-    let consumer_lines: Vec<&String> = lines
-        .iter()
+    let text = logs.text();
+    let consumer_lines: Vec<&str> = text
+        .lines()
         .filter(|l| l.contains("client=\"consumer\""))
         .collect();
     let count = |needle: &str| consumer_lines.iter().filter(|l| l.contains(needle)).count();

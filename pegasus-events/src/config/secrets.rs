@@ -9,6 +9,29 @@ use rdkafka::error::KafkaError;
 use super::KafkaConfig;
 use crate::error::Error;
 
+impl KafkaConfig {
+    /// The secret values of this configuration and of `more` properties (a consumer's own):
+    /// the SASL password and every property named like a secret, to scrub from text that
+    /// could quote them (librdkafka's lines, panic messages).
+    pub(crate) fn secret_values<'p>(
+        &'p self,
+        more: impl Iterator<Item = (&'p String, &'p String)>,
+    ) -> Vec<String> {
+        self.sasl_password
+            .iter()
+            .map(|p| p.expose().to_owned())
+            .chain(
+                self.properties
+                    .iter()
+                    .chain(more)
+                    .filter(|(name, _)| is_secret_property(name))
+                    .map(|(_, value)| value.clone()),
+            )
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
 /// A secret value (a password). `Debug` and `Display` print `***`; read it with
 /// [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq)]

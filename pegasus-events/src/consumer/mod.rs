@@ -101,7 +101,7 @@ pub use handler::{EventContext, EventHandler, FailureKind, HandlerError};
 pub use health::{ConsumerHealth, ConsumerStatus};
 pub use retry::RetryPolicy;
 
-use crate::config::{client_error, is_secret_property, shown_properties, KafkaConfig};
+use crate::config::{client_error, shown_properties, KafkaConfig};
 use crate::dead_letter::{self, DeadLetterWriter, DEFAULT_TOPIC};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -683,21 +683,7 @@ async fn run_consumer(
 
 /// The configuration's secret values, to scrub from error text.
 fn secrets_of(config: &KafkaConfig, settings: &ConsumerSettings) -> Vec<String> {
-    let consumer_properties = settings.properties.iter().map(|(k, v)| (k, v));
-    config
-        .sasl_password
-        .iter()
-        .map(|p| p.expose().to_owned())
-        .chain(
-            config
-                .properties
-                .iter()
-                .chain(consumer_properties)
-                .filter(|(name, _)| is_secret_property(name))
-                .map(|(_, value)| value.clone()),
-        )
-        .filter(|s| !s.is_empty())
-        .collect()
+    config.secret_values(settings.properties.iter().map(|(k, v)| (k, v)))
 }
 
 fn create_consumer(
