@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
 use pegasus_events_benches::{
-    allocations, bootstrap, median, raw_encode, sample, CountingAllocator, ShipmentCreated,
+    allocations, bootstrap, median, raw_encode, sample, spread, CountingAllocator, ShipmentCreated,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::DeliveryFuture;
@@ -149,6 +149,7 @@ fn main() {
             .zip(&raw_rates)
             .map(|(typed, raw)| typed / raw)
             .collect();
+        let ratio_spread = spread(pair_ratios.clone());
         let ratio = median(pair_ratios);
         let (typed_rate, raw_rate) = (median(typed_rates), median(raw_rates));
         let typed_per = typed_allocs as f64 / total;
@@ -181,6 +182,7 @@ fn main() {
         println!("  typed publish_all : {typed_rate:>10.0} events/s (median)");
         println!("  raw FutureProducer: {raw_rate:>10.0} events/s (median)");
         println!("  throughput ratio typed/raw: {ratio:.3} (median of {rounds} paired rounds)");
+        println!("  paired ratios typed/raw: {ratio_spread}");
         println!(
             "  allocations per event, batch : typed {typed_per:.2}, raw {raw_per:.2}, typed beyond raw {:+.2}",
             typed_per - raw_per

@@ -158,6 +158,18 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// `min / median / max` of paired ratios, for a report line: how far one round's ratio
+/// may fall from another's on this machine.
+pub fn spread(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    format!(
+        "min {:.3} / median {:.3} / max {:.3}",
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1]
+    )
+}
+
 /// The first of the environment variables `names` that is set and not empty; without one,
 /// `bench` says which to set and the process exits.
 pub fn env_var(bench: &str, names: &[&str]) -> String {
