@@ -203,6 +203,53 @@ pub fn kafka_script(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// A broker of the test's own (`scripts/kafka start --name <prefix>-...`), for tests that
+/// kill or stop it; stopped on drop, whatever the test did.
+pub struct OwnBroker {
+    name: String,
+    bootstrap: String,
+}
+
+impl OwnBroker {
+    /// Starts it, named after `prefix`.
+    pub fn start(prefix: &str) -> Self {
+        let name = unique(prefix);
+        let bootstrap = kafka_script(&["start", "--name", &name]);
+        OwnBroker { name, bootstrap }
+    }
+
+    /// Its cluster name, for `scripts/kafka kill-node` and `start-node`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bootstrap address.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Stops it (again on drop, which finds it stopped).
+    pub fn stop(&self) {
+        kafka_script(&["stop", "--name", &self.name]);
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The settings of the dead-letter tests: quick commits and shutdown, and `dead_letter_topic`.
+pub fn dead_letter_settings(dead_letter_topic: &str) -> pegasus_events::consumer::ConsumerSettings {
+    pegasus_events::consumer::ConsumerSettings {
+        shutdown_timeout: std::time::Duration::from_secs(10),
+        commit_interval: std::time::Duration::from_millis(200),
+        dead_letter_topic: dead_letter_topic.to_owned(),
+        ..pegasus_events::consumer::ConsumerSettings::default()
+    }
+}
+
 /// The headers of a record as (name, UTF-8 value) pairs, in order.
 pub fn headers_of(message: &OwnedMessage) -> Vec<(String, String)> {
     message

@@ -16,7 +16,7 @@ use pegasus_events::consumer::{ConsumerStatus, EventConsumer, EventContext, Even
 use pegasus_events::{
     Error, Event, EventProducer, HandlerError, KafkaConfig, TopicAdmin, TopicSpec, UnreachableCause,
 };
-use pegasus_events_tests::{kafka_script, unique, LogBuffer};
+use pegasus_events_tests::{kafka_script, LogBuffer, OwnBroker};
 use serde::{Deserialize, Serialize};
 
 /// The whole test, broker start and restart included, ends within this.
@@ -44,15 +44,6 @@ impl EventHandler<Survived> for Seen {
     async fn handle(&self, event: Survived, _: &EventContext<'_>) -> Result<(), HandlerError> {
         self.0.lock().unwrap().insert(event.n);
         Ok(())
-    }
-}
-
-/// Stops its own broker on drop, whatever the test did.
-struct OwnBroker(String);
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        kafka_script(&["stop", "--name", &self.0]);
     }
 }
 
@@ -85,9 +76,8 @@ async fn a_broker_outage_is_logged_once_summarised_and_ended_shown_in_health_and
 
 async fn outage_scenario() {
     let logs = install_process_logs();
-    let name = unique("outage");
-    let address = kafka_script(&["start", "--name", &name]);
-    let _broker = OwnBroker(name.clone());
+    let broker = OwnBroker::start("outage");
+    let (name, address) = (broker.name().to_owned(), broker.bootstrap().to_owned());
     let config = KafkaConfig::new(&address).with_client_id("outage-test");
     TopicAdmin::new(&config)
         .await

@@ -16,8 +16,8 @@ use pegasus_events::consumer::{
 use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter};
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    bootstrap, config, header, headers_of, kafka_script, read_record, run_until_done,
-    run_until_done_watching, run_with_signal, unique, HandlerFailures, TEST_DEADLINE,
+    bootstrap, config, header, headers_of, read_record, run_until_done, run_until_done_watching,
+    run_with_signal, unique, HandlerFailures, OwnBroker, TEST_DEADLINE,
 };
 use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
@@ -963,30 +963,10 @@ impl EventHandler<Orphaned> for CountAll {
     }
 }
 
-/// Stops its own broker on drop, whatever the test did.
-struct OwnBroker(String);
-
-impl OwnBroker {
-    fn start() -> (Self, String) {
-        let name = unique("orphan");
-        let bootstrap = kafka_script(&["start", "--name", &name]);
-        (OwnBroker(name), bootstrap)
-    }
-
-    fn stop(&self) {
-        kafka_script(&["stop", "--name", &self.0]);
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_within_its_deadline_when_the_broker_is_gone() {
-    let (broker, address) = OwnBroker::start();
+    let broker = OwnBroker::start("orphan");
+    let address = broker.bootstrap().to_owned();
     let config = pegasus_events::KafkaConfig::new(&address).with_client_id("orphan-test");
     let producer = EventProducer::new(&config).await.unwrap();
     for result in producer

@@ -9,28 +9,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pegasus_events::consumer::{
-    ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
+    EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
 };
 use pegasus_events::dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterReason, ReplayFilter};
 use pegasus_events::{
     Event, EventProducer, IdempotencyStore, MemoryIdempotencyStore, TopicAdmin, TopicSpec,
 };
 use pegasus_events_tests::{
-    bootstrap, config, read_record, run_until_done, run_with_signal, unique, FaultScenario,
-    TEST_DEADLINE,
+    bootstrap, config, dead_letter_settings, read_record, run_until_done, run_with_signal, unique,
+    FaultScenario, TEST_DEADLINE,
 };
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
-
-fn settings(dead_letter_topic: &str) -> ConsumerSettings {
-    ConsumerSettings {
-        shutdown_timeout: Duration::from_secs(10),
-        commit_interval: Duration::from_millis(200),
-        dead_letter_topic: dead_letter_topic.to_owned(),
-        ..ConsumerSettings::default()
-    }
-}
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy::default().with_max_attempts(3).with_backoff(
@@ -292,7 +283,7 @@ async fn poison_records_are_dead_lettered_byte_for_byte_with_reason_and_attempts
     let group = unique("parcel");
     let consumer = EventConsumer::builder(config("parcel-test"))
         .group_id(&group)
-        .settings(settings(&dlq))
+        .settings(dead_letter_settings(&dlq))
         .handler_with_retry::<Parcel, _>(Arc::clone(&handler), fast_retry())
         .build()
         .unwrap();
@@ -516,7 +507,7 @@ async fn a_failed_dead_letter_write_leaves_the_record_uncommitted_and_nothing_af
     let first = handler(&run);
     let consumer = EventConsumer::builder(refusing)
         .group_id(&group)
-        .settings(settings("__consumer_offsets"))
+        .settings(dead_letter_settings("__consumer_offsets"))
         .handler::<Blocked, _>(Arc::clone(&first))
         .build()
         .unwrap();
@@ -537,7 +528,7 @@ async fn a_failed_dead_letter_write_leaves_the_record_uncommitted_and_nothing_af
     let second = handler(&run);
     let consumer = EventConsumer::builder(config("blocked-test"))
         .group_id(&group)
-        .settings(settings(&dlq))
+        .settings(dead_letter_settings(&dlq))
         .handler::<Blocked, _>(Arc::clone(&second))
         .build()
         .unwrap();
@@ -653,7 +644,7 @@ async fn replayed_dead_letters_keep_their_identity_and_are_handled_once_after_th
     let consumer_with = |handler: &Arc<ReplayHandler>| {
         EventConsumer::builder(config("replay-test"))
             .group_id(&group)
-            .settings(settings(&dlq))
+            .settings(dead_letter_settings(&dlq))
             .idempotency(Arc::clone(&store))
             .handler::<Replayed, _>(Arc::clone(handler))
             .build()

@@ -18,7 +18,7 @@ use pegasus_events::{
     TopicSpec,
 };
 use pegasus_events_tests::{
-    bootstrap, config, kafka_script, unique, FaultScenario, LedgerEntry, BOOTSTRAP_ENV,
+    bootstrap, config, kafka_script, unique, FaultScenario, LedgerEntry, OwnBroker, BOOTSTRAP_ENV,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
@@ -382,20 +382,10 @@ async fn publish_and_consume_through<E: Numbered>(
     assert_eq!(calls, handled, "no event handled twice");
 }
 
-/// Stops its own broker on drop, whatever the test did.
-struct OwnBroker(String);
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        kafka_script(&["stop", "--name", &self.0]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_single_broker_killed_and_restarted_under_load_loses_no_acknowledged_event() {
-    let name = unique("restarted");
-    let address = kafka_script(&["start", "--name", &name]);
-    let _broker = OwnBroker(name.clone());
+    let broker = OwnBroker::start("restarted");
+    let (name, address) = (broker.name().to_owned(), broker.bootstrap().to_owned());
     let mut config = KafkaConfig::new(&address).with_client_id("restart-test");
     // Long enough for librdkafka to hold and resend what it could not deliver meanwhile.
     config.producer.delivery_timeout = Duration::from_secs(120);

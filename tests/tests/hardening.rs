@@ -19,8 +19,8 @@ use pegasus_events::idempotency::{PostgresIdempotencyStore, SqliteIdempotencySto
 use pegasus_events::wire::{self, ByteHeaders};
 use pegasus_events::{Error, Event, IdempotencyStore, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    bootstrap, config, fresh_postgres_database, read_record, run_until_done, unique,
-    DeadLetterWatch, TEST_DEADLINE,
+    bootstrap, config, dead_letter_settings, fresh_postgres_database, read_record, run_until_done,
+    unique, DeadLetterWatch, TEST_DEADLINE,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -34,15 +34,6 @@ use uuid::Uuid;
 struct Probe {
     run: String,
     n: u32,
-}
-
-fn settings(dead_letter_topic: &str) -> ConsumerSettings {
-    ConsumerSettings {
-        shutdown_timeout: Duration::from_secs(10),
-        commit_interval: Duration::from_millis(200),
-        dead_letter_topic: dead_letter_topic.to_owned(),
-        ..ConsumerSettings::default()
-    }
 }
 
 async fn create_topics(names: &[&str]) {
@@ -233,7 +224,7 @@ async fn a_header_name_that_is_not_utf8_is_decoded_consumed_and_dead_lettered_wi
     let seen = SeenBadNames(Arc::default(), run.clone());
     let consumer = EventConsumer::builder(config("badname"))
         .group_id(unique("badname-group"))
-        .settings(settings(&dlq))
+        .settings(dead_letter_settings(&dlq))
         .handler::<BadName, _>(seen.clone())
         .build()
         .unwrap();
@@ -349,7 +340,7 @@ async fn timeouts_of_duration_max_wait_forever_and_the_consumer_still_stops_and_
             revoke_timeout: Duration::MAX,
             handler_timeout: None,
             retry: RetryPolicy::default().with_backoff(Duration::MAX, 2.0, Duration::MAX),
-            ..settings(&dlq)
+            ..dead_letter_settings(&dlq)
         })
         .handler::<Probe, _>(OfRun(seen.clone(), run))
         .build()
@@ -461,7 +452,7 @@ async fn a_hung_handler_is_dropped_at_its_timeout_and_the_record_retried() {
     send_probe(&run, 1, Uuid::now_v7()).await;
     let consumer = EventConsumer::builder(config("hung"))
         .group_id(unique("hung-group"))
-        .settings(settings(&dlq))
+        .settings(dead_letter_settings(&dlq))
         .handler_with::<Probe, _>(
             OfRun(handler.clone(), run),
             HandlerSettings::new()
@@ -511,7 +502,7 @@ async fn a_handler_that_always_hangs_is_dead_lettered_once_its_attempts_timed_ou
                 2.0,
                 Duration::from_millis(10),
             ),
-            ..settings(&dlq)
+            ..dead_letter_settings(&dlq)
         })
         .handler::<Probe, _>(OfRun(handler.clone(), run))
         .build()
@@ -552,7 +543,7 @@ async fn a_worker_that_dies_outside_the_handler_stops_the_consumer_with_an_error
     let group = unique("dies-group");
     let consumer = EventConsumer::builder(config("dies"))
         .group_id(&group)
-        .settings(settings(&dlq))
+        .settings(dead_letter_settings(&dlq))
         .idempotency(ExplodingStore)
         .handler::<Probe, _>(Seen::default())
         .build()
@@ -593,7 +584,7 @@ async fn no_handler_outlives_the_consumer_a_handler_still_running_at_the_deadlin
         .settings(ConsumerSettings {
             shutdown_timeout: Duration::from_millis(300),
             handler_timeout: None,
-            ..settings(&dlq)
+            ..dead_letter_settings(&dlq)
         })
         .handler::<Probe, _>(OfRun(handler.clone(), run))
         .build()

@@ -123,6 +123,17 @@ fn metadata() -> PublishMetadata {
 
 // ---------------------------------------------------------------------------------------
 
+/// A new SQLite database file under the tests' temporary directory, as a URL.
+fn sqlite_url() -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
+    format!("sqlite://{}.db", path.display())
+}
+
+/// An outbox on a new SQLite database.
+async fn sqlite_outbox(config: &KafkaConfig) -> SqliteOutbox {
+    SqliteOutbox::connect(&sqlite_url(), config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_headers() {
     create_topic().await;
@@ -187,10 +198,7 @@ async fn postgres_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire
 async fn sqlite_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_headers() {
     create_topic().await;
     let kafka = config("orders-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
-        .await
-        .unwrap();
+    let outbox = sqlite_outbox(&kafka).await;
     let run = unique("run");
     let event = |seq| OrderPlaced {
         run: run.clone(),
@@ -315,10 +323,7 @@ async fn the_sqlite_relay_keeps_the_order_of_each_keys_events_across_a_backlog_o
 ) {
     create_topic().await;
     let kafka = config("orders-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
-        .await
-        .unwrap();
+    let outbox = sqlite_outbox(&kafka).await;
     let run = unique("run");
     // A backlog first, read by a relay in batches of 100: the relay keeps two batches in
     // flight, so this checks the order across batches sent before the previous was acked.
@@ -346,10 +351,7 @@ async fn the_sqlite_relay_keeps_the_order_of_each_keys_events_across_a_backlog_o
 async fn a_malformed_outbox_row_is_dead_lettered_and_does_not_block_the_rows_behind_it() {
     create_topic().await;
     let kafka = config("orders-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
-        .await
-        .unwrap();
+    let outbox = sqlite_outbox(&kafka).await;
     let run = unique("run");
     // A row written by hand (another writer, a bad migration): its headers are not JSON.
     sqlx::query(
@@ -566,8 +568,7 @@ async fn two_relays_on_one_postgres_database_publish_each_event_once_and_the_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_on_one_sqlite_file_publish_each_event_once_and_the_standby_takes_over() {
     let kafka = config("orders-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let url = format!("sqlite://{}.db", path.display());
+    let url = sqlite_url();
     // Two pools on one file, as two processes of the service would have.
     let first = SqliteOutbox::connect(&url, &kafka).await.unwrap();
     let second = SqliteOutbox::connect(&url, &kafka).await.unwrap();
@@ -585,10 +586,7 @@ struct GridUpdated {
 async fn an_event_that_cannot_be_serialized_fails_the_enqueue_with_a_typed_error_and_stores_nothing(
 ) {
     let kafka = config("grid-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &kafka)
-        .await
-        .unwrap();
+    let outbox = sqlite_outbox(&kafka).await;
     let event = GridUpdated {
         cells: HashMap::from([((1, 2), "x".to_owned())]),
     };
@@ -656,8 +654,7 @@ async fn an_event_that_cannot_be_serialized_fails_the_enqueue_with_a_typed_error
 async fn a_sqlite_relay_takes_over_the_lease_of_a_crashed_relay_once_it_expired() {
     create_topic().await;
     let kafka = config("orders-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let url = format!("sqlite://{}.db", path.display());
+    let url = sqlite_url();
     let outbox = SqliteOutbox::connect(&url, &kafka).await.unwrap();
     let run = unique("run");
     let event = |seq| OrderPlaced {
@@ -788,13 +785,7 @@ async fn a_postgres_relay_with_zero_retention_deletes_each_row_once_it_was_ackno
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_relay_with_zero_retention_deletes_each_row_once_it_was_acknowledged() {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(
-        &format!("sqlite://{}.db", path.display()),
-        &config("orders-api"),
-    )
-    .await
-    .unwrap();
+    let outbox = sqlite_outbox(&config("orders-api")).await;
     retention_zero_deletes_published_rows(outbox).await;
 }
 
@@ -1074,13 +1065,7 @@ async fn a_postgres_row_the_broker_refuses_is_dead_lettered_and_10000_rows_behin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_row_the_broker_refuses_is_dead_lettered_and_10000_rows_behind_it_publish_without_backoff(
 ) {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(
-        &format!("sqlite://{}.db", path.display()),
-        &config("orders-api"),
-    )
-    .await
-    .unwrap();
+    let outbox = sqlite_outbox(&config("orders-api")).await;
     a_refused_row_is_dead_lettered_and_the_rows_behind_it_flow(outbox).await;
 }
 
@@ -1092,13 +1077,7 @@ async fn a_sqlite_row_the_broker_refuses_is_dead_lettered_and_10000_rows_behind_
 async fn only_the_record_refused_on_its_own_is_dead_lettered_not_the_good_ones_refused_in_its_batch(
 ) {
     create_topics_with_limits().await;
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(
-        &format!("sqlite://{}.db", path.display()),
-        &config("orders-api"),
-    )
-    .await
-    .unwrap();
+    let outbox = sqlite_outbox(&config("orders-api")).await;
     let run = unique("run");
     let note = |n: u32, size: usize| NoteAdded {
         run: run.clone(),
@@ -1166,13 +1145,7 @@ async fn only_the_record_refused_on_its_own_is_dead_lettered_not_the_good_ones_r
 async fn a_row_too_large_even_for_its_dead_letter_stays_unmarked_and_does_not_hold_the_rows_behind_it(
 ) {
     create_topics_with_limits().await;
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let outbox = SqliteOutbox::connect(
-        &format!("sqlite://{}.db", path.display()),
-        &config("orders-api"),
-    )
-    .await
-    .unwrap();
+    let outbox = sqlite_outbox(&config("orders-api")).await;
     let run = unique("run");
     const GOOD: u32 = 2_000;
     let events: Vec<OrderPlaced> = transactions_over_25_keys(&run, GOOD)
@@ -1330,8 +1303,7 @@ async fn a_sqlite_relay_whose_lease_was_taken_over_marks_and_publishes_nothing_m
 
     create_topic().await;
     let kafka = config("orders-api");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("outbox"));
-    let url = format!("sqlite://{}.db", path.display());
+    let url = sqlite_url();
     // The relay's pool as `SqliteOutbox::connect` opens it, but with a busy_timeout long
     // enough for the test's read of the topic while the relay's mark waits on the write
     // lock (10 s could run out on a loaded machine; the relay would then send again).

@@ -11,7 +11,7 @@ use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteO
 use pegasus_events::{Event, KafkaConfig, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
     bootstrap, config, fresh_postgres_database, header, headers_of, kafka_script,
-    read_until_settled, unique, FaultScenario, BOOTSTRAP_ENV,
+    read_until_settled, unique, FaultScenario, OwnBroker, BOOTSTRAP_ENV,
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -435,22 +435,12 @@ async fn a_sqlite_relay_killed_between_the_acknowledgement_and_the_mark_republis
     relay_killed_between_the_acknowledgement_and_the_mark(Database::Sqlite).await;
 }
 
-/// Stops its own broker on drop, whatever the test did.
-struct OwnBroker(String);
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        kafka_script(&["stop", "--name", &self.0]);
-    }
-}
-
 /// The broker of an in-process relay is killed (SIGKILL) for 12 s while events keep being
 /// committed; once it is back, every event must be published.
 async fn relay_catches_up_after_the_broker_was_down_under_load(database: Database) {
     const EVENTS: u32 = 3_000;
-    let name = unique("relay-broker");
-    let address = kafka_script(&["start", "--name", &name]);
-    let _broker = OwnBroker(name.clone());
+    let broker = OwnBroker::start("relay-broker");
+    let (name, address) = (broker.name().to_owned(), broker.bootstrap().to_owned());
     let mut kafka = KafkaConfig::new(&address).with_client_id("orders-api");
     kafka.producer.delivery_timeout = Duration::from_secs(10);
     create_topic(&kafka).await;
@@ -529,9 +519,8 @@ async fn a_postgres_relay_catches_up_after_the_broker_was_down_under_load_losing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_asked_to_stop_during_a_broker_outage_stops_within_its_delivery_timeout_and_loses_nothing(
 ) {
-    let name = unique("relay-broker");
-    let address = kafka_script(&["start", "--name", &name]);
-    let _broker = OwnBroker(name.clone());
+    let broker = OwnBroker::start("relay-broker");
+    let (name, address) = (broker.name().to_owned(), broker.bootstrap().to_owned());
     let mut kafka = KafkaConfig::new(&address).with_client_id("orders-api");
     kafka.producer.delivery_timeout = Duration::from_secs(3);
     create_topic(&kafka).await;
