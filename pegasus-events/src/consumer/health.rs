@@ -54,6 +54,11 @@ impl ConsumerHealth {
         }
     }
 
+    /// The consumer's watch, which its librdkafka callbacks report to.
+    pub(super) fn watch(&self) -> &ClientWatch {
+        &self.watch
+    }
+
     pub(super) fn running(&self) {
         self.phase.store(RUNNING, Ordering::Release);
     }

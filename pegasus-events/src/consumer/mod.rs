@@ -455,10 +455,12 @@ impl ConsumerBuilder {
                 (topic, route)
             })
             .collect();
-        let watch = ClientWatch::new(&self.config, "consumer", Watching::Client);
         Ok(EventConsumer {
-            health: ConsumerHealth::new(watch.clone()),
-            watch,
+            health: ConsumerHealth::new(ClientWatch::new(
+                &self.config,
+                "consumer",
+                Watching::Client,
+            )),
             config: self.config,
             group_id: group_id.into(),
             routes,
@@ -481,7 +483,7 @@ pub fn default_group_id(client_id: &str, event_type: &str) -> String {
 
 /// A consumer group member that hands each record to its typed handler.
 pub struct EventConsumer {
-    watch: ClientWatch,
+    /// Also holds the client's watch, which the runtime's librdkafka callbacks report to.
     health: ConsumerHealth,
     config: KafkaConfig,
     group_id: Arc<str>,
@@ -548,8 +550,15 @@ impl EventConsumer {
     /// stops the same graceful way instead of running on with a stalled partition, and
     /// the record that worker held is delivered again after a restart.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let health = self.health.clone();
+        let result = self.run_to_end(shutdown).await;
+        health.stopped();
+        result
+    }
+
+    /// [`EventConsumer::run_until`], before the health says it stopped.
+    async fn run_to_end(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let EventConsumer {
-            watch,
             health,
             config,
             group_id,
@@ -557,127 +566,101 @@ impl EventConsumer {
             settings,
             idempotency,
         } = self;
-        let result = run_consumer(
-            watch,
-            &health,
-            config,
+        check_brokers(&config, "consumer").await?;
+        let (failures, mut worker_failures) = mpsc::unbounded_channel();
+        let env = Arc::new(WorkerEnv {
+            group_id: Arc::clone(&group_id),
+            dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
+            secrets: secrets_of(&config, &settings),
+            settings: settings.clone(),
+            idempotency,
+            failures,
+        });
+        let shared = Arc::new(Shared {
+            watch: health.watch().clone(),
             group_id,
             routes,
             settings,
-            idempotency,
-            shutdown,
-        )
-        .await;
-        health.stopped();
-        result
-    }
-}
-
-/// [`EventConsumer::run_until`], with the consumer taken apart.
-#[allow(clippy::too_many_arguments)]
-async fn run_consumer(
-    watch: ClientWatch,
-    health: &ConsumerHealth,
-    config: KafkaConfig,
-    group_id: Arc<str>,
-    routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
-    settings: ConsumerSettings,
-    idempotency: Option<Arc<dyn DynIdempotencyStore>>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    check_brokers(&config, "consumer").await?;
-    let (failures, mut worker_failures) = mpsc::unbounded_channel();
-    let env = Arc::new(WorkerEnv {
-        group_id: Arc::clone(&group_id),
-        dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
-        secrets: secrets_of(&config, &settings),
-        settings: settings.clone(),
-        idempotency,
-        failures,
-    });
-    let shared = Arc::new(Shared {
-        watch,
-        group_id,
-        routes,
-        settings,
-        env,
-        runtime: tokio::runtime::Handle::current(),
-        workers: Mutex::new(HashMap::new()),
-        tasks: Mutex::new(JoinSet::new()),
-        stopping: AtomicBool::new(false),
-    });
-    let consumer = Arc::new(create_consumer(&config, &shared)?);
-    // The rebalance callbacks split partition queues, which needs the consumer's Arc.
-    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-    let topics: Vec<&str> = shared.routes.keys().copied().collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| Error::Consumer {
-            operation: "subscribe",
-            source,
-        })?;
-    tracing::info!(group = %shared.group_id, ?topics, "consumer started");
-    health.running();
-
-    let (finished_tx, mut finished_rx) = oneshot::channel::<std::result::Result<(), String>>();
-    let thread_shared = Arc::clone(&shared);
-    std::thread::Builder::new()
-        .name(format!("pegasus-poll-{}", shared.group_id))
-        .spawn(move || {
-            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                poll_loop(consumer, &thread_shared);
-            }));
-            let _ =
-                finished_tx.send(polled.map_err(|panic| panic_message("the poll loop", &*panic)));
-        })
-        .map_err(|source| Error::Spawn {
-            what: "the consumer's poll thread",
-            source,
-        })?;
-
-    let mut failure = None;
-    let mut poll_ended = None;
-    tokio::select! {
-        () = shutdown => {}
-        ended = &mut finished_rx => poll_ended = Some(ended),
-        Some(error) = worker_failures.recv() => failure = Some(error),
-    }
-    shared.stopping.store(true, Ordering::Release);
-    // The poll thread closes workers within the shutdown timeout, then commits and
-    // leaves the group; closing may hang when the broker is gone, so bound the wait.
-    let grace = shared.settings.shutdown_timeout.saturating_add(CLOSE_GRACE);
-    if poll_ended.is_none() {
-        match tokio::time::timeout(grace, &mut finished_rx).await {
-            Ok(ended) => poll_ended = Some(ended),
-            Err(_) => tracing::warn!(
-                group = %shared.group_id,
-                waited_ms = crate::limits::millis(grace),
-                "consumer did not close in time (broker unreachable?); returning anyway"
-            ),
-        }
-    }
-    let poll_failure = match poll_ended {
-        Some(Ok(Err(panic))) => Some(panic),
-        // The thread ended without a word: it cannot, short of an abort.
-        Some(Err(_)) => Some("ended without reporting".to_owned()),
-        Some(Ok(Ok(()))) | None => None,
-    };
-    if let Some(reason) = poll_failure {
-        let reason = dead_letter::redact(&reason, shared.env.secrets.iter().map(String::as_str));
-        tracing::error!(group = %shared.group_id, %reason, "the consumer's poll thread died");
-        failure.get_or_insert(Error::TaskFailed {
-            task: "the consumer's poll thread".to_owned(),
-            reason,
+            env,
+            runtime: tokio::runtime::Handle::current(),
+            workers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            stopping: AtomicBool::new(false),
         });
-    }
-    shared.stop_tasks().await;
-    if let Ok(error) = worker_failures.try_recv() {
-        failure.get_or_insert(error);
-    }
-    tracing::info!(group = %shared.group_id, "consumer stopped");
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(()),
+        let consumer = Arc::new(create_consumer(&config, &shared)?);
+        // The rebalance callbacks split partition queues, which needs the consumer's Arc.
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+        let topics: Vec<&str> = shared.routes.keys().copied().collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| Error::Consumer {
+                operation: "subscribe",
+                source,
+            })?;
+        tracing::info!(group = %shared.group_id, ?topics, "consumer started");
+        health.running();
+
+        let (finished_tx, mut finished_rx) = oneshot::channel::<std::result::Result<(), String>>();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("pegasus-poll-{}", shared.group_id))
+            .spawn(move || {
+                let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    poll_loop(consumer, &thread_shared);
+                }));
+                let _ = finished_tx
+                    .send(polled.map_err(|panic| panic_message("the poll loop", &*panic)));
+            })
+            .map_err(|source| Error::Spawn {
+                what: "the consumer's poll thread",
+                source,
+            })?;
+
+        let mut failure = None;
+        let mut poll_ended = None;
+        tokio::select! {
+            () = shutdown => {}
+            ended = &mut finished_rx => poll_ended = Some(ended),
+            Some(error) = worker_failures.recv() => failure = Some(error),
+        }
+        shared.stopping.store(true, Ordering::Release);
+        // The poll thread closes workers within the shutdown timeout, then commits and
+        // leaves the group; closing may hang when the broker is gone, so bound the wait.
+        let grace = shared.settings.shutdown_timeout.saturating_add(CLOSE_GRACE);
+        if poll_ended.is_none() {
+            match tokio::time::timeout(grace, &mut finished_rx).await {
+                Ok(ended) => poll_ended = Some(ended),
+                Err(_) => tracing::warn!(
+                    group = %shared.group_id,
+                    waited_ms = crate::limits::millis(grace),
+                    "consumer did not close in time (broker unreachable?); returning anyway"
+                ),
+            }
+        }
+        let poll_failure = match poll_ended {
+            Some(Ok(Err(panic))) => Some(panic),
+            // The thread ended without a word: it cannot, short of an abort.
+            Some(Err(_)) => Some("ended without reporting".to_owned()),
+            Some(Ok(Ok(()))) | None => None,
+        };
+        if let Some(reason) = poll_failure {
+            let reason =
+                dead_letter::redact(&reason, shared.env.secrets.iter().map(String::as_str));
+            tracing::error!(group = %shared.group_id, %reason, "the consumer's poll thread died");
+            failure.get_or_insert(Error::TaskFailed {
+                task: "the consumer's poll thread".to_owned(),
+                reason,
+            });
+        }
+        shared.stop_tasks().await;
+        if let Ok(error) = worker_failures.try_recv() {
+            failure.get_or_insert(error);
+        }
+        tracing::info!(group = %shared.group_id, "consumer stopped");
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
