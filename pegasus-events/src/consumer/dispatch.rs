@@ -179,9 +179,13 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
             group_id: env.group_id,
         };
         let call = AssertUnwindSafe(self.handler.handle(decoded.event, &context)).catch_unwind();
-        let result = match self.timeout.unwrap_or(env.handler_timeout) {
+        let deadline = self
+            .timeout
+            .unwrap_or(env.handler_timeout)
+            .and_then(|limit| Some((tokio::time::Instant::now().checked_add(limit)?, limit)));
+        let result = match deadline {
             // On timeout the handler's future is dropped here, before any new attempt.
-            Some(limit) => match tokio::time::timeout(limit, call).await {
+            Some((deadline, limit)) => match first_poll_then_deadline(call, deadline).await {
                 Ok(result) => result,
                 Err(_) => {
                     return Outcome::Failed {
@@ -193,6 +197,7 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
                     }
                 }
             },
+            // No limit, or one so far off (`Duration::MAX`) that no clock reaches it.
             None => call.await,
         };
         match result {
@@ -208,6 +213,22 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
                 message: redact_sensitive::<E>(record, &panic_message("the handler", &*panic)),
             },
         }
+    }
+}
+
+/// Runs `call` until `deadline`. The timer is armed only if the first poll leaves the call
+/// pending: most handlers of a busy partition finish in that poll, and arming a timer for
+/// each of them (a runtime handle, a timer-wheel entry) was a measurable share of the
+/// record's cost. The deadline was fixed before the first poll, so the time it took counts.
+async fn first_poll_then_deadline<F: Future>(
+    call: F,
+    deadline: tokio::time::Instant,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(output) => Ok(output),
+        std::task::Poll::Pending => tokio::time::timeout_at(deadline, call).await,
     }
 }
 

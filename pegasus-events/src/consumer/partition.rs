@@ -6,6 +6,7 @@
 //! then the worker retries, so the partition never moves past an unfinished record.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,14 +24,21 @@ use super::{ConsumerSettings, RuntimeContext};
 use crate::dead_letter::{self, DeadLetterReason, DeadLetterWriter, Failure};
 use crate::idempotency::DynIdempotencyStore;
 
-/// Where a partition's worker stands; changed only under [`PartitionState::phase`]'s lock,
-/// so the poll thread and the worker agree on whether a record is being handled.
+/// Where a partition's worker stands. The worker moves it between `Idle`, `Busy` and
+/// `Storing` with one atomic operation each, since that happens for every record; the
+/// poll thread's `close` and the end of a record it waits for go through
+/// [`PartitionState::waiting`]'s lock, so the poll thread and the worker always agree on
+/// whether a record is being handled, and whether its offset may still be stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Phase {
     /// Waiting for the next record.
     Idle,
     /// Handling a record.
     Busy,
+    /// Storing the offset of a record just handled; `close` waits the few microseconds
+    /// this takes, so the commit that follows it includes the offset.
+    Storing,
     /// Asked to stop while handling a record; becomes `Closed` when that record is done.
     Closing,
     /// The record being handled outlived the stop deadline: when it finishes, its offset
@@ -40,11 +48,33 @@ enum Phase {
     Closed,
 }
 
+impl Phase {
+    const ALL: [Phase; 6] = [
+        Phase::Idle,
+        Phase::Busy,
+        Phase::Storing,
+        Phase::Closing,
+        Phase::Abandoned,
+        Phase::Closed,
+    ];
+
+    fn from_u8(value: u8) -> Phase {
+        // Only `Phase as u8` values are ever stored.
+        Phase::ALL
+            .get(usize::from(value))
+            .copied()
+            .unwrap_or(Phase::Closed)
+    }
+}
+
 /// What the poll thread and a partition's worker share.
 pub(crate) struct PartitionState {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
-    phase: Mutex<Phase>,
+    phase: AtomicU8,
+    /// Taken for the transitions `close` waits on (out of `Closing`) and makes (into
+    /// `Abandoned`), so neither is missed; never on a record's ordinary path.
+    waiting: Mutex<()>,
     changed: Condvar,
     /// Wakes a worker waiting for records or between attempts when it is asked to stop.
     wake: Notify,
@@ -55,96 +85,112 @@ impl PartitionState {
         PartitionState {
             topic,
             partition,
-            phase: Mutex::new(Phase::Idle),
+            phase: AtomicU8::new(Phase::Idle as u8),
+            waiting: Mutex::new(()),
             changed: Condvar::new(),
             wake: Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
-        // Handlers run outside the lock, so a poisoned lock still holds a consistent phase.
-        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Moves from `from` to `to` if the phase is still `from`.
+    fn advance(&self, from: Phase, to: Phase) -> bool {
+        self.phase
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn set(&self, to: Phase) {
+        self.phase.store(to as u8, Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Nothing runs under this lock that could panic and leave it inconsistent.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops the worker: no new record is started, and a record being handled may finish
     /// (and store its offset) until `deadline`, or for as long as it takes without one
     /// (a timeout of `Duration::MAX`). Returns whether it finished in time.
     pub(crate) fn close(&self, deadline: Option<Instant>) -> bool {
-        let mut phase = self.lock();
-        match *phase {
-            Phase::Idle | Phase::Closed => {
-                *phase = Phase::Closed;
-                drop(phase);
-                self.wake.notify_one();
-                return true;
+        loop {
+            match self.phase() {
+                Phase::Idle if self.advance(Phase::Idle, Phase::Closed) => {
+                    self.wake.notify_one();
+                    return true;
+                }
+                Phase::Busy if self.advance(Phase::Busy, Phase::Closing) => break,
+                // An offset is being stored: a matter of microseconds, and the commit
+                // after this close must include it.
+                Phase::Storing => std::thread::yield_now(),
+                Phase::Closed => {
+                    self.wake.notify_one();
+                    return true;
+                }
+                Phase::Closing | Phase::Abandoned => break,
+                // The worker moved on between the load and the exchange: look again.
+                Phase::Idle | Phase::Busy => {}
             }
-            Phase::Busy => *phase = Phase::Closing,
-            Phase::Closing | Phase::Abandoned => {}
         }
-        drop(phase);
         self.wake.notify_one();
-        let mut phase = self.lock();
-        while *phase == Phase::Closing {
+        let mut guard = self.lock();
+        while self.phase() == Phase::Closing {
             let Some(deadline) = deadline else {
-                phase = self.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
+                guard = self.changed.wait(guard).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                *phase = Phase::Abandoned;
+                self.set(Phase::Abandoned);
                 return false;
             }
-            phase = self
+            guard = self
                 .changed
-                .wait_timeout(phase, left)
+                .wait_timeout(guard, left)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
-        true
+        self.phase() != Phase::Abandoned
     }
 
     /// Records that the worker died: nothing more is handled here, and a `close` waiting
     /// for its record returns at once.
     fn mark_dead(&self) {
-        *self.lock() = Phase::Closed;
+        let _guard = self.lock();
+        self.set(Phase::Closed);
         self.changed.notify_all();
     }
 
     fn is_closing(&self) -> bool {
-        !matches!(*self.lock(), Phase::Idle | Phase::Busy)
+        !matches!(self.phase(), Phase::Idle | Phase::Busy | Phase::Storing)
     }
 
     /// Marks the start of a record; `false` if the worker was stopped.
     fn start(&self) -> bool {
-        let mut phase = self.lock();
-        if *phase == Phase::Idle {
-            *phase = Phase::Busy;
-            true
-        } else {
-            false
-        }
+        self.advance(Phase::Idle, Phase::Busy)
     }
 
-    /// Marks the end of a record. `store` stores its offset; it runs under the lock, so
-    /// the poll thread's commit after [`PartitionState::close`] includes it, and it is
-    /// skipped once the record was abandoned.
+    /// Marks the end of a record. `store` stores its offset: before the phase leaves
+    /// `Busy`/`Storing`, so a `close` that returns afterwards is followed by a commit
+    /// that includes it; and never once the record was abandoned.
     fn finish(&self, store: impl FnOnce()) {
-        let mut phase = self.lock();
-        if *phase != Phase::Abandoned {
+        if self.advance(Phase::Busy, Phase::Storing) {
+            store();
+            // `close` waits while an offset is stored and changes nothing meanwhile.
+            self.set(Phase::Idle);
+            return;
+        }
+        // `close` came first: it moved `Busy` to `Closing` (and maybe on to `Abandoned`
+        // past its deadline) and waits, under the lock, for the record to end.
+        let _guard = self.lock();
+        if self.phase() == Phase::Closing {
             store();
         }
-        let waited_on = *phase != Phase::Busy;
-        *phase = if waited_on {
-            Phase::Closed
-        } else {
-            Phase::Idle
-        };
-        drop(phase);
-        // Only `close` waits on the condition variable, and only once the phase left
-        // `Busy`; skipping the wake-up otherwise saves a system call per record.
-        if waited_on {
-            self.changed.notify_all();
-        }
+        self.set(Phase::Closed);
+        self.changed.notify_all();
     }
 }
 

@@ -49,7 +49,7 @@ pub(super) fn decode_binary<'a, E: Event, M: Message>(
         )?,
         None => 1,
     };
-    let payload = message.payload().ok_or(Error::EmptyPayload)?;
+    let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
     let event = E::decode_version(schema_version, payload)?;
     Ok(Decoded {
         event,

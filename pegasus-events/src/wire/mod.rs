@@ -83,7 +83,7 @@ where
 {
     let found = FoundHeaders::read(message);
     if is_structured(found.content_type) {
-        let payload = message.payload().ok_or(Error::EmptyPayload)?;
+        let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
         let envelope: structured::StructuredEnvelope<'_> = serde_json::from_slice(payload)
             .map_err(|_| Error::MalformedHeader {
                 header: header::CONTENT_TYPE,

@@ -31,7 +31,7 @@ pub(super) fn decode_plain<'a, E: Event, M: Message>(
     message: &'a M,
     found: &FoundHeaders<'a>,
 ) -> Result<Decoded<'a, E>> {
-    let payload = message.payload().ok_or(Error::EmptyPayload)?;
+    let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
     let base = BaseEventFields::read(payload);
     if let Some(event_type) = &base.event_type {
         check_type::<E>(event_type)?;

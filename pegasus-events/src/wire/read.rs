@@ -89,7 +89,10 @@ pub(super) fn text<'a>(name: &'static str, value: &'a [u8]) -> Result<&'a str> {
 }
 
 pub(super) fn required<'a>(name: &'static str, value: Option<&'a [u8]>) -> Result<&'a str> {
-    text(name, value.ok_or(Error::MissingHeader { header: name })?)
+    text(
+        name,
+        value.ok_or_else(|| Error::MissingHeader { header: name })?,
+    )
 }
 
 /// An optional attribute: one that is not UTF-8 is left out rather than failing the

@@ -57,7 +57,7 @@ pub(super) struct StructuredEnvelope<'a> {
 
 pub(super) fn decode_structured<E: Event, M: Message>(message: &M) -> Result<Decoded<'_, E>> {
     const ATTRIBUTE: &str = "content-type";
-    let payload = message.payload().ok_or(Error::EmptyPayload)?;
+    let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
     let envelope: StructuredEnvelope<'_> =
         serde_json::from_slice(payload).map_err(|e| Error::MalformedPayload {
             event_type: E::NAME,
