@@ -179,13 +179,9 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
             group_id: env.group_id,
         };
         let call = AssertUnwindSafe(self.handler.handle(decoded.event, &context)).catch_unwind();
-        let deadline = self
-            .timeout
-            .unwrap_or(env.handler_timeout)
-            .and_then(|limit| Some((tokio::time::Instant::now().checked_add(limit)?, limit)));
-        let result = match deadline {
+        let result = match self.timeout.unwrap_or(env.handler_timeout) {
             // On timeout the handler's future is dropped here, before any new attempt.
-            Some((deadline, limit)) => match first_poll_then_deadline(call, deadline).await {
+            Some(limit) => match first_poll_then_timeout(call, limit).await {
                 Ok(result) => result,
                 Err(_) => {
                     return Outcome::Failed {
@@ -197,7 +193,6 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
                     }
                 }
             },
-            // No limit, or one so far off (`Duration::MAX`) that no clock reaches it.
             None => call.await,
         };
         match result {
@@ -216,19 +211,20 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
     }
 }
 
-/// Runs `call` until `deadline`. The timer is armed only if the first poll leaves the call
-/// pending: most handlers of a busy partition finish in that poll, and arming a timer for
-/// each of them (a runtime handle, a timer-wheel entry) was a measurable share of the
-/// record's cost. The deadline was fixed before the first poll, so the time it took counts.
-async fn first_poll_then_deadline<F: Future>(
+/// Runs `call` for at most `limit`, counted from its first wait: the timer is armed only
+/// if the first poll leaves the call pending. Most handlers of a busy partition finish in
+/// that poll, and arming a timer for each (reading the clock, a runtime handle, a
+/// timer-wheel entry) was a measurable share of a record's cost. A timeout can only end a
+/// call at one of its waits anyway, so what runs before the first wait was never bounded.
+async fn first_poll_then_timeout<F: Future>(
     call: F,
-    deadline: tokio::time::Instant,
+    limit: Duration,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
     let mut call = std::pin::pin!(call);
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
     match first {
         std::task::Poll::Ready(output) => Ok(output),
-        std::task::Poll::Pending => tokio::time::timeout_at(deadline, call).await,
+        std::task::Poll::Pending => tokio::time::timeout(limit, call).await,
     }
 }
 

@@ -155,7 +155,9 @@ pub struct ConsumerSettings {
     /// dropped (its future is cancelled, never left running beside a new attempt) and the
     /// attempt counts as a transient failure, retried by the retry policy, so a hung call
     /// cannot stall its partition. `None` lets a handler take as long as it likes.
-    /// [`HandlerSettings::timeout`] overrides it per handler.
+    /// [`HandlerSettings::timeout`] overrides it per handler. The time counts from the
+    /// handler's first `.await` that waits: a timeout can only end a call at a wait, so
+    /// work done before the first one was never bounded by it.
     pub handler_timeout: Option<Duration>,
     /// librdkafka properties for the consumer only (e.g. `fetch.min.bytes`), on top of
     /// `KafkaConfig::properties`, which every client gets: none. The properties the
