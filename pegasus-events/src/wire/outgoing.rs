@@ -1,13 +1,11 @@
 //! The headers we write: one place decides which headers a published event carries, in
 //! which order and with which values; the producer and the outbox both write from it.
 
-use std::fmt::Write as _;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::header;
-use super::time::{format_time, StackStr};
+use super::time::{decimal, format_time, StackStr};
 use super::{CONTENT_TYPE_JSON, SPEC_VERSION};
 use crate::event::Event;
 
@@ -98,13 +96,11 @@ impl<'a> OutgoingHeaders<'a> {
             .unwrap_or_else(Utc::now);
         let mut id_text = [0u8; 36];
         id.as_hyphenated().encode_lower(&mut id_text);
-        let mut version = StackStr::new();
-        let _ = write!(version, "{}", E::VERSION);
         OutgoingHeaders {
             id,
             id_text,
             time: format_time(&time),
-            version,
+            version: decimal(E::VERSION),
             source,
             event_type: E::NAME,
             partition_key,
