@@ -51,13 +51,14 @@ pub fn sample(i: u64) -> ShipmentCreated {
 }
 
 /// The record key, value and headers of `event` built the way a careful user of raw
-/// rdkafka would write them by hand: `serde_json::to_vec` for the value, and the key, the
-/// event id and the time formatted into stack buffers (librdkafka copies key and header
-/// values on enqueue, so nothing formatted for them needs the heap). This is the baseline
+/// rdkafka would write them by hand: the value serialized by `serde_json` into a buffer
+/// sized for the event (`to_vec` starts at 128 bytes and grows once for this one), and the
+/// key, the event id and the time formatted into stack buffers (librdkafka copies key and
+/// header values on enqueue, so nothing formatted for them needs the heap). This is the baseline
 /// the typed producer is compared against, allocation for allocation: the same bytes on
 /// the wire, with no convenience (`to_string`, `to_rfc3339`) a careful producer would skip.
 pub fn raw_encode(event: &ShipmentCreated, source: &str) -> RawRecord {
-    let payload = serde_json::to_vec(event).unwrap_or_default();
+    let payload = to_json(event);
     let mut key = [0u8; 36];
     event.shipment_id.as_hyphenated().encode_lower(&mut key);
     let mut id = [0u8; 36];
@@ -106,7 +107,7 @@ pub fn raw_encode(event: &ShipmentCreated, source: &str) -> RawRecord {
 /// The same record with no header at all: what a producer that writes no CloudEvents
 /// attributes sends (same key, same value), the floor the headers' cost is measured from.
 pub fn raw_encode_without_headers(event: &ShipmentCreated) -> RawRecord {
-    let payload = serde_json::to_vec(event).unwrap_or_default();
+    let payload = to_json(event);
     let mut key = [0u8; 36];
     event.shipment_id.as_hyphenated().encode_lower(&mut key);
     RawRecord {
@@ -114,6 +115,13 @@ pub fn raw_encode_without_headers(event: &ShipmentCreated) -> RawRecord {
         payload,
         headers: None,
     }
+}
+
+/// `event` as JSON, in one allocation of 256 bytes (the sample events take about 200).
+fn to_json(event: &ShipmentCreated) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(256);
+    let _ = serde_json::to_writer(&mut payload, event);
+    payload
 }
 
 /// A record encoded by hand (see [`raw_encode`]).
