@@ -255,6 +255,13 @@ fn main() {
         }
         let raw_single = allocations() - before;
 
+        // What the three idle producers (librdkafka's timers, the poll threads) cost per
+        // second: CPU per event includes it in proportion to a round's length, so a side
+        // that the broker acknowledges more slowly is charged more of it.
+        let idle_before = process_cpu_time();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_micros = process_cpu_time().saturating_sub(idle_before).as_micros();
+
         let mut key = String::new();
         events[0].write_partition_key(&mut key);
         let typed_headers = pegasus_events::wire::OutgoingHeaders::new::<ShipmentCreated>(
@@ -286,6 +293,7 @@ fn main() {
             medians(bare_rounds, rate),
             spread(rate_typed_raw),
         );
+        println!("  idle CPU of the three producers: {idle_micros} us per second");
         println!(
             "  record bytes: key {} + value {}; headers typed {} (raw baseline {}), none 0",
             raw_record.key.len(),
