@@ -41,15 +41,16 @@ fn encode(c: &mut Criterion) {
 
 fn decode(c: &mut Criterion) {
     let event = sample(7);
-    let (key, payload, headers) = raw_encode(&event, "bench-api");
+    let record = raw_encode(&event, "bench-api");
+    let payload = record.payload.clone();
     let message = OwnedMessage::new(
-        Some(payload.clone()),
-        Some(key.into_bytes()),
+        Some(record.payload),
+        Some(record.key.to_vec()),
         ShipmentCreated::TOPIC.to_owned(),
         Timestamp::CreateTime(1_768_473_000_000),
         0,
         42,
-        Some(headers),
+        record.headers,
     );
     let mut group = c.benchmark_group("decode");
     group.bench_function("pegasus", |b| {

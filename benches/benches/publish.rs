@@ -1,10 +1,20 @@
-//! Typed publishing against raw rdkafka, on the same broker, in the same run.
+//! Typed publishing against raw rdkafka, on the same broker, in the same run, and the
+//! allocation budget the test command holds it to.
 //!
-//! Both sides send the same bytes (key, JSON value, CloudEvents headers) with the same
-//! producer settings (acks=all, idempotence, linger 5 ms, no compression) to the same
-//! topic. Rounds alternate which side goes first; the median of each side is reported with
-//! the ratio typed/raw. Allocations on the calling thread are counted per publish for both,
-//! on a current-thread runtime so every Rust step of a publish runs on that thread.
+//! Three producers with the same settings (acks=all, idempotence, linger 5 ms, no
+//! compression) send the same key and JSON value to the same topic: the typed
+//! [`EventProducer`], raw rdkafka writing the same CloudEvents headers formatted by hand
+//! ([`raw_encode`]), and raw rdkafka writing no header at all. Rounds rotate which goes
+//! first. For each round the bench takes the process's CPU time (all threads, librdkafka's
+//! included) per event and the events per second, and reports the median of the paired
+//! ratios with their spread: typed/no-headers is what our headers and typing cost in CPU.
+//!
+//! Allocations on the calling thread are counted per event for the typed and the
+//! raw-with-headers side, on a current-thread runtime so every Rust step of a publish runs
+//! on that thread. They do not move with the machine's load, so they are a budget: the run
+//! fails (exit code 1, with the counts) when typed publishing allocates more per event than
+//! the raw baseline, in a batch or one publish at a time. `cargo test --all-targets` runs
+//! this bench's smoke mode, so the test command enforces the budget.
 //!
 //! Run with `scripts/bench` (starts a broker), or `cargo bench -p pegasus-events-benches
 //! --bench publish` with `PEGASUS_BENCH_BOOTSTRAP` (or `PEGASUS_TEST_BOOTSTRAP`) set.
@@ -14,9 +24,11 @@ use std::time::{Duration, Instant};
 
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
 use pegasus_events_benches::{
-    allocations, bootstrap, median, raw_encode, sample, spread, CountingAllocator, ShipmentCreated,
+    allocations, bootstrap, median, process_cpu_time, raw_encode, raw_encode_without_headers,
+    sample, spread, CountingAllocator, RawRecord, ShipmentCreated,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Headers;
 use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -56,17 +68,40 @@ async fn typed_batch(producer: &EventProducer, events: &[ShipmentCreated]) {
     }
 }
 
-async fn raw_send(producer: &FutureProducer, event: &ShipmentCreated) -> DeliveryFuture {
-    let (key, payload, headers) = raw_encode(event, SOURCE);
-    let mut record = FutureRecord::to(ShipmentCreated::TOPIC)
-        .key(&key)
-        .payload(&payload)
-        .headers(headers);
+/// Which producer a round measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Typed,
+    /// Raw rdkafka with the same CloudEvents headers, formatted by hand.
+    Raw,
+    /// Raw rdkafka with the same key and value and no header.
+    NoHeaders,
+}
+
+const SIDES: [Side; 3] = [Side::Typed, Side::Raw, Side::NoHeaders];
+
+fn encode(side: Side, event: &ShipmentCreated) -> RawRecord {
+    match side {
+        Side::NoHeaders => raw_encode_without_headers(event),
+        _ => raw_encode(event, SOURCE),
+    }
+}
+
+async fn raw_send(producer: &FutureProducer, record: RawRecord) -> DeliveryFuture {
+    let RawRecord {
+        key,
+        payload,
+        headers,
+    } = record;
+    let mut future_record = FutureRecord::to(ShipmentCreated::TOPIC)
+        .key(&key[..])
+        .payload(&payload);
+    future_record.headers = headers;
     loop {
-        match producer.send_result(record) {
+        match producer.send_result(future_record) {
             Ok(delivery) => return delivery,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
+                future_record = r;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err((e, _)) => panic!("raw enqueue failed: {e}"),
@@ -74,10 +109,10 @@ async fn raw_send(producer: &FutureProducer, event: &ShipmentCreated) -> Deliver
     }
 }
 
-async fn raw_batch(producer: &FutureProducer, events: &[ShipmentCreated]) {
+async fn raw_batch(producer: &FutureProducer, side: Side, events: &[ShipmentCreated]) {
     let mut pending = Vec::new();
     for event in events {
-        pending.push(raw_send(producer, event).await);
+        pending.push(raw_send(producer, encode(side, event)).await);
     }
     for delivery in pending {
         delivery
@@ -87,109 +122,247 @@ async fn raw_batch(producer: &FutureProducer, events: &[ShipmentCreated]) {
     }
 }
 
+/// The bytes the headers of a record add to it on the broker (record format v2: a varint
+/// length before each name and each value), beyond the one-byte header count every record
+/// has.
+fn header_bytes(headers: &impl Headers) -> usize {
+    fn varint_len(n: usize) -> usize {
+        // Zigzag-encoded, 7 bits a byte: the record format's varint.
+        let mut zigzag = (n as u64) << 1;
+        let mut len = 1;
+        while zigzag >= 0x80 {
+            zigzag >>= 7;
+            len += 1;
+        }
+        len
+    }
+    headers
+        .iter()
+        .map(|h| {
+            let value = h.value.map_or(0, <[u8]>::len);
+            varint_len(h.key.len()) + h.key.len() + varint_len(value) + value
+        })
+        .sum()
+}
+
+/// Per-event figures of one round.
+struct Round {
+    rate: f64,
+    cpu_micros: f64,
+    allocations: u64,
+}
+
+/// Runs `side` over `events` once and returns its per-event figures.
+async fn round(
+    side: Side,
+    typed: &EventProducer,
+    raw: &FutureProducer,
+    no_headers: &FutureProducer,
+    events: &[ShipmentCreated],
+) -> Round {
+    let allocations_before = allocations();
+    let cpu_before = process_cpu_time();
+    let started = Instant::now();
+    match side {
+        Side::Typed => typed_batch(typed, events).await,
+        Side::Raw => raw_batch(raw, side, events).await,
+        Side::NoHeaders => raw_batch(no_headers, side, events).await,
+    }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let count = events.len() as f64;
+    Round {
+        rate: count / elapsed.as_secs_f64(),
+        cpu_micros: cpu.as_secs_f64() * 1e6 / count,
+        allocations: allocations() - allocations_before,
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    // Many short alternating rounds: the broker shares the machine, and its speed drifts
-    // (JIT, GC, segment rolls) more than either client differs; pairing each typed round
-    // with the raw round next to it and taking the median ratio cancels most of that drift.
+    // Many short rounds in rotating order: the broker shares the machine, and its speed
+    // drifts (JIT, GC, segment rolls) more than the clients differ; pairing each typed round
+    // with the raw rounds next to it and taking the median ratio cancels most of that drift.
     let (events_per_round, rounds, sequential) = if full {
         (20_000, 21, 2_000)
     } else {
-        (300, 1, 50)
+        (300, 3, 50)
     };
     let bootstrap = bootstrap("publish");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
+    let over_budget = runtime.block_on(async {
         let config = typed_config(&bootstrap);
-        TopicAdmin::new(&config).await
+        TopicAdmin::new(&config)
+            .await
             .expect("admin")
             .ensure_topics(&[TopicSpec::for_event::<ShipmentCreated>().partitions(3)])
             .await
             .expect("topic");
         let typed = EventProducer::new(&config).await.expect("typed producer");
         let raw = raw_producer(&config);
+        let no_headers = raw_producer(&config);
         let events: Vec<ShipmentCreated> = (0..events_per_round).map(sample).collect();
 
-        // Warm up both (connections, metadata, producer ids) and the broker's JIT.
+        // Warm up all three (connections, metadata, producer ids) and the broker's JIT.
         for _ in 0..if full { 2 } else { 1 } {
-            typed_batch(&typed, &events).await;
-            raw_batch(&raw, &events).await;
-        }
-
-        let mut typed_rates = Vec::new();
-        let mut raw_rates = Vec::new();
-        let mut typed_allocs = 0;
-        let mut raw_allocs = 0;
-        for round in 0..rounds {
-            for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
-                let before = allocations();
-                let started = Instant::now();
-                if side == 0 {
-                    typed_batch(&typed, &events).await;
-                } else {
-                    raw_batch(&raw, &events).await;
-                }
-                let rate = events.len() as f64 / started.elapsed().as_secs_f64();
-                let allocated = allocations() - before;
-                if side == 0 {
-                    typed_rates.push(rate);
-                    typed_allocs += allocated;
-                } else {
-                    raw_rates.push(rate);
-                    raw_allocs += allocated;
-                }
+            for side in SIDES {
+                round(side, &typed, &raw, &no_headers, &events).await;
             }
         }
-        let total = (events.len() * rounds) as f64;
-        let pair_ratios: Vec<f64> = typed_rates
-            .iter()
-            .zip(&raw_rates)
-            .map(|(typed, raw)| typed / raw)
-            .collect();
-        let ratio_spread = spread(pair_ratios.clone());
-        let ratio = median(pair_ratios);
-        let (typed_rate, raw_rate) = (median(typed_rates), median(raw_rates));
-        let typed_per = typed_allocs as f64 / total;
-        let raw_per = raw_allocs as f64 / total;
+
+        let mut results: [Vec<Round>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for r in 0..rounds {
+            for i in 0..SIDES.len() {
+                let index = (i + r) % SIDES.len();
+                let measured = round(SIDES[index], &typed, &raw, &no_headers, &events).await;
+                results[index].push(measured);
+            }
+        }
+        let [typed_rounds, raw_rounds, bare_rounds] = &results;
+        let ratios = |a: &[Round], b: &[Round], figure: fn(&Round) -> f64| -> Vec<f64> {
+            a.iter().zip(b).map(|(a, b)| figure(a) / figure(b)).collect()
+        };
+        let cpu = |r: &Round| r.cpu_micros;
+        let rate = |r: &Round| r.rate;
+        let cpu_typed_bare = ratios(typed_rounds, bare_rounds, cpu);
+        let cpu_raw_bare = ratios(raw_rounds, bare_rounds, cpu);
+        let cpu_typed_raw = ratios(typed_rounds, raw_rounds, cpu);
+        let rate_typed_raw = ratios(typed_rounds, raw_rounds, rate);
+        let medians = |rs: &[Round], figure: fn(&Round) -> f64| {
+            median(rs.iter().map(figure).collect())
+        };
+        let total = (events.len() * rounds) as u64;
+        let allocated = |rs: &[Round]| rs.iter().map(|r| r.allocations).sum::<u64>();
+        let (typed_allocs, raw_allocs) = (allocated(typed_rounds), allocated(raw_rounds));
 
         // One publish at a time, awaiting each acknowledgement: the allocations of a single
-        // `publish(&event)` call against one raw `send().await`.
+        // `publish(&event)` call against one raw send awaited.
         let before = allocations();
         for event in &events[..sequential] {
             typed.publish(event).await.expect("typed publish");
         }
-        let typed_single = (allocations() - before) as f64 / sequential as f64;
+        let typed_single = allocations() - before;
         let before = allocations();
         for event in &events[..sequential] {
-            let (key, payload, headers) = raw_encode(event, SOURCE);
-            raw.send(
-                FutureRecord::to(ShipmentCreated::TOPIC)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("raw publish");
+            raw_send(&raw, raw_encode(event, SOURCE))
+                .await
+                .await
+                .expect("delivery callback")
+                .expect("raw publish acknowledged");
         }
-        let raw_single = (allocations() - before) as f64 / sequential as f64;
+        let raw_single = allocations() - before;
 
-        println!("publish bench ({} mode): {events_per_round} events x {rounds} rounds per side, broker {bootstrap}",
-            if full { "full" } else { "smoke" });
-        println!("  typed publish_all : {typed_rate:>10.0} events/s (median)");
-        println!("  raw FutureProducer: {raw_rate:>10.0} events/s (median)");
-        println!("  throughput ratio typed/raw: {ratio:.3} (median of {rounds} paired rounds)");
-        println!("  paired ratios typed/raw: {ratio_spread}");
+        // What the three idle producers (librdkafka's timers, the poll threads) cost per
+        // second: CPU per event includes it in proportion to a round's length, so a side
+        // that the broker acknowledges more slowly is charged more of it.
+        let idle_before = process_cpu_time();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_micros = process_cpu_time().saturating_sub(idle_before).as_micros();
+
+        let mut key = String::new();
+        events[0].write_partition_key(&mut key);
+        let typed_headers = pegasus_events::wire::OutgoingHeaders::new::<ShipmentCreated>(
+            SOURCE,
+            Some(&key),
+            None,
+        )
+        .to_kafka_headers();
+        let raw_record = raw_encode(&events[0], SOURCE);
+        let raw_header_bytes = raw_record.headers.as_ref().map_or(0, header_bytes);
+
         println!(
-            "  allocations per event, batch : typed {typed_per:.2}, raw {raw_per:.2}, typed beyond raw {:+.2}",
-            typed_per - raw_per
+            "publish bench ({} mode): {events_per_round} events x {rounds} rounds per side, broker {bootstrap}",
+            if full { "full" } else { "smoke" }
         );
         println!(
-            "  allocations per publish, one at a time: typed {typed_single:.2}, raw {raw_single:.2}, typed beyond raw {:+.2}",
-            typed_single - raw_single
+            "  CPU per event (process, all threads; median): typed {:.2} us, raw with headers {:.2} us, raw without headers {:.2} us",
+            medians(typed_rounds, cpu),
+            medians(raw_rounds, cpu),
+            medians(bare_rounds, cpu),
         );
+        println!("  CPU ratio typed/no-headers: {} (target <= 1.15)", spread(cpu_typed_bare));
+        println!("  CPU ratio raw-with-headers/no-headers: {}", spread(cpu_raw_bare));
+        println!("  CPU ratio typed/raw-with-headers: {}", spread(cpu_typed_raw));
+        println!(
+            "  events/s (median): typed {:.0}, raw with headers {:.0}, raw without headers {:.0}; typed/raw {}",
+            medians(typed_rounds, rate),
+            medians(raw_rounds, rate),
+            medians(bare_rounds, rate),
+            spread(rate_typed_raw),
+        );
+        println!("  idle CPU of the three producers: {idle_micros} us per second");
+        println!(
+            "  record bytes: key {} + value {}; headers typed {} (raw baseline {}), none 0",
+            raw_record.key.len(),
+            raw_record.payload.len(),
+            header_bytes(&typed_headers),
+            raw_header_bytes,
+        );
+        let per = |n: u64, of: u64| n as f64 / of as f64;
+        println!(
+            "  allocations per event, batch: typed {:.3}, raw {:.3} ({} events)",
+            per(typed_allocs, total),
+            per(raw_allocs, total),
+            total
+        );
+        println!(
+            "  allocations per publish, one at a time: typed {:.3}, raw {:.3} ({sequential} publishes)",
+            per(typed_single, sequential as u64),
+            per(raw_single, sequential as u64),
+        );
+        budget_failures(
+            Budget {
+                typed: typed_allocs,
+                raw: raw_allocs,
+                events: total,
+                calls: rounds as u64,
+            },
+            Budget {
+                typed: typed_single,
+                raw: raw_single,
+                events: sequential as u64,
+                calls: sequential as u64,
+            },
+        )
     });
+    if !over_budget.is_empty() {
+        for failure in over_budget {
+            eprintln!("publish bench: allocation budget exceeded: {failure}");
+        }
+        std::process::exit(1);
+    }
+}
+
+/// The allocation budget: typed publishing may allocate no more per event than the raw
+/// baseline ([`raw_encode`] and a `FutureProducer` send) for the same events. In a batch,
+/// `publish_all` may add one allocation per call, the `Vec` of results it returns, which a
+/// raw loop has no need for. Returns what was exceeded, in words; empty when within budget.
+fn budget_failures(batch: Budget, single: Budget) -> Vec<String> {
+    let mut failures = Vec::new();
+    if batch.typed > batch.raw + batch.calls {
+        failures.push(format!(
+            "publish_all made {} allocations for {} events in {} calls, raw rdkafka {} \
+             (one more per publish_all call is allowed); see what the typed path added",
+            batch.typed, batch.events, batch.calls, batch.raw
+        ));
+    }
+    if single.typed > single.raw {
+        failures.push(format!(
+            "publish made {} allocations for {} events published one at a time, raw rdkafka {}",
+            single.typed, single.events, single.raw
+        ));
+    }
+    failures
+}
+
+/// Allocations counted on the calling thread for the same events, typed and raw.
+struct Budget {
+    typed: u64,
+    raw: u64,
+    events: u64,
+    /// Calls of `publish_all` (or of `publish`) the typed count is over.
+    calls: u64,
 }
