@@ -162,8 +162,10 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
             Err(error) => return Outcome::Undecodable(error),
         };
         let event_id = decoded.metadata.id;
-        if let Some(store) = env.idempotency {
-            match store.is_processed(env.group_id, event_id).await {
+        // Asked before the first attempt only: a retry follows a failure of this worker's
+        // own handler, and while it holds the partition no one else handles the record.
+        if let Some(store) = env.idempotency.filter(|_| attempt == 1) {
+            match crate::idempotency::is_processed(store, env.group_id, event_id).await {
                 Ok(true) => return Outcome::Duplicate,
                 Ok(false) => {}
                 Err(error) => return Outcome::StoreUnavailable(error),

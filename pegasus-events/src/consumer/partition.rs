@@ -531,7 +531,7 @@ impl<R: RecordHandler> Worker<'_, R> {
         };
         let mut failures = 0u32;
         loop {
-            match store.mark_processed(&self.env.group_id, event_id).await {
+            match crate::idempotency::mark_processed(store, &self.env.group_id, event_id).await {
                 Ok(()) => return true,
                 Err(error) => {
                     failures = failures.saturating_add(1);

@@ -30,7 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -69,6 +69,23 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         group: &str,
         event_id: Uuid,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// [`IdempotencyStore::is_processed`]'s answer, when the store has it at hand without
+    /// waiting (an in-memory store does). The runtime asks this first and calls
+    /// `is_processed` only on `None`, which saves it boxing that call's future (the runtime
+    /// holds stores with their type erased). The default is `None`; a store that answers
+    /// here must answer exactly as `is_processed` would.
+    fn is_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<bool>> {
+        let _ = (group, event_id);
+        None
+    }
+
+    /// [`IdempotencyStore::mark_processed`], done without waiting when the store can: `Some`
+    /// with its result, or `None` (the default) to have the runtime call `mark_processed`.
+    fn mark_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<()>> {
+        let _ = (group, event_id);
+        None
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -77,6 +94,8 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait DynIdempotencyStore: Send + Sync + 'static {
     fn is_processed<'a>(&'a self, group: &'a str, event_id: Uuid) -> BoxFuture<'a, Result<bool>>;
     fn mark_processed<'a>(&'a self, group: &'a str, event_id: Uuid) -> BoxFuture<'a, Result<()>>;
+    fn is_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<bool>>;
+    fn mark_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<()>>;
 }
 
 impl<S: IdempotencyStore> DynIdempotencyStore for S {
@@ -86,6 +105,40 @@ impl<S: IdempotencyStore> DynIdempotencyStore for S {
 
     fn mark_processed<'a>(&'a self, group: &'a str, event_id: Uuid) -> BoxFuture<'a, Result<()>> {
         Box::pin(IdempotencyStore::mark_processed(self, group, event_id))
+    }
+
+    fn is_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<bool>> {
+        IdempotencyStore::is_processed_now(self, group, event_id)
+    }
+
+    fn mark_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<()>> {
+        IdempotencyStore::mark_processed_now(self, group, event_id)
+    }
+}
+
+/// Asks `store` whether `group` handled `event_id`: at once when it can answer without
+/// waiting, else through its (boxed) future.
+pub(crate) async fn is_processed(
+    store: &dyn DynIdempotencyStore,
+    group: &str,
+    event_id: Uuid,
+) -> Result<bool> {
+    match store.is_processed_now(group, event_id) {
+        Some(answer) => answer,
+        None => store.is_processed(group, event_id).await,
+    }
+}
+
+/// Marks `event_id` handled by `group` in `store`: at once when it can, else through its
+/// (boxed) future.
+pub(crate) async fn mark_processed(
+    store: &dyn DynIdempotencyStore,
+    group: &str,
+    event_id: Uuid,
+) -> Result<()> {
+    match store.mark_processed_now(group, event_id) {
+        Some(done) => done,
+        None => store.mark_processed(group, event_id).await,
     }
 }
 
@@ -105,6 +158,14 @@ impl<S: IdempotencyStore> IdempotencyStore for std::sync::Arc<S> {
     ) -> impl Future<Output = Result<()>> + Send {
         (**self).mark_processed(group, event_id)
     }
+
+    fn is_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<bool>> {
+        (**self).is_processed_now(group, event_id)
+    }
+
+    fn mark_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<()>> {
+        (**self).mark_processed_now(group, event_id)
+    }
 }
 
 /// An in-memory store: at most `capacity` entries, each forgotten after `ttl`; the oldest
@@ -118,9 +179,13 @@ pub struct MemoryIdempotencyStore {
 
 #[derive(Default)]
 struct Entries {
-    marked: HashMap<(String, Uuid), Instant>,
+    /// The marks of each group. Keyed by group first so that a lookup borrows the group's
+    /// name instead of building an owned key for every record.
+    groups: HashMap<Arc<str>, HashMap<Uuid, Instant>>,
     /// Marks in the order they were made, for eviction and expiry.
-    order: VecDeque<((String, Uuid), Instant)>,
+    order: VecDeque<(Arc<str>, Uuid, Instant)>,
+    /// How many marks `groups` holds.
+    len: usize,
 }
 
 impl std::fmt::Debug for MemoryIdempotencyStore {
@@ -145,7 +210,7 @@ impl MemoryIdempotencyStore {
 
     /// How many marks it holds now.
     pub fn len(&self) -> usize {
-        self.lock().marked.len()
+        self.lock().len
     }
 
     /// Whether it holds no mark.
@@ -168,41 +233,88 @@ impl Default for MemoryIdempotencyStore {
 
 impl Entries {
     fn expire(&mut self, now: Instant, ttl: Duration) {
-        while let Some((key, at)) = self.order.front() {
+        while let Some((_, _, at)) = self.order.front() {
             if now.duration_since(*at) < ttl {
                 break;
             }
-            // A key marked again later has a newer time in `marked`; keep that one.
-            if self.marked.get(key) == Some(at) {
-                self.marked.remove(key);
-            }
-            self.order.pop_front();
+            self.forget_oldest();
         }
+    }
+
+    /// Drops the oldest entry of `order`, and its mark unless the key was marked again
+    /// later (then `groups` holds the newer time, and that mark stays).
+    fn forget_oldest(&mut self) {
+        let Some((group, event_id, at)) = self.order.pop_front() else {
+            return;
+        };
+        let Some(marks) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if marks.get(&event_id) == Some(&at) {
+            marks.remove(&event_id);
+            self.len -= 1;
+            if marks.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
+    }
+
+    fn contains(&self, group: &str, event_id: Uuid) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|marks| marks.contains_key(&event_id))
+    }
+
+    fn mark(&mut self, group: &str, event_id: Uuid, now: Instant) {
+        // The group's name is copied once, when its first mark is made.
+        let group = match self.groups.get_key_value(group) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(group),
+        };
+        let marks = self.groups.entry(Arc::clone(&group)).or_default();
+        if marks.insert(event_id, now).is_none() {
+            self.len += 1;
+        }
+        self.order.push_back((group, event_id, now));
     }
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool> {
-        let mut entries = self.lock();
-        entries.expire(Instant::now(), self.ttl);
-        Ok(entries.marked.contains_key(&(group.to_owned(), event_id)))
+        self.answer_is_processed(group, event_id)
     }
 
     async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<()> {
+        self.record_processed(group, event_id)
+    }
+
+    fn is_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<bool>> {
+        Some(self.answer_is_processed(group, event_id))
+    }
+
+    fn mark_processed_now(&self, group: &str, event_id: Uuid) -> Option<Result<()>> {
+        Some(self.record_processed(group, event_id))
+    }
+}
+
+impl MemoryIdempotencyStore {
+    fn answer_is_processed(&self, group: &str, event_id: Uuid) -> Result<bool> {
+        let mut entries = self.lock();
+        entries.expire(Instant::now(), self.ttl);
+        Ok(entries.contains(group, event_id))
+    }
+
+    fn record_processed(&self, group: &str, event_id: Uuid) -> Result<()> {
         let now = Instant::now();
         let mut entries = self.lock();
         entries.expire(now, self.ttl);
-        let key = (group.to_owned(), event_id);
-        entries.marked.insert(key.clone(), now);
-        entries.order.push_back((key, now));
-        // The order queue may also hold stale marks of keys marked again; bound it too.
-        while entries.marked.len() > self.capacity || entries.order.len() > 2 * self.capacity {
-            let Some((oldest, at)) = entries.order.pop_front() else {
+        entries.mark(group, event_id, now);
+        // The order queue may also hold stale entries of keys marked again; bound it too.
+        while entries.len > self.capacity || entries.order.len() > 2 * self.capacity {
+            if entries.order.is_empty() {
                 break;
-            };
-            if entries.marked.get(&oldest) == Some(&at) {
-                entries.marked.remove(&oldest);
             }
+            entries.forget_oldest();
         }
         Ok(())
     }
