@@ -1,6 +1,7 @@
 //! The outbox in SQLite, the embedded default database: enqueue in the caller's
-//! transaction; the relay polls; one active relay per file through a lease row with an
-//! expiry.
+//! transaction; the relay is woken by the commit of an enqueue made through the same
+//! [`SqliteOutbox`] (or a clone of it) in this process, and polls for the others; one active
+//! relay per file through a lease row with an expiry.
 //!
 //! The lease fences the relay's work: reading rows to publish and marking them are single
 //! statements that run only while the lease row names this relay. Taking the lease over
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use super::{
     encode, BoxFuture, EncodedEvent, Fenced, Lease, OutboxRelay, OutboxRow, OutboxStorage,
@@ -43,6 +44,10 @@ pub struct SqliteOutbox {
     source: Arc<str>,
     /// [`crate::ProducerSettings::base_event_fields`] of the configuration.
     base_event_fields: bool,
+    /// Woken by the commit of a transaction that enqueued through this outbox (or a clone);
+    /// its relays wait on it. A permit is kept when no relay waits, so a commit that
+    /// lands while the relay is busy is not missed.
+    wake: Arc<Notify>,
 }
 
 impl SqliteOutbox {
@@ -67,6 +72,7 @@ impl SqliteOutbox {
             pool,
             source: config.source().into(),
             base_event_fields: config.producer.base_event_fields,
+            wake: Arc::new(Notify::new()),
         })
     }
 
@@ -108,7 +114,7 @@ impl SqliteOutbox {
             .into_iter()
             .map(|event| encode(&self.source, self.base_event_fields, event, None))
             .collect::<Result<Vec<_>>>()?;
-        store(transaction, &encoded).await?;
+        store(transaction, &encoded, &self.wake).await?;
         Ok(encoded.iter().map(|e| e.event_id).collect())
     }
 
@@ -119,14 +125,20 @@ impl SqliteOutbox {
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
         let encoded = encode(&self.source, self.base_event_fields, event, metadata)?;
-        store(transaction, std::slice::from_ref(&encoded)).await?;
+        store(transaction, std::slice::from_ref(&encoded), &self.wake).await?;
         Ok(encoded.event_id)
     }
 
     /// A relay publishing this outbox through the cluster of `config`. Several may run
     /// against one database file: the one holding the lease publishes, the others stand by.
+    ///
+    /// The relay is woken as soon as a transaction that enqueued through this outbox (or a
+    /// clone of it) commits, so those events are published without waiting for
+    /// [`RelaySettings::poll_interval`]; events enqueued by another process, or through
+    /// another `SqliteOutbox` value, are found by polling.
     pub fn relay(&self, config: &KafkaConfig, settings: RelaySettings) -> Result<OutboxRelay> {
         let storage = SqliteStorage {
+            wake: Arc::clone(&self.wake),
             pool: self.pool.clone(),
             holder: uuid::Uuid::new_v4().to_string(),
             lease_ttl: settings.lease_ttl,
@@ -136,11 +148,16 @@ impl SqliteOutbox {
     }
 }
 
-/// Inserts `events` in order, one statement per [`ROWS_PER_INSERT`] of them.
+/// Inserts `events` in order, one statement per [`ROWS_PER_INSERT`] of them, and arms the
+/// connection's commit hook to wake the relays of this outbox when the transaction commits.
 async fn store(
     transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     events: &[EncodedEvent],
+    wake: &Arc<Notify>,
 ) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers) VALUES ",
@@ -165,6 +182,27 @@ async fn store(
             .await
             .map_err(failed("store events"))?;
     }
+    // SQLite calls the hook when this transaction commits (and not if it rolls back), on
+    // the connection's worker thread, just before the commit is written: the relay waits
+    // for the write lock before reading (SqliteStorage::wait_for_rows), so it sees the
+    // rows. The hook stays on the connection after this transaction; it wakes once per
+    // arming, so later commits of the connection that enqueued nothing wake no relay (but
+    // for one, after a rollback of a transaction that had enqueued: a spurious wake, one
+    // empty read). Setting it replaces the previous one, so an enqueue through another
+    // outbox value on this connection wakes that value's relays instead.
+    let wake = Arc::clone(wake);
+    let mut armed = true;
+    transaction
+        .lock_handle()
+        .await
+        .map_err(failed("arm the relay's wake-up"))?
+        .set_commit_hook(move || {
+            if std::mem::take(&mut armed) {
+                wake.notify_one();
+            }
+            // Let the commit go on.
+            true
+        });
     Ok(())
 }
 
@@ -184,6 +222,8 @@ fn json_list(ids: &[i64]) -> String {
 
 struct SqliteStorage {
     pool: SqlitePool,
+    /// The outbox's wake-up: notified by the commit of an enqueue in this process.
+    wake: Arc<Notify>,
     /// This relay's name in the lease row.
     holder: String,
     lease_ttl: Duration,
@@ -387,6 +427,24 @@ impl OutboxStorage for SqliteStorage {
     }
 
     fn wait_for_rows(&self, at_most: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(tokio::time::sleep(at_most))
+        Box::pin(async move {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(at_most) => return,
+            }
+            // The commit hook runs before the commit is written, while the committing
+            // connection holds the write lock. A statement that takes the write lock (and
+            // changes nothing: `WHERE 0` still opens a write transaction) returns only
+            // once that commit is done, so the read that follows sees its rows. SQLite's
+            // busy handler retries it after 1 ms, then 2, 5, ... ms, for as long as the
+            // busy timeout allows.
+            if let Err(error) = sqlx::query("UPDATE pegasus_outbox_relay_lease SET id = id WHERE 0")
+                .execute(&self.pool)
+                .await
+            {
+                // The read that follows fails too, and the relay backs off.
+                tracing::warn!(%error, "waiting for the outbox commit that woke the relay failed");
+            }
+        })
     }
 }
