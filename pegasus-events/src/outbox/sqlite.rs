@@ -184,8 +184,7 @@ async fn store(
     }
     // SQLite calls the hook when this transaction commits (and not if it rolls back), on
     // the connection's worker thread, just before the commit is written: the relay waits
-    // for the write lock before reading (SqliteStorage::wait_for_rows), so it sees the
-    // rows. The hook stays on the connection after this transaction; it wakes once per
+    // for the rows to show (SqliteStorage::wait_for_rows) before reading them. The hook stays on the connection after this transaction; it wakes once per
     // arming, so later commits of the connection that enqueued nothing wake no relay (but
     // for one, after a rollback of a transaction that had enqueued: a spurious wake, one
     // empty read). Setting it replaces the previous one, so an enqueue through another
@@ -220,6 +219,11 @@ fn json_list(ids: &[i64]) -> String {
     list
 }
 
+/// How long a relay woken by a commit waits for the commit's rows to become visible: the
+/// commit hook runs just before the commit is written, which takes well under a
+/// millisecond without a busy writer. Polled at 1, 2, 4, ... ms.
+const WAKE_SETTLE: Duration = Duration::from_millis(50);
+
 struct SqliteStorage {
     pool: SqlitePool,
     /// The outbox's wake-up: notified by the commit of an enqueue in this process.
@@ -238,6 +242,16 @@ fn now_ms() -> i64 {
 }
 
 impl SqliteStorage {
+    /// The highest row id the outbox ever held, published or not (0 for none): ids are
+    /// never reused, so it grows exactly when a commit adds rows.
+    async fn newest_row(&self) -> std::result::Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'pegasus_outbox'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// Whether the lease row names this relay. Called when a fenced statement changed
     /// nothing, to tell "no rows" from "lease lost"; a loss is remembered, so the next
     /// [`OutboxStorage::hold_lease`] asks the database.
@@ -428,22 +442,30 @@ impl OutboxStorage for SqliteStorage {
 
     fn wait_for_rows(&self, at_most: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            let before = self.newest_row().await;
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(at_most) => return,
             }
-            // The commit hook runs before the commit is written, while the committing
-            // connection holds the write lock. A statement that takes the write lock (and
-            // changes nothing: `WHERE 0` still opens a write transaction) returns only
-            // once that commit is done, so the read that follows sees its rows. SQLite's
-            // busy handler retries it after 1 ms, then 2, 5, ... ms, for as long as the
-            // busy timeout allows.
-            if let Err(error) = sqlx::query("UPDATE pegasus_outbox_relay_lease SET id = id WHERE 0")
-                .execute(&self.pool)
-                .await
-            {
-                // The read that follows fails too, and the relay backs off.
-                tracing::warn!(%error, "waiting for the outbox commit that woke the relay failed");
+            // The commit hook runs just before the commit is written, so its rows may not
+            // be visible yet. Wait until they are: ids only grow (AUTOINCREMENT), so a
+            // newest id above the one seen before the wait means a commit landed. This
+            // only reads: waiting for the write lock instead would stall the relay behind
+            // any long write transaction, which WAL readers otherwise never wait for. If
+            // they do not show within WAKE_SETTLE (the commit failed, or enqueued through
+            // another value on this connection), the round reads anyway.
+            let Ok(before) = before else { return };
+            let mut pause = Duration::from_millis(1);
+            let mut waited = Duration::ZERO;
+            loop {
+                match self.newest_row().await {
+                    Ok(now) if now > before => return,
+                    Ok(_) if waited < WAKE_SETTLE => {}
+                    _ => return,
+                }
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = pause.saturating_mul(2);
             }
         })
     }
