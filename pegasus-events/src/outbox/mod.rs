@@ -46,7 +46,10 @@
 //!
 //! On PostgreSQL, a statement trigger on the table sends `NOTIFY pegasus_outbox`
 //! (delivered on commit), and the relay wakes on it, so an event is published within
-//! milliseconds of the commit; polling is the fallback. On SQLite the relay polls.
+//! milliseconds of the commit; polling is the fallback. On SQLite, a transaction that
+//! enqueued through a [`SqliteOutbox`] (or a clone) wakes that outbox's relays when it
+//! commits (a commit hook), so events enqueued in the relay's own process are published
+//! within milliseconds too; the relay polls for events enqueued by other processes.
 //! Published rows are marked, and deleted after [`RelaySettings::retention`], or deleted at
 //! once with a retention of zero. The tables are created and migrated by the library
 //! ([`crate::migrations`]).
