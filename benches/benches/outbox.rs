@@ -6,7 +6,14 @@
 //! last one published (so after the broker's acknowledgement), on PostgreSQL and on
 //! SQLite; with the default retention (rows marked) and with a retention of zero (rows
 //! deleted). The commits alone, without a relay, give the ceiling the database sets on
-//! the machine. Ratios are against the direct rate of the same round.
+//! the machine. Ratios are against the direct rate of the same round. "Drain alone" starts
+//! the relay only after every event is committed and times it alone (retention zero): what
+//! the relay publishes per second with no committer competing with it, which tells a
+//! relay bound by its own pipeline from one held up by the database's writers.
+//!
+//! Knobs for experiments: `PEGASUS_BENCH_ONLY` (variants whose label contains one of its
+//! `|`-separated texts), `PEGASUS_BENCH_ROUNDS` (throughput rounds), `PEGASUS_BENCH_BATCH`
+//! (the relay's batch size).
 //!
 //! Latency: one event committed every 5 ms, 1,000 of them, on PostgreSQL (the relay woken by
 //! LISTEN/NOTIFY) and on SQLite (woken by the enqueue's commit in this process), with a
@@ -54,10 +61,18 @@ fn shipment(i: u64) -> Shipment {
     }
 }
 
+/// The relay's settings: a poll interval of 100 ms, and the default batch size unless
+/// `PEGASUS_BENCH_BATCH=<rows>` sets another (to compare batch sizes).
 fn settings() -> RelaySettings {
+    let defaults = RelaySettings::default();
     RelaySettings {
         poll_interval: Duration::from_millis(100),
-        ..RelaySettings::default()
+        batch_size: std::env::var("PEGASUS_BENCH_BATCH")
+            .ok()
+            .and_then(|rows| rows.parse().ok())
+            .filter(|rows| *rows > 0)
+            .unwrap_or(defaults.batch_size),
+        ..defaults
     }
 }
 
@@ -219,6 +234,9 @@ struct Variant {
     relay: bool,
     /// A retention of zero: rows are deleted once acknowledged instead of marked.
     delete: bool,
+    /// The relay starts only once every event is committed, and is timed alone: what it
+    /// drains per second with no committer competing for the database.
+    drain: bool,
 }
 
 /// Events per second from the first commit (transactions of 100 events) until the relay
@@ -238,13 +256,16 @@ async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64)
         },
         ..settings()
     };
-    let relay = variant
-        .relay
-        .then(|| spawn_relay(outbox.relay(config, settings)));
+    let mut relay = (variant.relay && !variant.drain)
+        .then(|| spawn_relay(outbox.relay(config, settings.clone())));
     let events: Vec<Shipment> = (0..count).map(shipment).collect();
-    let started = Instant::now();
+    let mut started = Instant::now();
     for transaction in events.chunks(100) {
         outbox.commit(transaction, variant.all_at_once).await;
+    }
+    if variant.drain {
+        started = Instant::now();
+        relay = Some(spawn_relay(outbox.relay(config, settings)));
     }
     if let Some((stop, relay)) = relay {
         while outbox.any_unpublished().await {
@@ -376,11 +397,19 @@ async fn latency(
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (count, rounds, latency_count, latency_rounds) = if full {
+    let (count, mut rounds, latency_count, latency_rounds) = if full {
         (20_000, 5, 1_000, 3)
     } else {
         (500, 1, 50, 1)
     };
+    // PEGASUS_BENCH_ROUNDS=<n>: more (or fewer) throughput rounds than the default.
+    if let Some(n) = std::env::var("PEGASUS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        rounds = n;
+    }
     let bootstrap = bootstrap("outbox");
     let postgres = env_var(
         "outbox",
@@ -404,6 +433,11 @@ fn main() {
             all_at_once,
             relay,
             delete,
+            drain: false,
+        };
+        let drain = |label, on_postgres| Variant {
+            drain: true,
+            ..variant(label, on_postgres, true, true, true)
         };
         let variants = [
             variant("PostgreSQL, enqueue_all", true, true, true, false),
@@ -414,19 +448,21 @@ fn main() {
             variant("SQLite, enqueue_all, retention 0", false, true, true, true),
             variant("PostgreSQL, commits only (no relay)", true, true, false, false),
             variant("SQLite, commits only (no relay)", false, true, false, false),
+            drain("PostgreSQL, drain alone, retention 0", true),
+            drain("SQLite, drain alone, retention 0", false),
         ];
-        // PEGASUS_BENCH_ONLY=<text>: only the variants whose label contains it (and the
-        // latency runs only if "latency" does), for profiling one of them.
-        let only = std::env::var("PEGASUS_BENCH_ONLY").ok();
-        let variants: Vec<Variant> = variants
-            .into_iter()
-            .filter(|v| only.as_ref().is_none_or(|only| v.label.contains(only.as_str())))
-            .collect();
-        let latency_rounds = if only.as_ref().is_none_or(|only| "latency".contains(only.as_str())) {
-            latency_rounds
-        } else {
-            0
+        // PEGASUS_BENCH_ONLY=<text>[|<text>...]: only the variants whose label contains one
+        // of the texts (and the latency runs only if one is "latency"), for profiling one
+        // of them next to its ceiling, e.g. "SQLite, enqueue_all, retention 0|SQLite, commits".
+        let only: Option<Vec<String>> = std::env::var("PEGASUS_BENCH_ONLY")
+            .ok()
+            .map(|only| only.split('|').map(str::to_owned).collect());
+        let chosen = |label: &str| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|text| label.contains(text.as_str())))
         };
+        let variants: Vec<Variant> = variants.into_iter().filter(|v| chosen(v.label)).collect();
+        let latency_rounds = if chosen("latency") { latency_rounds } else { 0 };
         let mut rates = vec![Vec::new(); variants.len()];
         let mut ratios = vec![Vec::new(); variants.len()];
         let mut direct_rates = Vec::new();
@@ -467,7 +503,7 @@ fn main() {
             );
         }
         // Each relay variant against the commits alone of its database in the same round.
-        for (n, variant) in variants.iter().enumerate().filter(|(_, v)| v.relay) {
+        for (n, variant) in variants.iter().enumerate().filter(|(_, v)| v.relay && !v.drain) {
             let Some(ceiling) = variants
                 .iter()
                 .position(|v| !v.relay && v.on_postgres == variant.on_postgres)
