@@ -6,23 +6,38 @@
 //! last one published (so after the broker's acknowledgement), on PostgreSQL and on
 //! SQLite; with the default retention (rows marked) and with a retention of zero (rows
 //! deleted). The commits alone, without a relay, give the ceiling the database sets on
-//! the machine. Ratios are against the direct rate of the same round.
+//! the machine. Ratios are against the direct rate of the same round. "Drain alone" starts
+//! the relay only after every event is committed and times it alone (retention zero): what
+//! the relay publishes per second with no committer competing with it, which tells a
+//! relay bound by its own pipeline from one held up by the database's writers.
 //!
-//! Latency (PostgreSQL, LISTEN/NOTIFY): one event committed every 5 ms, 1,000 of them;
-//! latency is `published_at - created_at` of each row, both taken by the server's clock
-//! (`created_at` is the start of the enqueuing transaction, `published_at` the start of
-//! the relay's marking, after the acknowledgement). Median and p99 are reported.
+//! Knobs for experiments: `PEGASUS_BENCH_ONLY` (variants whose label contains one of its
+//! `|`-separated texts), `PEGASUS_BENCH_ROUNDS` (throughput rounds), `PEGASUS_BENCH_BATCH`
+//! (the relay's batch size).
+//!
+//! Latency: one event committed every 5 ms, 1,000 of them, on PostgreSQL (the relay woken by
+//! LISTEN/NOTIFY) and on SQLite (woken by the enqueue's commit in this process), with a
+//! poll interval of 100 ms (a relay that only polled would show about 50 ms). Each event's
+//! latency runs from the moment its transaction's `commit()` returned to the moment the
+//! relay received the broker's acknowledgement of its record (its delivery report, logged
+//! at trace level as "outbox row acknowledged"), both on this process's monotonic clock.
+//! The delivery report, rather than a consumer, because it is the acknowledgement itself:
+//! a consumer sees the record only after the broker made it readable and answered a fetch,
+//! which adds the consumer's own fetch cycle. Median and p99 are reported.
 //!
 //! Run with `scripts/bench` (starts a broker and PostgreSQL), or `cargo bench -p
 //! pegasus-events-benches --bench outbox` with `PEGASUS_BENCH_BOOTSTRAP` and
 //! `PEGASUS_BENCH_POSTGRES_URL` (or the `PEGASUS_TEST_` ones) set. Without `--bench` (as
 //! `cargo test --all-targets` runs it) it does a short smoke run.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
-use pegasus_events_benches::{bootstrap, env_var, median};
+use pegasus_events_benches::{bootstrap, env_var, median, spread};
 use serde::{Deserialize, Serialize};
 
 /// The event relayed; shaped like the design's ShipmentCreatedEvent.
@@ -46,10 +61,18 @@ fn shipment(i: u64) -> Shipment {
     }
 }
 
+/// The relay's settings: a poll interval of 100 ms, and the default batch size unless
+/// `PEGASUS_BENCH_BATCH=<rows>` sets another (to compare batch sizes).
 fn settings() -> RelaySettings {
+    let defaults = RelaySettings::default();
     RelaySettings {
         poll_interval: Duration::from_millis(100),
-        ..RelaySettings::default()
+        batch_size: std::env::var("PEGASUS_BENCH_BATCH")
+            .ok()
+            .and_then(|rows| rows.parse().ok())
+            .filter(|rows| *rows > 0)
+            .unwrap_or(defaults.batch_size),
+        ..defaults
     }
 }
 
@@ -156,6 +179,25 @@ impl Outbox {
         }
     }
 
+    /// Commits one event in its own transaction with `enqueue`; returns its event id once
+    /// `commit()` returned.
+    async fn commit_one(&self, event: &Shipment) -> uuid::Uuid {
+        match self {
+            Outbox::Postgres(outbox) => {
+                let mut tx = outbox.pool().begin().await.expect("begin");
+                let id = outbox.enqueue(&mut tx, event).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+                id
+            }
+            Outbox::Sqlite(outbox, _) => {
+                let mut tx = outbox.pool().begin().await.expect("begin");
+                let id = outbox.enqueue(&mut tx, event).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+                id
+            }
+        }
+    }
+
     /// Whether any event is still unpublished; cheap (the first entry of the partial
     /// index), so polling it does not take much CPU from the relay being measured.
     async fn any_unpublished(&self) -> bool {
@@ -192,6 +234,9 @@ struct Variant {
     relay: bool,
     /// A retention of zero: rows are deleted once acknowledged instead of marked.
     delete: bool,
+    /// The relay starts only once every event is committed, and is timed alone: what it
+    /// drains per second with no committer competing for the database.
+    drain: bool,
 }
 
 /// Events per second from the first commit (transactions of 100 events) until the relay
@@ -211,13 +256,16 @@ async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64)
         },
         ..settings()
     };
-    let relay = variant
-        .relay
-        .then(|| spawn_relay(outbox.relay(config, settings)));
+    let mut relay = (variant.relay && !variant.drain)
+        .then(|| spawn_relay(outbox.relay(config, settings.clone())));
     let events: Vec<Shipment> = (0..count).map(shipment).collect();
-    let started = Instant::now();
+    let mut started = Instant::now();
     for transaction in events.chunks(100) {
         outbox.commit(transaction, variant.all_at_once).await;
+    }
+    if variant.drain {
+        started = Instant::now();
+        relay = Some(spawn_relay(outbox.relay(config, settings)));
     }
     if let Some((stop, relay)) = relay {
         while outbox.any_unpublished().await {
@@ -234,56 +282,134 @@ async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64)
     rate
 }
 
-/// Median and p99 of commit-to-publish latency in ms, at one event per 5 ms.
-async fn latency(config: &KafkaConfig, url: &str, count: u64) -> (f64, f64) {
-    let outbox = PostgresOutbox::connect(&fresh_database(url).await, config)
-        .await
-        .expect("outbox");
-    let (stop, relay) = spawn_relay(outbox.relay(config, settings()).expect("relay"));
+/// When the relay received the broker's acknowledgement of each event, by event id: fed by
+/// a tracing layer that listens to the relay's "outbox row acknowledged" trace events, only
+/// while [`Acknowledgements::listening`] is set (so the throughput rounds do not pay for it).
+#[derive(Clone, Default)]
+struct Acknowledgements {
+    listening: Arc<AtomicBool>,
+    at: Arc<Mutex<HashMap<uuid::Uuid, Instant>>>,
+}
+
+impl Acknowledgements {
+    /// Installs the layer as the global subscriber.
+    fn install(&self) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let listening = Arc::clone(&self.listening);
+        let filter = tracing_subscriber::filter::filter_fn(move |metadata| {
+            listening.load(Ordering::Relaxed)
+                && metadata.target().starts_with("pegasus_events::outbox")
+                && *metadata.level() == tracing::Level::TRACE
+        });
+        let layer = AckLayer {
+            at: Arc::clone(&self.at),
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::Layer::with_filter(layer, filter));
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+    }
+}
+
+struct AckLayer {
+    at: Arc<Mutex<HashMap<uuid::Uuid, Instant>>>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AckLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        // Taken first: the moment the relay logged the acknowledgement.
+        let now = Instant::now();
+        struct EventId(Option<uuid::Uuid>);
+        impl tracing::field::Visit for EventId {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "event_id" {
+                    self.0 = value.parse().ok();
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut id = EventId(None);
+        event.record(&mut id);
+        if let Some(id) = id.0 {
+            self.at
+                .lock()
+                .expect("not poisoned")
+                .entry(id)
+                .or_insert(now);
+        }
+    }
+}
+
+/// The p-th quantile of `values` (nearest rank).
+fn quantile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Median and p99 of commit-to-acknowledgement latency in ms, at one event per 5 ms: from
+/// the moment `commit()` returned to the moment the relay had the broker's acknowledgement.
+async fn latency(
+    config: &KafkaConfig,
+    outbox: Outbox,
+    acks: &Acknowledgements,
+    count: u64,
+) -> (f64, f64) {
+    acks.at.lock().expect("not poisoned").clear();
+    acks.listening.store(true, Ordering::Relaxed);
+    let (stop, relay) = spawn_relay(outbox.relay(config, settings()));
     // Let the relay take its lease and start listening before the clock matters.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut committed = HashMap::with_capacity(count as usize);
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     for i in 0..count {
         tick.tick().await;
-        let mut tx = outbox.pool().begin().await.expect("begin");
-        outbox
-            .enqueue(&mut tx, &shipment(i))
-            .await
-            .expect("enqueue");
-        tx.commit().await.expect("commit");
+        let id = outbox.commit_one(&shipment(i)).await;
+        committed.insert(id, Instant::now());
     }
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
-                .fetch_one(outbox.pool())
-                .await
-                .expect("count");
-        if left == 0 {
-            break;
-        }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acks.at.lock().expect("not poisoned").len() < committed.len() {
+        assert!(
+            Instant::now() < deadline,
+            "every event acknowledged within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (median, p99): (f64, f64) = sqlx::query_as(
-        "SELECT
-            percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)),
-            percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at))
-         FROM pegasus_outbox",
-    )
-    .fetch_one(outbox.pool())
-    .await
-    .expect("percentiles");
+    acks.listening.store(false, Ordering::Relaxed);
     let _ = stop.send(());
     relay.await.expect("relay stopped");
-    (median * 1000.0, p99 * 1000.0)
+    outbox.remove().await;
+    let at = acks.at.lock().expect("not poisoned");
+    let millis: Vec<f64> = committed
+        .iter()
+        .map(|(id, committed)| {
+            let acked = at[id];
+            // Signed: an acknowledgement logged before commit() returned to this task
+            // (the commit hook wakes the relay as the commit is written) counts as negative.
+            if acked >= *committed {
+                acked.duration_since(*committed).as_secs_f64() * 1000.0
+            } else {
+                -(committed.duration_since(acked).as_secs_f64() * 1000.0)
+            }
+        })
+        .collect();
+    (quantile(millis.clone(), 0.5), quantile(millis, 0.99))
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (count, rounds, latency_count) = if full {
-        (20_000, 5, 1_000)
+    let (count, mut rounds, latency_count, latency_rounds) = if full {
+        (20_000, 5, 1_000, 3)
     } else {
-        (500, 1, 50)
+        (500, 1, 50, 1)
     };
+    // PEGASUS_BENCH_ROUNDS=<n>: more (or fewer) throughput rounds than the default.
+    if let Some(n) = std::env::var("PEGASUS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        rounds = n;
+    }
     let bootstrap = bootstrap("outbox");
     let postgres = env_var(
         "outbox",
@@ -307,6 +433,11 @@ fn main() {
             all_at_once,
             relay,
             delete,
+            drain: false,
+        };
+        let drain = |label, on_postgres| Variant {
+            drain: true,
+            ..variant(label, on_postgres, true, true, true)
         };
         let variants = [
             variant("PostgreSQL, enqueue_all", true, true, true, false),
@@ -317,7 +448,21 @@ fn main() {
             variant("SQLite, enqueue_all, retention 0", false, true, true, true),
             variant("PostgreSQL, commits only (no relay)", true, true, false, false),
             variant("SQLite, commits only (no relay)", false, true, false, false),
+            drain("PostgreSQL, drain alone, retention 0", true),
+            drain("SQLite, drain alone, retention 0", false),
         ];
+        // PEGASUS_BENCH_ONLY=<text>[|<text>...]: only the variants whose label contains one
+        // of the texts (and the latency runs only if one is "latency"), for profiling one
+        // of them next to its ceiling, e.g. "SQLite, enqueue_all, retention 0|SQLite, commits".
+        let only: Option<Vec<String>> = std::env::var("PEGASUS_BENCH_ONLY")
+            .ok()
+            .map(|only| only.split('|').map(str::to_owned).collect());
+        let chosen = |label: &str| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|text| label.contains(text.as_str())))
+        };
+        let variants: Vec<Variant> = variants.into_iter().filter(|v| chosen(v.label)).collect();
+        let latency_rounds = if chosen("latency") { latency_rounds } else { 0 };
         let mut rates = vec![Vec::new(); variants.len()];
         let mut ratios = vec![Vec::new(); variants.len()];
         let mut direct_rates = Vec::new();
@@ -330,7 +475,16 @@ fn main() {
                 ratios[n].push(rate / d);
             }
         }
-        let (p50, p99) = latency(&config, &postgres, latency_count).await;
+        let acks = Acknowledgements::default();
+        acks.install();
+        let mut postgres_latency = Vec::new();
+        let mut sqlite_latency = Vec::new();
+        for _ in 0..latency_rounds {
+            let outbox = Outbox::postgres(&config, &postgres).await;
+            postgres_latency.push(latency(&config, outbox, &acks, latency_count).await);
+            let outbox = Outbox::sqlite(&config).await;
+            sqlite_latency.push(latency(&config, outbox, &acks, latency_count).await);
+        }
         println!(
             "outbox bench ({} mode): {count} events x {rounds} rounds, transactions of 100 events, broker {bootstrap}",
             if full { "full" } else { "smoke" }
@@ -339,16 +493,53 @@ fn main() {
             "  direct publish_all                                      : {:>9.0} events/s (median)",
             median(direct_rates)
         );
-        for ((variant, rates), ratios) in variants.iter().zip(rates).zip(ratios) {
+        for ((variant, rates), ratios) in variants.iter().zip(&rates).zip(&ratios) {
             println!(
-                "  through the outbox, {:<36}: {:>9.0} events/s (median), ratio {:.3}",
+                "  through the outbox, {:<36}: {:>9.0} events/s (median), ratio {:.3} ({})",
                 variant.label,
-                median(rates),
-                median(ratios)
+                median(rates.clone()),
+                median(ratios.clone()),
+                spread(ratios.clone())
             );
         }
-        println!(
-            "  commit-to-publish latency, PostgreSQL LISTEN/NOTIFY, 1 event / 5 ms: median {p50:.1} ms, p99 {p99:.1} ms ({latency_count} events)"
-        );
+        // Each relay variant against the commits alone of its database in the same round.
+        for (n, variant) in variants.iter().enumerate().filter(|(_, v)| v.relay && !v.drain) {
+            let Some(ceiling) = variants
+                .iter()
+                .position(|v| !v.relay && v.on_postgres == variant.on_postgres)
+            else {
+                continue;
+            };
+            let of_ceiling: Vec<f64> = rates[n]
+                .iter()
+                .zip(&rates[ceiling])
+                .map(|(relay, alone)| relay / alone)
+                .collect();
+            println!(
+                "  relay / commits alone, {:<33}: {:.3} ({})",
+                variant.label,
+                median(of_ceiling.clone()),
+                spread(of_ceiling)
+            );
+        }
+        for (name, runs) in [
+            ("PostgreSQL, LISTEN/NOTIFY", postgres_latency),
+            ("SQLite, woken in-process", sqlite_latency),
+        ] {
+            if runs.is_empty() {
+                continue;
+            }
+            let each: Vec<String> = runs
+                .iter()
+                .map(|(p50, p99)| format!("{p50:.2}/{p99:.2}"))
+                .collect();
+            println!(
+                "  commit-to-acknowledgement latency, {name}, 1 event / 5 ms: median {:.2} ms, p99 {:.2} ms (median of {} runs of {latency_count} events; each run's median/p99: {})",
+                median(runs.iter().map(|r| r.0).collect()),
+                median(runs.iter().map(|r| r.1).collect()),
+                runs.len(),
+                each.join(", ")
+            );
+        }
     });
 }

@@ -789,6 +789,129 @@ async fn a_sqlite_relay_with_zero_retention_deletes_each_row_once_it_was_acknowl
     retention_zero_deletes_published_rows(outbox).await;
 }
 
+// --- Woken by the commit, not by polling ------------------------------------------------
+
+/// Commits one event at a time to a relay whose poll interval is unbounded
+/// (`Duration::MAX`), and requires each to be marked published within `WOKEN_WITHIN`: only
+/// a wake-up on the commit can publish it, as the relay never polls. The first event is
+/// published once the relay is running, so every later one arrives while it waits.
+async fn each_commit_wakes_the_relay(outbox: impl TestOutbox) {
+    /// Far longer than a wake-up takes (milliseconds), and no poll ever comes.
+    const WOKEN_WITHIN: Duration = Duration::from_secs(20);
+    create_topic().await;
+    let run = unique("run");
+    let settings = RelaySettings {
+        poll_interval: Duration::MAX,
+        ..relay_settings(&unique("tests-dlq"))
+    };
+    with_relay(outbox.relay_with(settings), async {
+        for seq in 0..5 {
+            outbox
+                .commit(vec![OrderPlaced {
+                    run: run.clone(),
+                    order_id: seq,
+                    seq,
+                }])
+                .await;
+            let committed = Instant::now();
+            while outbox.unpublished().await > 0 {
+                assert!(
+                    committed.elapsed() < WOKEN_WITHIN,
+                    "event {seq} was published without a poll, woken by its commit"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    let records =
+        tokio::task::spawn_blocking(move || read_run(OrderPlaced::TOPIC, &run, 5, Duration::ZERO))
+            .await
+            .unwrap();
+    assert_eq!(records.len(), 5, "every event on the topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_relay_that_never_polls_is_woken_by_each_enqueue_committed_in_its_process() {
+    each_commit_wakes_the_relay(sqlite_outbox(&config("orders-api")).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_relay_that_never_polls_is_woken_by_each_commit_through_listen_notify() {
+    let url = fresh_postgres_database().await;
+    let outbox = PostgresOutbox::connect(&url, &config("orders-api"))
+        .await
+        .unwrap();
+    each_commit_wakes_the_relay(outbox).await;
+}
+
+/// A transaction that enqueued and rolled back leaves the connection's commit hook armed;
+/// the next commit on that connection (which enqueued nothing) wakes the relay once for
+/// nothing, and the events committed after it are still published on their own wake-ups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_sqlite_enqueue_neither_publishes_nor_stops_later_commits_waking_the_relay() {
+    create_topic().await;
+    let outbox = sqlite_outbox(&config("orders-api")).await;
+    let run = unique("run");
+    let event = |seq| OrderPlaced {
+        run: run.clone(),
+        order_id: seq,
+        seq,
+    };
+    let settings = RelaySettings {
+        poll_interval: Duration::MAX,
+        ..relay_settings(&unique("tests-dlq"))
+    };
+    with_relay(outbox.relay_with(settings), async {
+        let mut tx = outbox.pool().begin().await.unwrap();
+        outbox.enqueue(&mut tx, &event(0)).await.unwrap();
+        tx.rollback().await.unwrap();
+        // Commits that enqueue nothing, on whichever connection the rollback used.
+        for _ in 0..4 {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        for seq in 1..4 {
+            let mut tx = outbox.pool().begin().await.unwrap();
+            outbox.enqueue(&mut tx, &event(seq)).await.unwrap();
+            tx.commit().await.unwrap();
+            let committed = Instant::now();
+            while outbox.unpublished().await > 0 {
+                assert!(
+                    committed.elapsed() < Duration::from_secs(20),
+                    "event {seq} was published, woken by its commit"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    let records = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || read_run(OrderPlaced::TOPIC, &run, 3, SETTLE)
+    })
+    .await
+    .unwrap();
+    let seqs: Vec<u32> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<OrderPlaced>(r.payload().unwrap())
+                .unwrap()
+                .seq
+        })
+        .collect();
+    assert_eq!(
+        seqs.len(),
+        3,
+        "the rolled-back event was never published: {seqs:?}"
+    );
+    assert!(
+        !seqs.contains(&0),
+        "the rolled-back event was never published"
+    );
+}
+
 // --- Rows the broker refuses for good -------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]

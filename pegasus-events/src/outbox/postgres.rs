@@ -346,7 +346,13 @@ impl OutboxStorage for PostgresStorage {
             if listener.is_none() {
                 match PgListener::connect_with(&self.pool).await {
                     Ok(mut new) => match new.listen(CHANNEL).await {
-                        Ok(()) => *listener = Some(new),
+                        Ok(()) => {
+                            *listener = Some(new);
+                            // Rows committed after the relay's last read and before this
+                            // LISTEN took effect sent their notification to nobody: read
+                            // once more now rather than wait for the poll.
+                            return;
+                        }
                         Err(error) => tracing::warn!(%error, "cannot LISTEN; polling"),
                     },
                     Err(error) => tracing::warn!(%error, "cannot LISTEN; polling"),

@@ -1,6 +1,7 @@
 //! The outbox in SQLite, the embedded default database: enqueue in the caller's
-//! transaction; the relay polls; one active relay per file through a lease row with an
-//! expiry.
+//! transaction; the relay is woken by the commit of an enqueue made through the same
+//! [`SqliteOutbox`] (or a clone of it) in this process, and polls for the others; one active
+//! relay per file through a lease row with an expiry.
 //!
 //! The lease fences the relay's work: reading rows to publish and marking them are single
 //! statements that run only while the lease row names this relay. Taking the lease over
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use super::{
     encode, BoxFuture, EncodedEvent, Fenced, Lease, OutboxRelay, OutboxRow, OutboxStorage,
@@ -43,6 +44,10 @@ pub struct SqliteOutbox {
     source: Arc<str>,
     /// [`crate::ProducerSettings::base_event_fields`] of the configuration.
     base_event_fields: bool,
+    /// Woken by the commit of a transaction that enqueued through this outbox (or a clone);
+    /// its relays wait on it. A permit is kept when no relay waits, so a commit that
+    /// lands while the relay is busy is not missed.
+    wake: Arc<Notify>,
 }
 
 impl SqliteOutbox {
@@ -67,6 +72,7 @@ impl SqliteOutbox {
             pool,
             source: config.source().into(),
             base_event_fields: config.producer.base_event_fields,
+            wake: Arc::new(Notify::new()),
         })
     }
 
@@ -108,7 +114,7 @@ impl SqliteOutbox {
             .into_iter()
             .map(|event| encode(&self.source, self.base_event_fields, event, None))
             .collect::<Result<Vec<_>>>()?;
-        store(transaction, &encoded).await?;
+        store(transaction, &encoded, &self.wake).await?;
         Ok(encoded.iter().map(|e| e.event_id).collect())
     }
 
@@ -119,14 +125,20 @@ impl SqliteOutbox {
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
         let encoded = encode(&self.source, self.base_event_fields, event, metadata)?;
-        store(transaction, std::slice::from_ref(&encoded)).await?;
+        store(transaction, std::slice::from_ref(&encoded), &self.wake).await?;
         Ok(encoded.event_id)
     }
 
     /// A relay publishing this outbox through the cluster of `config`. Several may run
     /// against one database file: the one holding the lease publishes, the others stand by.
+    ///
+    /// The relay is woken as soon as a transaction that enqueued through this outbox (or a
+    /// clone of it) commits, so those events are published without waiting for
+    /// [`RelaySettings::poll_interval`]; events enqueued by another process, or through
+    /// another `SqliteOutbox` value, are found by polling.
     pub fn relay(&self, config: &KafkaConfig, settings: RelaySettings) -> Result<OutboxRelay> {
         let storage = SqliteStorage {
+            wake: Arc::clone(&self.wake),
             pool: self.pool.clone(),
             holder: uuid::Uuid::new_v4().to_string(),
             lease_ttl: settings.lease_ttl,
@@ -136,11 +148,16 @@ impl SqliteOutbox {
     }
 }
 
-/// Inserts `events` in order, one statement per [`ROWS_PER_INSERT`] of them.
+/// Inserts `events` in order, one statement per [`ROWS_PER_INSERT`] of them, and arms the
+/// connection's commit hook to wake the relays of this outbox when the transaction commits.
 async fn store(
     transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     events: &[EncodedEvent],
+    wake: &Arc<Notify>,
 ) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO pegasus_outbox (event_id, topic, message_key, payload, headers) VALUES ",
@@ -165,6 +182,26 @@ async fn store(
             .await
             .map_err(failed("store events"))?;
     }
+    // SQLite calls the hook when this transaction commits (and not if it rolls back), on
+    // the connection's worker thread, just before the commit is written: the relay waits
+    // for the rows to show (SqliteStorage::wait_for_rows) before reading them. The hook stays on the connection after this transaction; it wakes once per
+    // arming, so later commits of the connection that enqueued nothing wake no relay (but
+    // for one, after a rollback of a transaction that had enqueued: a spurious wake, one
+    // empty read). Setting it replaces the previous one, so an enqueue through another
+    // outbox value on this connection wakes that value's relays instead.
+    let wake = Arc::clone(wake);
+    let mut armed = true;
+    transaction
+        .lock_handle()
+        .await
+        .map_err(failed("arm the relay's wake-up"))?
+        .set_commit_hook(move || {
+            if std::mem::take(&mut armed) {
+                wake.notify_one();
+            }
+            // Let the commit go on.
+            true
+        });
     Ok(())
 }
 
@@ -182,8 +219,15 @@ fn json_list(ids: &[i64]) -> String {
     list
 }
 
+/// How long a relay woken by a commit waits for the commit's rows to become visible: the
+/// commit hook runs just before the commit is written, which takes well under a
+/// millisecond without a busy writer. Polled at 1, 2, 4, ... ms.
+const WAKE_SETTLE: Duration = Duration::from_millis(50);
+
 struct SqliteStorage {
     pool: SqlitePool,
+    /// The outbox's wake-up: notified by the commit of an enqueue in this process.
+    wake: Arc<Notify>,
     /// This relay's name in the lease row.
     holder: String,
     lease_ttl: Duration,
@@ -198,6 +242,16 @@ fn now_ms() -> i64 {
 }
 
 impl SqliteStorage {
+    /// The highest row id the outbox ever held, published or not (0 for none): ids are
+    /// never reused, so it grows exactly when a commit adds rows.
+    async fn newest_row(&self) -> std::result::Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'pegasus_outbox'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// Whether the lease row names this relay. Called when a fenced statement changed
     /// nothing, to tell "no rows" from "lease lost"; a loss is remembered, so the next
     /// [`OutboxStorage::hold_lease`] asks the database.
@@ -387,6 +441,32 @@ impl OutboxStorage for SqliteStorage {
     }
 
     fn wait_for_rows(&self, at_most: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(tokio::time::sleep(at_most))
+        Box::pin(async move {
+            let before = self.newest_row().await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(at_most) => return,
+            }
+            // The commit hook runs just before the commit is written, so its rows may not
+            // be visible yet. Wait until they are: ids only grow (AUTOINCREMENT), so a
+            // newest id above the one seen before the wait means a commit landed. This
+            // only reads: waiting for the write lock instead would stall the relay behind
+            // any long write transaction, which WAL readers otherwise never wait for. If
+            // they do not show within WAKE_SETTLE (the commit failed, or enqueued through
+            // another value on this connection), the round reads anyway.
+            let Ok(before) = before else { return };
+            let mut pause = Duration::from_millis(1);
+            let mut waited = Duration::ZERO;
+            loop {
+                match self.newest_row().await {
+                    Ok(now) if now > before => return,
+                    Ok(_) if waited < WAKE_SETTLE => {}
+                    _ => return,
+                }
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = pause.saturating_mul(2);
+            }
+        })
     }
 }
