@@ -183,8 +183,23 @@ fn main() {
     // Many short rounds in rotating order: the broker shares the machine, and its speed
     // drifts (JIT, GC, segment rolls) more than the clients differ; pairing each typed round
     // with the raw rounds next to it and taking the median ratio cancels most of that drift.
+    // One round's ratio still falls anywhere from about 0.6 to 1.6 here, so the median
+    // needs many pairs: with 21, three runs on one quiet machine (2026-12-01) gave medians
+    // of 0.918, 0.906 and 1.008; with 61, 1.005 and 0.959. Longer rounds (9 of 100,000
+    // events) did not narrow the spread of a round (0.79-1.29). EVENTS and ROUNDS override
+    // the two figures for such experiments.
     let (events_per_round, rounds, sequential) = if full {
-        (20_000, 21, 2_000)
+        (
+            std::env::var("EVENTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20_000),
+            std::env::var("ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(61),
+            2_000,
+        )
     } else {
         (300, 3, 50)
     };
