@@ -134,6 +134,12 @@ async fn sqlite_outbox(config: &KafkaConfig) -> SqliteOutbox {
     SqliteOutbox::connect(&sqlite_url(), config).await.unwrap()
 }
 
+/// An outbox in a database of its own on the tests' PostgreSQL server.
+async fn fresh_postgres_outbox(config: &KafkaConfig) -> PostgresOutbox {
+    let url = fresh_postgres_database().await;
+    PostgresOutbox::connect(&url, config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rollback_leaves_no_event_and_commit_publishes_it_with_the_wire_headers() {
     create_topic().await;
@@ -776,10 +782,7 @@ async fn retention_zero_deletes_published_rows(outbox: impl TestOutbox) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_relay_with_zero_retention_deletes_each_row_once_it_was_acknowledged() {
-    let url = fresh_postgres_database().await;
-    let outbox = PostgresOutbox::connect(&url, &config("orders-api"))
-        .await
-        .unwrap();
+    let outbox = fresh_postgres_outbox(&config("orders-api")).await;
     retention_zero_deletes_published_rows(outbox).await;
 }
 
@@ -838,10 +841,7 @@ async fn a_sqlite_relay_that_never_polls_is_woken_by_each_enqueue_committed_in_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_relay_that_never_polls_is_woken_by_each_commit_through_listen_notify() {
-    let url = fresh_postgres_database().await;
-    let outbox = PostgresOutbox::connect(&url, &config("orders-api"))
-        .await
-        .unwrap();
+    let outbox = fresh_postgres_outbox(&config("orders-api")).await;
     each_commit_wakes_the_relay(outbox).await;
 }
 
@@ -1178,10 +1178,7 @@ async fn a_refused_row_is_dead_lettered_and_the_rows_behind_it_flow(outbox: impl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_row_the_broker_refuses_is_dead_lettered_and_10000_rows_behind_it_publish_without_backoff(
 ) {
-    let url = fresh_postgres_database().await;
-    let outbox = PostgresOutbox::connect(&url, &config("orders-api"))
-        .await
-        .unwrap();
+    let outbox = fresh_postgres_outbox(&config("orders-api")).await;
     a_refused_row_is_dead_lettered_and_the_rows_behind_it_flow(outbox).await;
 }
 
