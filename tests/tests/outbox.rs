@@ -62,6 +62,18 @@ fn read_run(topic: &str, run: &str, want: usize, settle: Duration) -> Vec<OwnedM
 }
 
 /// Runs `relay` while `body` runs, then stops it.
+/// The `seq` of each record's `OrderPlaced`, in the order read.
+fn seqs_of(records: &[OwnedMessage]) -> Vec<u32> {
+    records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<OrderPlaced>(r.payload().unwrap())
+                .unwrap()
+                .seq
+        })
+        .collect()
+}
+
 async fn with_relay<T>(relay: OutboxRelay, body: impl std::future::Future<Output = T>) -> T {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(relay.run_until(async move {
@@ -713,14 +725,7 @@ async fn a_sqlite_relay_takes_over_the_lease_of_a_crashed_relay_once_it_expired(
             .unwrap()
     })
     .await;
-    let seqs: Vec<u32> = records
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<OrderPlaced>(r.payload().unwrap())
-                .unwrap()
-                .seq
-        })
-        .collect();
+    let seqs = seqs_of(&records);
     assert_eq!(
         seqs,
         [0, 1, 2],
@@ -893,14 +898,7 @@ async fn a_rolled_back_sqlite_enqueue_neither_publishes_nor_stops_later_commits_
     })
     .await
     .unwrap();
-    let seqs: Vec<u32> = records
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<OrderPlaced>(r.payload().unwrap())
-                .unwrap()
-                .seq
-        })
-        .collect();
+    let seqs = seqs_of(&records);
     assert_eq!(
         seqs.len(),
         3,

@@ -184,11 +184,12 @@ async fn store(
     }
     // SQLite calls the hook when this transaction commits (and not if it rolls back), on
     // the connection's worker thread, just before the commit is written: the relay waits
-    // for the rows to show (SqliteStorage::wait_for_rows) before reading them. The hook stays on the connection after this transaction; it wakes once per
-    // arming, so later commits of the connection that enqueued nothing wake no relay (but
-    // for one, after a rollback of a transaction that had enqueued: a spurious wake, one
-    // empty read). Setting it replaces the previous one, so an enqueue through another
-    // outbox value on this connection wakes that value's relays instead.
+    // for the rows to show (SqliteStorage::wait_for_rows) before reading them. The hook
+    // stays on the connection after this transaction; it wakes once per arming, so later
+    // commits of the connection that enqueued nothing wake no relay (but for one, after a
+    // rollback of a transaction that had enqueued: a spurious wake, one empty read).
+    // Setting it replaces the previous one, so an enqueue through another outbox value on
+    // this connection wakes that value's relays instead.
     let wake = Arc::clone(wake);
     let mut armed = true;
     transaction
