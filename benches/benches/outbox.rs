@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
-use pegasus_events_benches::{bootstrap, env_var, median, spread};
+use pegasus_events_benches::{bootstrap, env_var, machine_cpu_time, median, spread, MachineCpu};
 use serde::{Deserialize, Serialize};
 
 /// The event relayed; shaped like the design's ShipmentCreatedEvent.
@@ -108,17 +108,44 @@ fn spawn_relay(
     (stop, handle)
 }
 
-async fn direct(config: &KafkaConfig, count: u64) -> f64 {
+async fn direct(config: &KafkaConfig, count: u64) -> Measured {
     let producer = EventProducer::new(config).await.expect("producer");
     // Connected and holding the topic's metadata before the clock starts, as the relay's
     // producer is once it runs.
     producer.publish(&shipment(0)).await.expect("warm-up");
     let events: Vec<Shipment> = (0..count).map(shipment).collect();
     let started = Instant::now();
+    let cpu = machine_cpu_time();
     for result in producer.publish_all(&events).await {
         result.expect("published");
     }
-    count as f64 / started.elapsed().as_secs_f64()
+    Measured::since(started, cpu, count)
+}
+
+/// One timed round: its rate and what the whole machine spent meanwhile.
+#[derive(Clone, Copy)]
+struct Measured {
+    /// Events per second.
+    rate: f64,
+    /// Busy share of the machine's CPU (all cores, all processes).
+    busy: f64,
+    /// The machine's busy CPU time per event, in microseconds.
+    cpu_per_event: f64,
+}
+
+impl Measured {
+    fn since(started: Instant, cpu: Option<MachineCpu>, count: u64) -> Self {
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        let (busy, seconds) = match (cpu, machine_cpu_time()) {
+            (Some(before), Some(now)) => now.since(before),
+            _ => (f64::NAN, f64::NAN),
+        };
+        Measured {
+            rate,
+            busy,
+            cpu_per_event: seconds * 1e6 / count as f64,
+        }
+    }
 }
 
 /// The outbox under test, on one of the two databases.
@@ -242,7 +269,7 @@ struct Variant {
 /// Events per second from the first commit (transactions of 100 events) until the relay
 /// marked the last event published, i.e. after the broker acknowledged it; without a
 /// relay, until the last commit.
-async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64) -> f64 {
+async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64) -> Measured {
     let outbox = if variant.on_postgres {
         Outbox::postgres(config, url).await
     } else {
@@ -260,26 +287,28 @@ async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64)
         .then(|| spawn_relay(outbox.relay(config, settings.clone())));
     let events: Vec<Shipment> = (0..count).map(shipment).collect();
     let mut started = Instant::now();
+    let mut cpu = machine_cpu_time();
     for transaction in events.chunks(100) {
         outbox.commit(transaction, variant.all_at_once).await;
     }
     if variant.drain {
         started = Instant::now();
+        cpu = machine_cpu_time();
         relay = Some(spawn_relay(outbox.relay(config, settings)));
     }
     if let Some((stop, relay)) = relay {
         while outbox.any_unpublished().await {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let rate = count as f64 / started.elapsed().as_secs_f64();
+        let measured = Measured::since(started, cpu, count);
         let _ = stop.send(());
         relay.await.expect("relay stopped");
         outbox.remove().await;
-        return rate;
+        return measured;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let measured = Measured::since(started, cpu, count);
     outbox.remove().await;
-    rate
+    measured
 }
 
 /// When the relay received the broker's acknowledgement of each event, by event id: fed by
@@ -465,14 +494,18 @@ fn main() {
         let latency_rounds = if chosen("latency") { latency_rounds } else { 0 };
         let mut rates = vec![Vec::new(); variants.len()];
         let mut ratios = vec![Vec::new(); variants.len()];
+        let mut machine = vec![Vec::new(); variants.len()];
         let mut direct_rates = Vec::new();
+        let mut direct_machine = Vec::new();
         for _ in 0..rounds {
             let d = direct(&config, count).await;
-            direct_rates.push(d);
+            direct_rates.push(d.rate);
+            direct_machine.push(d);
             for (n, variant) in variants.iter().enumerate() {
-                let rate = through(&config, variant, &postgres, count).await;
-                rates[n].push(rate);
-                ratios[n].push(rate / d);
+                let measured = through(&config, variant, &postgres, count).await;
+                rates[n].push(measured.rate);
+                ratios[n].push(measured.rate / d.rate);
+                machine[n].push(measured);
             }
         }
         let acks = Acknowledgements::default();
@@ -502,6 +535,18 @@ fn main() {
                 spread(ratios.clone())
             );
         }
+        // What the whole machine (this process, the broker, the database server) spent:
+        // a rate with the machine near saturated is bound by CPU per event, not by waiting.
+        println!("  machine CPU (all cores, all processes), median of rounds:");
+        let rows = std::iter::once(("direct publish_all", &direct_machine))
+            .chain(variants.iter().map(|v| v.label).zip(&machine));
+        for (label, measured) in rows {
+            println!(
+                "    {label:<52}: busy {:>5.1} %, {:>6.1} us of CPU per event",
+                100.0 * median(measured.iter().map(|m| m.busy).collect()),
+                median(measured.iter().map(|m| m.cpu_per_event).collect())
+            );
+        }
         // Each relay variant against the commits alone of its database in the same round.
         for (n, variant) in variants.iter().enumerate().filter(|(_, v)| v.relay && !v.drain) {
             let Some(ceiling) = variants
@@ -520,6 +565,21 @@ fn main() {
                 variant.label,
                 median(of_ceiling.clone()),
                 spread(of_ceiling)
+            );
+        }
+        // The best a relay could do here: committing and publishing share the machine's
+        // cores, so even a relay that cost nothing beyond publishing (no reading, no
+        // marking) and kept every core busy could not exceed cores / (CPU per committed
+        // event + CPU per published event), both measured in this run.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let publish_cpu = median(direct_machine.iter().map(|m| m.cpu_per_event).collect());
+        for (n, variant) in variants.iter().enumerate().filter(|(_, v)| !v.relay) {
+            let commit_cpu = median(machine[n].iter().map(|m| m.cpu_per_event).collect());
+            let best = cores * 1e6 / (commit_cpu + publish_cpu);
+            println!(
+                "  relay / commits alone at best on {cores} cores, {:<24}: {:.3} (commit {commit_cpu:.1} + publish {publish_cpu:.1} us of CPU per event)",
+                variant.label.split(',').next().unwrap_or(variant.label),
+                best / median(rates[n].clone()),
             );
         }
         for (name, runs) in [

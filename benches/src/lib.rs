@@ -231,6 +231,50 @@ pub fn process_cpu_time() -> Duration {
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
+/// The whole machine's CPU time so far, busy and in all (every core, every process: the
+/// broker and the database server count too), from the first line of `/proc/stat`; `None`
+/// where there is no `/proc/stat`.
+///
+/// Compared over an interval, busy / all says how close the machine was to saturated, and
+/// busy time per event what the whole pipeline (client, broker, database) spends on one;
+/// on a saturated machine the second bounds the rate.
+pub fn machine_cpu_time() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Some(MachineCpu {
+        busy: all - idle,
+        all,
+    })
+}
+
+/// Clock ticks of the whole machine's CPU (see [`machine_cpu_time`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MachineCpu {
+    /// Ticks spent running anything.
+    pub busy: u64,
+    /// Ticks in all, idle included, summed over every core.
+    pub all: u64,
+}
+
+impl MachineCpu {
+    /// Busy share of the machine and busy CPU seconds since `earlier`.
+    pub fn since(self, earlier: MachineCpu) -> (f64, f64) {
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let all = self.all.saturating_sub(earlier.all).max(1) as f64;
+        // SAFETY: sysconf only reads a configuration value.
+        #[allow(unsafe_code)]
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        (busy / all, busy / hz)
+    }
+}
+
 /// The median of `values` (the upper one of an even count); the figure every bench reports
 /// over its paired rounds.
 ///

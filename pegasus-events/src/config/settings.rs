@@ -23,6 +23,8 @@ pub struct ProducerSettings {
     /// handed back (librdkafka's `message.timeout.ms`); 30 s by default.
     pub delivery_timeout: Duration,
     /// How long to wait for more records to fill a batch (`linger.ms`); 5 ms by default.
+    /// The outbox relay's producer waits at most 1 ms, so a quiet outbox's events are not
+    /// held back.
     pub linger: Duration,
     /// Also write the design's `BaseEvent` fields (`eventId`, `occurredAt`, `eventType`,
     /// `sourceService`, camelCase as System.Text.Json's web defaults name them) at the start

@@ -404,6 +404,10 @@ impl Settled {
     }
 }
 
+/// The longest the relay's producer waits for more records to fill a batch: a user's
+/// `linger` above it applies to their own producers only.
+const RELAY_LINGER: Duration = Duration::from_millis(1);
+
 impl OutboxRelay {
     pub(crate) fn new(
         storage: Arc<dyn OutboxStorage>,
@@ -418,10 +422,20 @@ impl OutboxRelay {
         // An outage holds the round up instead; the relay catches up when it ends.
         let mut producer_config = config.producer_config();
         producer_config.set("message.timeout.ms", "0");
-        // No lingering: the relay hands librdkafka a whole batch of rows at once, so waiting
-        // for more records to fill the producer's batch only delays it (by the configured
-        // linger, 5 ms by default, on every event of a quiet outbox).
-        producer_config.set("linger.ms", "0");
+        // A linger of at most 1 ms: the configured one (5 ms by default) would delay every
+        // event of a quiet outbox by that much, and none at all makes librdkafka send the
+        // first records of each batch the relay hands it in requests of their own. Measured
+        // with the outbox bench: 1 ms instead of 0 takes PostgreSQL's relay from about 0.50
+        // to 0.58-0.67 of the commits alone, at 0.3 ms more commit-to-acknowledgement latency.
+        producer_config.set(
+            "linger.ms",
+            config
+                .producer
+                .linger
+                .min(RELAY_LINGER)
+                .as_millis()
+                .to_string(),
+        );
         let watch = ClientWatch::new(config, "outbox relay", Watching::Client);
         let producer = producer_config
             .create_with_context(watch.clone())
