@@ -74,6 +74,7 @@
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
 //! | [`connection`] | reaching the brokers: the check at creation, [`UnreachableCause`], outage logs, librdkafka's log lines |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
+//! | [`telemetry`] | spans by the OpenTelemetry messaging conventions, W3C Trace Context on the wire |
 //! | [`error`] | the crate's one error type, [`Error`], and [`error::Report`] to print it with its causes |
 //!
 //! # Features
@@ -84,6 +85,7 @@
 //! | `sqlite` | no | SQLite through sqlx: `SqliteIdempotencyStore`, the inbox, `SqliteOutbox` and its relay |
 //! | `postgres` | no | PostgreSQL through sqlx: `PostgresIdempotencyStore`, the inbox, `PostgresOutbox` and its relay |
 //! | `ssl` | no | TLS (`SecurityProtocol::Ssl`, `SaslSsl`) and SASL/SCRAM, through OpenSSL |
+//! | `opentelemetry` | no | W3C Trace Context on the wire from and to the current OpenTelemetry context, through the `opentelemetry` API crate only ([`telemetry`]) |
 
 // Lets the derive's generated code, which names `::pegasus_events`, work inside this crate.
 extern crate self as pegasus_events;
@@ -104,6 +106,7 @@ pub mod outbox;
 pub mod producer;
 #[cfg(test)]
 mod property_tests;
+pub mod telemetry;
 pub mod wire;
 
 pub use admin::{TopicAdmin, TopicSpec};

@@ -41,12 +41,14 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
 use rdkafka::producer::{FutureRecord, Producer};
+use tracing::Span;
 use uuid::Uuid;
 
 use crate::config::{client_error, KafkaConfig};
 use crate::connection::{check_brokers, ClientWatch, WatchedProducer, Watching};
 use crate::error::Error;
 use crate::event::Event;
+use crate::telemetry::{self, spans};
 use crate::wire::ByteHeaders;
 use crate::wire::{self, OutgoingHeaders, PublishMetadata};
 
@@ -187,6 +189,8 @@ pub struct EventProducer {
     producer: WatchedProducer,
     watch: ClientWatch,
     source: std::sync::Arc<str>,
+    /// `messaging.client.id` of the send spans.
+    client_id: std::sync::Arc<str>,
     delivery_timeout: Duration,
     base_event_fields: bool,
 }
@@ -225,6 +229,7 @@ impl EventProducer {
             producer,
             watch,
             source: config.source().into(),
+            client_id: config.client_id.as_str().into(),
             delivery_timeout: config.producer.delivery_timeout,
             base_event_fields: config.producer.base_event_fields,
         })
@@ -288,6 +293,7 @@ impl EventProducer {
             topic: &record.topic,
             event_id,
             delivery,
+            span: Span::none(),
         }
         .acknowledged(self)
         .await
@@ -322,11 +328,15 @@ impl EventProducer {
         let metadata = resolved.as_ref().or(metadata);
         // The key and headers are formatted into reused and stack buffers and copied by
         // librdkafka, so they cost no allocation per publish.
-        let (event_id, delivery) = KEY_BUFFER.with_borrow_mut(|key| {
+        let (event_id, delivery, span) = KEY_BUFFER.with_borrow_mut(|key| {
             key.clear();
             let keyed = event.write_partition_key(key);
+            let span = spans::send(E::TOPIC, &self.client_id);
+            let trace = telemetry::current_trace(&span);
             let outgoing =
-                OutgoingHeaders::new::<E>(&self.source, keyed.then_some(key.as_str()), metadata);
+                OutgoingHeaders::new::<E>(&self.source, keyed.then_some(key.as_str()), metadata)
+                    .with_trace(trace.as_ref());
+            spans::outgoing(&span, outgoing.event_id_str(), outgoing.record_key());
             let mut record = FutureRecord::to(E::TOPIC)
                 .key(outgoing.record_key())
                 .payload(payload.as_slice());
@@ -338,7 +348,7 @@ impl EventProducer {
                     // The key borrows the reused buffer: take an owned copy for the retry.
                     (error, outgoing.record_key().to_owned(), record.headers)
                 });
-            (outgoing.event_id(), sent)
+            (outgoing.event_id(), sent, span)
         });
         let delivery = match delivery {
             Ok(delivery) => delivery,
@@ -347,13 +357,20 @@ impl EventProducer {
                     .key(key.as_str())
                     .payload(payload.as_slice());
                 retry.headers = headers;
-                self.retry_enqueue(error, retry).await?
+                match self.retry_enqueue(error, retry).await {
+                    Ok(delivery) => delivery,
+                    Err(error) => {
+                        spans::failed(&span, error_type(&error.error));
+                        return Err(error);
+                    }
+                }
             }
         };
         Ok(Pending {
             topic: E::TOPIC,
             event_id,
             delivery,
+            span,
         })
     }
 
@@ -410,10 +427,22 @@ struct Pending<'t> {
     topic: &'t str,
     event_id: Uuid,
     delivery: DeliveryFuture,
+    /// The publish's `send` span, open until the acknowledgement.
+    span: Span,
 }
 
 impl Pending<'_> {
     async fn acknowledged(self, producer: &EventProducer) -> Result<Delivery, PublishError> {
+        let span = self.span.clone();
+        let outcome = self.wait(producer).await;
+        match &outcome {
+            Ok(delivery) => spans::stored(&span, delivery.partition, delivery.offset),
+            Err(error) => spans::failed(&span, error_type(&error.error)),
+        }
+        outcome
+    }
+
+    async fn wait(self, producer: &EventProducer) -> Result<Delivery, PublishError> {
         let result: OwnedDeliveryResult = match self.delivery.await {
             Ok(result) => result,
             // librdkafka drops the delivery callback only when the producer is destroyed.
@@ -438,6 +467,23 @@ impl Pending<'_> {
             }
             Err((error, message)) => Err(producer.delivery_error(error, &message)),
         }
+    }
+}
+
+/// A fixed word for a failed publish, for `error.type`: librdkafka's error code when
+/// there is one.
+fn error_type(error: &Error) -> &'static str {
+    match error {
+        Error::BrokersUnreachable { .. } => "brokers_unreachable",
+        Error::Delivery { source, .. } => match source.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageTimedOut) => "message_timed_out",
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => "message_too_large",
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => "topic_authorization_failed",
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => "unknown_topic_or_partition",
+            Some(RDKafkaErrorCode::QueueFull) => "queue_full",
+            _ => "delivery",
+        },
+        _ => "publish",
     }
 }
 

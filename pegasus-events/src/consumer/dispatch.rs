@@ -55,7 +55,18 @@ impl<'a> Record<'a> {
         }
     }
 
-    fn key(&self) -> Option<&'a str> {
+    /// The value of the first header named `name`, read as bytes (never panics on names
+    /// that are not UTF-8).
+    pub(crate) fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        use crate::wire::ByteHeaders;
+        let found = |h: crate::wire::HeaderBytes<'a>| (h.name == name).then_some(h.value).flatten();
+        match self {
+            Record::Borrowed(m) => m.headers().and_then(|h| h.iter_bytes().find_map(found)),
+            Record::Owned(m) => m.headers().and_then(|h| h.iter_bytes().find_map(found)),
+        }
+    }
+
+    pub(crate) fn key(&self) -> Option<&'a str> {
         let key = match self {
             Record::Borrowed(m) => m.key(),
             Record::Owned(m) => m.key(),

@@ -572,6 +572,7 @@ impl EventConsumer {
         let (failures, mut worker_failures) = mpsc::unbounded_channel();
         let env = Arc::new(WorkerEnv {
             group_id: Arc::clone(&group_id),
+            client_id: config.client_id.as_str().into(),
             dead_letters: DeadLetterWriter::new(&config, &settings.dead_letter_topic)?,
             secrets: secrets_of(&config, &settings),
             settings: settings.clone(),

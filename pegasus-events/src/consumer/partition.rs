@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
+use tracing::{Instrument, Span};
 
 use super::dispatch::{panic_message, Env, Outcome, Record, RecordHandler};
 use super::handler::FailureKind;
@@ -23,6 +24,8 @@ use super::retry::RetryPolicy;
 use super::{ConsumerSettings, RuntimeContext};
 use crate::dead_letter::{self, DeadLetterReason, DeadLetterWriter, Failure};
 use crate::idempotency::DynIdempotencyStore;
+use crate::telemetry::{self, spans};
+use crate::wire::header;
 
 /// Where a partition's worker stands. The worker moves it between `Idle`, `Busy` and
 /// `Storing` with one atomic operation each, since that happens for every record; the
@@ -197,6 +200,8 @@ impl PartitionState {
 /// What every worker of one consumer shares.
 pub(crate) struct WorkerEnv {
     pub(crate) group_id: Arc<str>,
+    /// `messaging.client.id` of the process spans.
+    pub(crate) client_id: Arc<str>,
     pub(crate) settings: ConsumerSettings,
     pub(crate) dead_letters: DeadLetterWriter,
     pub(crate) idempotency: Option<Arc<dyn DynIdempotencyStore>>,
@@ -371,12 +376,41 @@ impl<R: RecordHandler> Worker<'_, R> {
         if !self.state.start() {
             return;
         }
-        let done = self.handle_until_done(record).await;
+        let span = self.process_span(record);
+        let done = self.handle_until_done(record).instrument(span).await;
         self.state.finish(|| {
             if done {
                 self.store_offset(record);
             }
         });
+    }
+
+    /// The record's `process` span, a child of its trace context; `Span::none()`, with its
+    /// headers left unread, when no subscriber listens.
+    fn process_span(&self, record: Record<'_>) -> Span {
+        if !spans::process_enabled() {
+            return Span::none();
+        }
+        let topic = record.topic();
+        let wire = telemetry::WireTrace::read(
+            record.header(header::TRACEPARENT.as_bytes()),
+            record.header(header::TRACESTATE.as_bytes()),
+            topic,
+        );
+        let message_id = record
+            .header(header::ID.as_bytes())
+            .and_then(|id| std::str::from_utf8(id).ok());
+        telemetry::process_span(&wire, || {
+            spans::process(&spans::Received {
+                topic,
+                partition: record.partition(),
+                offset: record.offset(),
+                key: record.key(),
+                message_id,
+                group: &self.env.group_id,
+                client_id: &self.env.client_id,
+            })
+        })
     }
 
     /// Stores the offset after `record` for the background commit.
@@ -439,10 +473,16 @@ impl<R: RecordHandler> Worker<'_, R> {
                     message: panic_message("handling the record", &*panic),
                 });
             let (reason, error) = match outcome {
-                Outcome::Handled { mark: None } | Outcome::Duplicate => return true,
+                Outcome::Handled { mark: None } | Outcome::Duplicate => {
+                    spans::processed(&Span::current(), attempt, None);
+                    return true;
+                }
                 Outcome::Handled {
                     mark: Some(event_id),
-                } => return self.mark_processed(record, event_id).await,
+                } => {
+                    spans::processed(&Span::current(), attempt, None);
+                    return self.mark_processed(record, event_id).await;
+                }
                 Outcome::StoreUnavailable(error) => {
                     let error = self.scrub(error.to_string());
                     if !self
@@ -496,7 +536,16 @@ impl<R: RecordHandler> Worker<'_, R> {
                     (DeadLetterReason::Handler, error)
                 }
             };
-            return self.dead_letter(record, reason, &error, attempt).await;
+            spans::processed(&Span::current(), attempt, Some(reason.as_str()));
+            let dead_letter_span = spans::dead_letter(
+                self.env.dead_letters.topic(),
+                reason.as_str(),
+                &self.env.client_id,
+            );
+            return self
+                .dead_letter(record, reason, &error, attempt)
+                .instrument(dead_letter_span)
+                .await;
         }
     }
 
@@ -582,6 +631,7 @@ impl<R: RecordHandler> Worker<'_, R> {
             };
             match written {
                 Ok((partition, offset)) => {
+                    spans::stored(&Span::current(), partition, offset);
                     tracing::error!(
                         topic = %state.topic,
                         partition = state.partition,

@@ -106,7 +106,11 @@ pub(crate) fn encode<E: Event>(
     let metadata = resolved.as_ref().or(metadata);
     let mut key = String::new();
     let keyed = event.write_partition_key(&mut key);
-    let outgoing = OutgoingHeaders::new::<E>(source, keyed.then_some(key.as_str()), metadata);
+    let span = crate::telemetry::spans::create(E::TOPIC);
+    let trace = crate::telemetry::current_trace(&span);
+    let outgoing = OutgoingHeaders::new::<E>(source, keyed.then_some(key.as_str()), metadata)
+        .with_trace(trace.as_ref());
+    crate::telemetry::spans::outgoing(&span, outgoing.event_id_str(), outgoing.record_key());
     let mut pairs: Vec<(&str, String)> = Vec::with_capacity(10);
     outgoing.for_each(|name, value| pairs.push((name, value.to_owned())));
     let headers = serde_json::to_string(&pairs).map_err(|e| Error::Serialize {

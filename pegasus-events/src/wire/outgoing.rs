@@ -8,6 +8,7 @@ use super::header;
 use super::time::{decimal, format_time, StackStr};
 use super::{CONTENT_TYPE_JSON, SPEC_VERSION};
 use crate::event::Event;
+use crate::telemetry::OutgoingTrace;
 
 /// Optional metadata given when publishing; everything not set is filled in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub struct OutgoingHeaders<'a> {
     event_type: &'static str,
     partition_key: Option<&'a str>,
     metadata: Option<&'a PublishMetadata>,
+    /// The current span's context, written unless `metadata` sets a `traceparent`.
+    trace: Option<&'a OutgoingTrace>,
 }
 
 impl<'a> OutgoingHeaders<'a> {
@@ -105,7 +108,15 @@ impl<'a> OutgoingHeaders<'a> {
             event_type: E::NAME,
             partition_key,
             metadata,
+            trace: None,
         }
+    }
+
+    /// Also writes `trace` as the `traceparent` and `tracestate` headers, unless the
+    /// metadata sets a `traceparent` of its own (which then wins, with its `tracestate`).
+    pub(crate) fn with_trace(mut self, trace: Option<&'a OutgoingTrace>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// The event id.
@@ -151,6 +162,13 @@ impl<'a> OutgoingHeaders<'a> {
                 if let Some(value) = value {
                     write(name, value);
                 }
+            }
+        }
+        let explicit = self.metadata.is_some_and(|m| m.traceparent.is_some());
+        if let Some(trace) = self.trace.filter(|_| !explicit) {
+            write(header::TRACEPARENT, trace.traceparent.as_str());
+            if let Some(state) = &trace.tracestate {
+                write(header::TRACESTATE, state);
             }
         }
     }
