@@ -187,6 +187,7 @@ pub struct EventProducer {
     producer: WatchedProducer,
     watch: ClientWatch,
     source: std::sync::Arc<str>,
+    metrics: std::sync::Arc<crate::metrics::ProducerMetrics>,
     delivery_timeout: Duration,
     base_event_fields: bool,
 }
@@ -225,6 +226,7 @@ impl EventProducer {
             producer,
             watch,
             source: config.source().into(),
+            metrics: std::sync::Arc::new(crate::metrics::ProducerMetrics::new(config.source())),
             delivery_timeout: config.producer.delivery_timeout,
             base_event_fields: config.producer.base_event_fields,
         })
@@ -288,6 +290,8 @@ impl EventProducer {
             topic: &record.topic,
             event_id,
             delivery,
+            metrics: self.metrics.topic(&record.topic),
+            enqueued: Instant::now(),
         }
         .acknowledged(self)
         .await
@@ -320,6 +324,7 @@ impl EventProducer {
             record: None,
         })?;
         let metadata = resolved.as_ref().or(metadata);
+        let enqueued = Instant::now();
         // The key and headers are formatted into reused and stack buffers and copied by
         // librdkafka, so they cost no allocation per publish.
         let (event_id, delivery) = KEY_BUFFER.with_borrow_mut(|key| {
@@ -354,6 +359,8 @@ impl EventProducer {
             topic: E::TOPIC,
             event_id,
             delivery,
+            metrics: self.metrics.topic(E::TOPIC),
+            enqueued,
         })
     }
 
@@ -410,6 +417,9 @@ struct Pending<'t> {
     topic: &'t str,
     event_id: Uuid,
     delivery: DeliveryFuture,
+    /// The topic's metric handles, and when the record was handed to librdkafka.
+    metrics: std::sync::Arc<crate::metrics::PublishMetrics>,
+    enqueued: Instant,
 }
 
 impl Pending<'_> {
@@ -418,18 +428,20 @@ impl Pending<'_> {
             Ok(result) => result,
             // librdkafka drops the delivery callback only when the producer is destroyed.
             Err(_canceled) => {
+                self.metrics.failed();
                 return Err(PublishError {
                     error: Error::Delivery {
                         topic: self.topic.to_owned(),
                         source: KafkaError::Canceled,
                     },
                     record: None,
-                })
+                });
             }
         };
         match result {
             Ok(delivery) => {
                 producer.watch.reachable();
+                self.metrics.acknowledged(self.enqueued);
                 Ok(Delivery {
                     event_id: self.event_id,
                     partition: delivery.partition,
@@ -446,6 +458,7 @@ impl EventProducer {
     /// [`Error::BrokersUnreachable`], naming the address and the last cause.
     fn delivery_error(&self, source: KafkaError, message: &OwnedMessage) -> PublishError {
         let record = EncodedRecord::from_message(message);
+        self.metrics.topic(&record.topic).failed();
         let timed_out = source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
         let error = timed_out
             .then(|| self.watch.unreachable_error(self.delivery_timeout))

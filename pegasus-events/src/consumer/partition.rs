@@ -23,6 +23,7 @@ use super::retry::RetryPolicy;
 use super::{ConsumerSettings, RuntimeContext};
 use crate::dead_letter::{self, DeadLetterReason, DeadLetterWriter, Failure};
 use crate::idempotency::DynIdempotencyStore;
+use crate::metrics::PartitionMetrics;
 
 /// Where a partition's worker stands. The worker moves it between `Idle`, `Busy` and
 /// `Storing` with one atomic operation each, since that happens for every record; the
@@ -71,6 +72,8 @@ impl Phase {
 pub(crate) struct PartitionState {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
+    /// This partition's metric handles, registered when it was assigned.
+    pub(crate) metrics: PartitionMetrics,
     phase: AtomicU8,
     /// Taken for the transitions `close` waits on (out of `Closing`) and makes (into
     /// `Abandoned`), so neither is missed; never on a record's ordinary path.
@@ -81,10 +84,11 @@ pub(crate) struct PartitionState {
 }
 
 impl PartitionState {
-    pub(crate) fn new(topic: Arc<str>, partition: i32) -> Self {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, metrics: PartitionMetrics) -> Self {
         PartitionState {
             topic,
             partition,
+            metrics,
             phase: AtomicU8::new(Phase::Idle as u8),
             waiting: Mutex::new(()),
             changed: Condvar::new(),
@@ -296,6 +300,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
             group_id: &env.group_id,
             idempotency: env.idempotency.as_deref(),
             handler_timeout: env.settings.handler_timeout,
+            metrics: &state.metrics,
         },
     };
     loop {
@@ -371,12 +376,14 @@ impl<R: RecordHandler> Worker<'_, R> {
         if !self.state.start() {
             return;
         }
+        self.state.metrics.taken();
         let done = self.handle_until_done(record).await;
         self.state.finish(|| {
             if done {
                 self.store_offset(record);
             }
         });
+        self.state.metrics.released();
     }
 
     /// Stores the offset after `record` for the background commit.
@@ -439,10 +446,23 @@ impl<R: RecordHandler> Worker<'_, R> {
                     message: panic_message("handling the record", &*panic),
                 });
             let (reason, error) = match outcome {
-                Outcome::Handled { mark: None } | Outcome::Duplicate => return true,
+                Outcome::Handled { mark: None } => {
+                    state.metrics.handled();
+                    return true;
+                }
+                Outcome::Duplicate => {
+                    state.metrics.duplicate();
+                    return true;
+                }
                 Outcome::Handled {
                     mark: Some(event_id),
-                } => return self.mark_processed(record, event_id).await,
+                } => {
+                    let marked = self.mark_processed(record, event_id).await;
+                    if marked {
+                        state.metrics.handled();
+                    }
+                    return marked;
+                }
                 Outcome::StoreUnavailable(error) => {
                     let error = self.scrub(error.to_string());
                     if !self
@@ -487,6 +507,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                             retry_in_ms = crate::limits::millis(wait),
                             "handler failed; the record will be retried"
                         );
+                        state.metrics.retried();
                         if !self.pause(wait).await {
                             return false;
                         }
@@ -534,6 +555,7 @@ impl<R: RecordHandler> Worker<'_, R> {
             match crate::idempotency::mark_processed(store, &self.env.group_id, event_id).await {
                 Ok(()) => return true,
                 Err(error) => {
+                    self.state.metrics.idempotency.store_error();
                     failures = failures.saturating_add(1);
                     let wait = INFRASTRUCTURE_RETRY.backoff(failures);
                     tracing::error!(
@@ -582,6 +604,7 @@ impl<R: RecordHandler> Worker<'_, R> {
             };
             match written {
                 Ok((partition, offset)) => {
+                    state.metrics.dead_lettered(reason);
                     tracing::error!(
                         topic = %state.topic,
                         partition = state.partition,
