@@ -28,8 +28,8 @@
 //! exporter that needs them (Prometheus) gets this module's boundaries from
 //! [`histogram_buckets`]:
 //!
-//! ```ignore
-//! // With metrics-exporter-prometheus 0.18:
+//! ```text
+//! // With metrics-exporter-prometheus 0.18 (a dependency of the application, not of this crate):
 //! let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new()
 //!     .with_http_listener(([127, 0, 0, 1], 9464));
 //! for (name, buckets) in pegasus_events::metrics::histogram_buckets() {

@@ -304,8 +304,10 @@ mod tests {
             KafkaConfig::default().statistics_interval,
             DEFAULT_STATISTICS_INTERVAL
         );
-        let mut config = KafkaConfig::default();
-        config.statistics_interval = Duration::from_secs(86_401);
+        let mut config = KafkaConfig {
+            statistics_interval: Duration::from_secs(86_401),
+            ..KafkaConfig::default()
+        };
         assert_eq!(
             field_of(config.validate().map(|()| config.clone())),
             "statistics_interval"
