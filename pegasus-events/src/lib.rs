@@ -84,7 +84,7 @@
 //! | `derive` | yes | `#[derive(Event)]`, re-exported as `pegasus_events::Event` |
 //! | `sqlite` | no | SQLite through sqlx: `SqliteIdempotencyStore`, the inbox, `SqliteOutbox` and its relay |
 //! | `postgres` | no | PostgreSQL through sqlx: `PostgresIdempotencyStore`, the inbox, `PostgresOutbox` and its relay |
-//! | `metrics` | yes | counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics) facade ([`metrics`](crate::metrics)) |
+//! | `metrics` | yes | counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics) facade ([`metrics`]) |
 //! | `ssl` | no | TLS (`SecurityProtocol::Ssl`, `SaslSsl`) and SASL/SCRAM, through OpenSSL |
 
 // Lets the derive's generated code, which names `::pegasus_events`, work inside this crate.
