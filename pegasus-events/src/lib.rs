@@ -73,6 +73,7 @@
 //! | [`idempotency`] | [`IdempotencyStore`] and its memory, SQLite and PostgreSQL implementations |
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
 //! | [`connection`] | reaching the brokers: the check at creation, [`UnreachableCause`], outage logs, librdkafka's log lines |
+//! | [`metrics`] | the metrics' names, labels and histogram buckets, emitted through the `metrics` facade |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
 //! | [`telemetry`] | spans by the OpenTelemetry messaging conventions, W3C Trace Context on the wire |
 //! | [`error`] | the crate's one error type, [`Error`], and [`error::Report`] to print it with its causes |
@@ -84,6 +85,7 @@
 //! | `derive` | yes | `#[derive(Event)]`, re-exported as `pegasus_events::Event` |
 //! | `sqlite` | no | SQLite through sqlx: `SqliteIdempotencyStore`, the inbox, `SqliteOutbox` and its relay |
 //! | `postgres` | no | PostgreSQL through sqlx: `PostgresIdempotencyStore`, the inbox, `PostgresOutbox` and its relay |
+//! | `metrics` | yes | counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics) facade ([`metrics`]) |
 //! | `ssl` | no | TLS (`SecurityProtocol::Ssl`, `SaslSsl`) and SASL/SCRAM, through OpenSSL |
 //! | `opentelemetry` | no | W3C Trace Context on the wire from and to the current OpenTelemetry context, through the `opentelemetry` API crate only ([`telemetry`]) |
 
@@ -99,6 +101,7 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 mod limits;
+pub mod metrics;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod migrations;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

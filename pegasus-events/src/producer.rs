@@ -191,6 +191,7 @@ pub struct EventProducer {
     source: std::sync::Arc<str>,
     /// `messaging.client.id` of the send spans.
     client_id: std::sync::Arc<str>,
+    metrics: std::sync::Arc<crate::metrics::ProducerMetrics>,
     delivery_timeout: Duration,
     base_event_fields: bool,
 }
@@ -230,6 +231,7 @@ impl EventProducer {
             watch,
             source: config.source().into(),
             client_id: config.client_id.as_str().into(),
+            metrics: std::sync::Arc::new(crate::metrics::ProducerMetrics::new(config.source())),
             delivery_timeout: config.producer.delivery_timeout,
             base_event_fields: config.producer.base_event_fields,
         })
@@ -294,6 +296,8 @@ impl EventProducer {
             event_id,
             delivery,
             span: Span::none(),
+            metrics: self.metrics.topic(&record.topic),
+            enqueued: Instant::now(),
         }
         .acknowledged(self)
         .await
@@ -326,6 +330,7 @@ impl EventProducer {
             record: None,
         })?;
         let metadata = resolved.as_ref().or(metadata);
+        let enqueued = Instant::now();
         // The key and headers are formatted into reused and stack buffers and copied by
         // librdkafka, so they cost no allocation per publish.
         let (event_id, delivery, span) = KEY_BUFFER.with_borrow_mut(|key| {
@@ -371,6 +376,8 @@ impl EventProducer {
             event_id,
             delivery,
             span,
+            metrics: self.metrics.topic(E::TOPIC),
+            enqueued,
         })
     }
 
@@ -429,6 +436,9 @@ struct Pending<'t> {
     delivery: DeliveryFuture,
     /// The publish's `send` span, open until the acknowledgement.
     span: Span,
+    /// The topic's metric handles, and when the record was handed to librdkafka.
+    metrics: std::sync::Arc<crate::metrics::PublishMetrics>,
+    enqueued: Instant,
 }
 
 impl Pending<'_> {
@@ -447,18 +457,20 @@ impl Pending<'_> {
             Ok(result) => result,
             // librdkafka drops the delivery callback only when the producer is destroyed.
             Err(_canceled) => {
+                self.metrics.failed();
                 return Err(PublishError {
                     error: Error::Delivery {
                         topic: self.topic.to_owned(),
                         source: KafkaError::Canceled,
                     },
                     record: None,
-                })
+                });
             }
         };
         match result {
             Ok(delivery) => {
                 producer.watch.reachable();
+                self.metrics.acknowledged(self.enqueued);
                 Ok(Delivery {
                     event_id: self.event_id,
                     partition: delivery.partition,
@@ -492,6 +504,7 @@ impl EventProducer {
     /// [`Error::BrokersUnreachable`], naming the address and the last cause.
     fn delivery_error(&self, source: KafkaError, message: &OwnedMessage) -> PublishError {
         let record = EncodedRecord::from_message(message);
+        self.metrics.topic(&record.topic).failed();
         let timed_out = source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
         let error = timed_out
             .then(|| self.watch.unreachable_error(self.delivery_timeout))

@@ -193,7 +193,8 @@ proptest! {
         key in prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
     ) {
         let message = record(&headers, payload, key);
-        let env = Env { group_id: "props", idempotency: None, handler_timeout: None };
+        let metrics = crate::metrics::PartitionMetrics::new("props", 0, "props");
+        let env = Env { group_id: "props", idempotency: None, handler_timeout: None, metrics: &metrics };
         let typed = Typed::<UserCreated, Accept>::new(Accept, None, None);
         let mixed = Mixed {
             by_type: [

@@ -77,6 +77,12 @@ pub struct KafkaConfig {
     /// `KAFKA_CONNECT_TIMEOUT_MS`). `None` skips the check: the client connects lazily, and
     /// an unreachable broker shows up only when a publish times out.
     pub connect_timeout: Option<Duration>,
+    /// How often a consumer's librdkafka client reports its statistics, from which the
+    /// consumer lag gauges are set ([`crate::metrics`]); 5 s by default
+    /// (`StatisticsIntervalMs`, `KAFKA_STATISTICS_INTERVAL_MS`, librdkafka's
+    /// `statistics.interval.ms`). Zero turns statistics off (and the lag gauges with them);
+    /// at most 24 hours. Without the `metrics` feature statistics stay off whatever it says.
+    pub statistics_interval: Duration,
     /// Producer settings.
     pub producer: ProducerSettings,
     /// Any other librdkafka property, by its dotted name. A property that a typed field
@@ -91,6 +97,8 @@ pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
 pub const DEFAULT_CLIENT_ID: &str = "pegasus-events";
 /// How long a client waits for a broker to answer when it is created, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a consumer reports librdkafka's statistics (the lag gauges), by default.
+pub const DEFAULT_STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -103,6 +111,7 @@ impl Default for KafkaConfig {
             sasl_username: None,
             sasl_password: None,
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            statistics_interval: DEFAULT_STATISTICS_INTERVAL,
             producer: ProducerSettings::default(),
             properties: BTreeMap::new(),
         }
@@ -286,6 +295,35 @@ mod tests {
         assert_eq!(
             KafkaConfig::default().connect_timeout,
             Some(DEFAULT_CONNECT_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn a_statistics_interval_beyond_a_day_is_refused_zero_turns_it_off_and_both_sources_set_it() {
+        assert_eq!(
+            KafkaConfig::default().statistics_interval,
+            DEFAULT_STATISTICS_INTERVAL
+        );
+        let mut config = KafkaConfig {
+            statistics_interval: Duration::from_secs(86_401),
+            ..KafkaConfig::default()
+        };
+        assert_eq!(
+            field_of(config.validate().map(|()| config.clone())),
+            "statistics_interval"
+        );
+        config.statistics_interval = Duration::ZERO;
+        config.validate().unwrap();
+        let from_env =
+            KafkaConfig::from_env_vars(env(&[("KAFKA_STATISTICS_INTERVAL_MS", "250")])).unwrap();
+        assert_eq!(from_env.statistics_interval, Duration::from_millis(250));
+        let from_file =
+            KafkaConfig::from_appsettings_json(r#"{"Kafka":{"StatisticsIntervalMs":0}}"#).unwrap();
+        assert_eq!(from_file.statistics_interval, Duration::ZERO);
+        let as_property = KafkaConfig::default().with_property("statistics.interval.ms", "100");
+        assert_eq!(
+            field_of(as_property.validate().map(|()| as_property.clone())),
+            "properties.statistics.interval.ms"
         );
     }
 

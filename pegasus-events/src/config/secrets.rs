@@ -72,6 +72,8 @@ impl fmt::Debug for KafkaConfig {
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
             .field("sasl_password", &self.sasl_password)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statistics_interval", &self.statistics_interval)
             .field("producer", &self.producer)
             .field("properties", &properties)
             .finish()

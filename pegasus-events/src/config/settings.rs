@@ -184,6 +184,7 @@ pub(super) const SETTINGS: &[(&str, &str)] = &[
     ("EnableIdempotence", "KAFKA_ENABLE_IDEMPOTENCE"),
     ("CompressionType", "KAFKA_COMPRESSION"),
     ("ConnectTimeoutMs", "KAFKA_CONNECT_TIMEOUT_MS"),
+    ("StatisticsIntervalMs", "KAFKA_STATISTICS_INTERVAL_MS"),
     ("DeliveryTimeoutMs", "KAFKA_DELIVERY_TIMEOUT_MS"),
     ("LingerMs", "KAFKA_LINGER_MS"),
     ("WriteBaseEventFields", "KAFKA_WRITE_BASE_EVENT_FIELDS"),
@@ -235,6 +236,7 @@ impl KafkaConfig {
                     .ok_or_else(|| config_error(&field, Compression::expected()))?;
             }
             "ConnectTimeoutMs" => self.connect_timeout = Some(parse_ms(&value)?),
+            "StatisticsIntervalMs" => self.statistics_interval = parse_ms(&value)?,
             "DeliveryTimeoutMs" => self.producer.delivery_timeout = parse_ms(&value)?,
             "LingerMs" => self.producer.linger = parse_ms(&value)?,
             property if property.contains('.') => {
@@ -245,7 +247,8 @@ impl KafkaConfig {
                     &field,
                     "unknown setting; the known ones are BootstrapServers, ClientId, \
                      SourceService, SecurityProtocol, SaslMechanism, SaslUsername, SaslPassword, \
-                     Acks, EnableIdempotence, CompressionType, ConnectTimeoutMs, DeliveryTimeoutMs, LingerMs, \
+                     Acks, EnableIdempotence, CompressionType, ConnectTimeoutMs, StatisticsIntervalMs, \
+                     DeliveryTimeoutMs, LingerMs, \
                      WriteBaseEventFields, \
                      or any librdkafka property by its dotted name",
                 ))

@@ -30,6 +30,7 @@ const TYPED_PROPERTIES: &[&str] = &[
     "delivery.timeout.ms",
     "linger.ms",
     "queue.buffering.max.ms",
+    "statistics.interval.ms",
 ];
 
 impl KafkaConfig {
@@ -112,6 +113,13 @@ impl KafkaConfig {
                     "must be between 1 ms and 1 hour (`None` in code skips the check)",
                 ));
             }
+        }
+        // librdkafka's own bound for statistics.interval.ms.
+        if self.statistics_interval > Duration::from_secs(86_400) {
+            return Err(config_error(
+                "statistics_interval",
+                "must be at most 24 hours (zero turns statistics off)",
+            ));
         }
         let producer = &self.producer;
         if producer.idempotence && producer.acks != Acks::All {

@@ -95,6 +95,8 @@ pub(crate) struct Env<'a> {
     pub(crate) idempotency: Option<&'a dyn DynIdempotencyStore>,
     /// The consumer's attempt timeout, for handlers without their own.
     pub(crate) handler_timeout: Option<Duration>,
+    /// The partition's metric handles.
+    pub(crate) metrics: &'a crate::metrics::PartitionMetrics,
 }
 
 /// What became of one attempt at a record.
@@ -176,7 +178,9 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
         // Asked before the first attempt only: a retry follows a failure of this worker's
         // own handler, and while it holds the partition no one else handles the record.
         if let Some(store) = env.idempotency.filter(|_| attempt == 1) {
-            match crate::idempotency::is_processed(store, env.group_id, event_id).await {
+            let answer = crate::idempotency::is_processed(store, env.group_id, event_id).await;
+            env.metrics.idempotency.lookup(&answer);
+            match answer {
                 Ok(true) => return Outcome::Duplicate,
                 Ok(false) => {}
                 Err(error) => return Outcome::StoreUnavailable(error),
@@ -191,23 +195,26 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
             attempt,
             group_id: env.group_id,
         };
+        let started = std::time::Instant::now();
         let call = AssertUnwindSafe(self.handler.handle(decoded.event, &context)).catch_unwind();
         let result = match self.timeout.unwrap_or(env.handler_timeout) {
             // On timeout the handler's future is dropped here, before any new attempt.
             Some(limit) => match first_poll_then_timeout(call, limit).await {
                 Ok(result) => result,
                 Err(_) => {
+                    env.metrics.handler_took(started);
                     return Outcome::Failed {
                         error: format!(
                             "the handler did not finish within its timeout of {limit:?}"
                         ),
                         kind: FailureKind::Transient,
                         retry: self.retry,
-                    }
+                    };
                 }
             },
             None => call.await,
         };
+        env.metrics.handler_took(started);
         match result {
             Ok(Ok(())) => Outcome::Handled {
                 mark: env.idempotency.map(|_| event_id),

@@ -184,6 +184,7 @@ pub const RUNTIME_PROPERTIES: &[&str] = &[
     "queued.min.messages",
     "fetch.wait.max.ms",
     "fetch.queue.backoff.ms",
+    "statistics.interval.ms",
 ];
 
 impl std::fmt::Debug for ConsumerSettings {
@@ -581,6 +582,7 @@ impl EventConsumer {
         });
         let shared = Arc::new(Shared {
             watch: health.watch().clone(),
+            metrics: crate::metrics::ConsumerMetrics::new(Arc::clone(&group_id)),
             group_id,
             routes,
             settings,
@@ -713,6 +715,13 @@ fn create_consumer(
             "fetch.wait.max.ms",
             settings.fetch_max_wait.as_millis().to_string(),
         );
+    // The lag gauges come from librdkafka's statistics; without metrics nothing reads them.
+    if cfg!(feature = "metrics") && !config.statistics_interval.is_zero() {
+        client.set(
+            "statistics.interval.ms",
+            config.statistics_interval.as_millis().to_string(),
+        );
+    }
     client
         .create_with_context(RuntimeContext {
             shared: Arc::clone(shared),
@@ -760,6 +769,8 @@ pub async fn shutdown_signal() {
 struct Shared {
     /// Records why brokers cannot be reached, logs outages and librdkafka's lines.
     watch: ClientWatch,
+    /// The consumer's metric handles; the lag gauges are set from librdkafka's statistics.
+    metrics: crate::metrics::ConsumerMetrics,
     group_id: Arc<str>,
     routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
@@ -833,7 +844,8 @@ impl Shared {
             if queue.is_none() {
                 tracing::warn!(%topic, partition, "cannot split the partition queue; its records come through the main queue");
             }
-            let state = Arc::new(PartitionState::new(topic, partition));
+            let metrics = self.metrics.partition(&topic, partition);
+            let state = Arc::new(PartitionState::new(topic, partition, metrics));
             // Bounded like the partition's own queue: a worker that falls behind holds the
             // poll thread back instead of letting records pile up in memory.
             let (strays, stray_receiver) = mpsc::channel(self.settings.max_in_flight_per_partition);
@@ -984,6 +996,12 @@ impl ClientContext for RuntimeContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.shared.watch.error(error, reason);
+    }
+
+    /// librdkafka's statistics, every `statistics_interval`: the lag gauges.
+    #[cfg(feature = "metrics")]
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.shared.metrics.statistics(statistics);
     }
 }
 

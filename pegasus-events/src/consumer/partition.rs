@@ -24,6 +24,7 @@ use super::retry::RetryPolicy;
 use super::{ConsumerSettings, RuntimeContext};
 use crate::dead_letter::{self, DeadLetterReason, DeadLetterWriter, Failure};
 use crate::idempotency::DynIdempotencyStore;
+use crate::metrics::PartitionMetrics;
 use crate::telemetry::{self, spans};
 use crate::wire::header;
 
@@ -74,6 +75,8 @@ impl Phase {
 pub(crate) struct PartitionState {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
+    /// This partition's metric handles, registered when it was assigned.
+    pub(crate) metrics: PartitionMetrics,
     phase: AtomicU8,
     /// Taken for the transitions `close` waits on (out of `Closing`) and makes (into
     /// `Abandoned`), so neither is missed; never on a record's ordinary path.
@@ -84,10 +87,11 @@ pub(crate) struct PartitionState {
 }
 
 impl PartitionState {
-    pub(crate) fn new(topic: Arc<str>, partition: i32) -> Self {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, metrics: PartitionMetrics) -> Self {
         PartitionState {
             topic,
             partition,
+            metrics,
             phase: AtomicU8::new(Phase::Idle as u8),
             waiting: Mutex::new(()),
             changed: Condvar::new(),
@@ -301,6 +305,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
             group_id: &env.group_id,
             idempotency: env.idempotency.as_deref(),
             handler_timeout: env.settings.handler_timeout,
+            metrics: &state.metrics,
         },
     };
     loop {
@@ -376,6 +381,7 @@ impl<R: RecordHandler> Worker<'_, R> {
         if !self.state.start() {
             return;
         }
+        self.state.metrics.taken();
         let span = self.process_span(record);
         let done = self.handle_until_done(record).instrument(span).await;
         self.state.finish(|| {
@@ -383,6 +389,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                 self.store_offset(record);
             }
         });
+        self.state.metrics.released();
     }
 
     /// The record's `process` span, a child of its trace context; `Span::none()`, with its
@@ -473,15 +480,25 @@ impl<R: RecordHandler> Worker<'_, R> {
                     message: panic_message("handling the record", &*panic),
                 });
             let (reason, error) = match outcome {
-                Outcome::Handled { mark: None } | Outcome::Duplicate => {
+                Outcome::Handled { mark: None } => {
                     spans::processed(&Span::current(), attempt, None);
+                    state.metrics.handled();
+                    return true;
+                }
+                Outcome::Duplicate => {
+                    spans::processed(&Span::current(), attempt, None);
+                    state.metrics.duplicate();
                     return true;
                 }
                 Outcome::Handled {
                     mark: Some(event_id),
                 } => {
                     spans::processed(&Span::current(), attempt, None);
-                    return self.mark_processed(record, event_id).await;
+                    let marked = self.mark_processed(record, event_id).await;
+                    if marked {
+                        state.metrics.handled();
+                    }
+                    return marked;
                 }
                 Outcome::StoreUnavailable(error) => {
                     let error = self.scrub(error.to_string());
@@ -527,6 +544,7 @@ impl<R: RecordHandler> Worker<'_, R> {
                             retry_in_ms = crate::limits::millis(wait),
                             "handler failed; the record will be retried"
                         );
+                        state.metrics.retried();
                         if !self.pause(wait).await {
                             return false;
                         }
@@ -583,6 +601,7 @@ impl<R: RecordHandler> Worker<'_, R> {
             match crate::idempotency::mark_processed(store, &self.env.group_id, event_id).await {
                 Ok(()) => return true,
                 Err(error) => {
+                    self.state.metrics.idempotency.store_error();
                     failures = failures.saturating_add(1);
                     let wait = INFRASTRUCTURE_RETRY.backoff(failures);
                     tracing::error!(
@@ -632,6 +651,7 @@ impl<R: RecordHandler> Worker<'_, R> {
             match written {
                 Ok((partition, offset)) => {
                     spans::stored(&Span::current(), partition, offset);
+                    state.metrics.dead_lettered(reason);
                     tracing::error!(
                         topic = %state.topic,
                         partition = state.partition,

@@ -67,12 +67,18 @@ pub trait InboxHandler<E: Event, DB: sqlx::Database>: Send + Sync + 'static {
 pub struct Inbox<S, H> {
     store: S,
     handler: H,
+    /// `kafka_idempotency_*{check="inbox"}`, registered at the first event.
+    metrics: crate::metrics::InboxMetrics,
 }
 
 impl<S, H> Inbox<S, H> {
     /// `handler`'s writes and the marks of `store`, in one transaction per event.
     pub fn new(store: S, handler: H) -> Self {
-        Inbox { store, handler }
+        Inbox {
+            store,
+            handler,
+            metrics: crate::metrics::InboxMetrics::default(),
+        }
     }
 }
 
@@ -126,17 +132,20 @@ macro_rules! inbox_for {
                 event: E,
                 context: &EventContext<'_>,
             ) -> Result<(), HandlerError> {
-                let mut transaction = self
-                    .store
-                    .pool()
-                    .begin()
-                    .await
-                    .map_err(|e| classify(HandlerError::transient(e)))?;
-                let fresh = self
+                let metrics = |count: &dyn Fn(&crate::metrics::IdempotencyMetrics)| {
+                    self.metrics.with(context.group_id, count)
+                };
+                let mut transaction = self.store.pool().begin().await.map_err(|e| {
+                    metrics(&|m| m.store_error());
+                    classify(HandlerError::transient(e))
+                })?;
+                let marked = self
                     .store
                     .mark_processed_in(&mut transaction, context.group_id, context.event_id())
-                    .await
-                    .map_err(|e| classify(HandlerError::transient(e)))?;
+                    .await;
+                // A hit is a mark that was there already: `fresh` is false.
+                metrics(&|m| m.lookup(&marked.as_ref().map(|fresh| !fresh)));
+                let fresh = marked.map_err(|e| classify(HandlerError::transient(e)))?;
                 if !fresh {
                     // Handled before, in a transaction that committed.
                     return Ok(());
@@ -145,10 +154,10 @@ macro_rules! inbox_for {
                     .handle(event, context, &mut transaction)
                     .await
                     .map_err(classify)?;
-                transaction
-                    .commit()
-                    .await
-                    .map_err(|e| classify(HandlerError::transient(e)))?;
+                transaction.commit().await.map_err(|e| {
+                    metrics(&|m| m.store_error());
+                    classify(HandlerError::transient(e))
+                })?;
                 Ok(())
             }
         }

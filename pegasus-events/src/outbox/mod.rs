@@ -195,6 +195,12 @@ pub(crate) trait OutboxStorage: Send + Sync + 'static {
     fn purge_published(&self, age: Duration) -> BoxFuture<'_, Result<u64>>;
     /// Returns when new rows may be there: on a notification, or after `at_most`.
     fn wait_for_rows(&self, at_most: Duration) -> BoxFuture<'_, ()>;
+    /// The database, for the metrics' `store` label: `postgres` or `sqlite`.
+    fn kind(&self) -> &'static str;
+    /// How many rows are unpublished, and the age of the oldest in seconds (0 for none):
+    /// one aggregate query over the unpublished rows' partial index, asked once per poll
+    /// interval for the metrics, never per row.
+    fn backlog(&self) -> BoxFuture<'_, Result<(i64, f64)>>;
 }
 
 /// Settings of the relay; defaults next to each field.
@@ -277,6 +283,8 @@ pub struct OutboxRelay {
     /// Rows the broker refused for good whose dead letter it refused too: left unmarked
     /// (nothing is lost) and not read again while this relay runs.
     parked: BTreeSet<i64>,
+    /// The relay's metric handles ([`crate::metrics`]).
+    metrics: crate::metrics::RelayMetrics,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -444,7 +452,9 @@ impl OutboxRelay {
         let producer = producer_config
             .create_with_context(watch.clone())
             .map_err(|e| client_error("outbox relay producer", e))?;
+        let metrics = crate::metrics::RelayMetrics::new(config.source(), storage.kind());
         Ok(OutboxRelay {
+            metrics,
             storage,
             producer_config,
             producer: Some(producer),
@@ -485,7 +495,16 @@ impl OutboxRelay {
         let mut last_purge = tokio::time::Instant::now();
         let mut in_flight = None;
         let delivery_timeout = self.delivery_timeout;
+        let mut last_backlog: Option<tokio::time::Instant> = None;
         loop {
+            // The backlog gauges: one query per poll interval, before the round, so the
+            // first reading is what waited when the relay started.
+            if cfg!(feature = "metrics")
+                && last_backlog.is_none_or(|at| at.elapsed() >= self.settings.poll_interval)
+            {
+                last_backlog = Some(tokio::time::Instant::now());
+                self.measure_backlog().await;
+            }
             // A round can last as long as a broker outage: shutdown must not wait for it.
             let outcome = {
                 let round = self.round(&mut in_flight);
@@ -514,6 +533,7 @@ impl OutboxRelay {
                 }
                 Ok(Round::Standby) => self.settings.poll_interval,
                 Err(error) => {
+                    self.metrics.failed();
                     failures = failures.saturating_add(1);
                     let wait = self
                         .settings
@@ -570,7 +590,17 @@ impl OutboxRelay {
             None => Ok(()),
         };
         self.storage.release_lease().await;
+        self.metrics.lease(false);
         completed
+    }
+
+    /// Sets the backlog gauges from the database; a failure is only logged (the round
+    /// that follows reports a database outage).
+    async fn measure_backlog(&self) {
+        match self.storage.backlog().await {
+            Ok((rows, oldest_age)) => self.metrics.backlog(rows, oldest_age),
+            Err(error) => tracing::debug!(%error, "reading the outbox backlog failed"),
+        }
     }
 
     /// One round: reads the next batch (leaving out the one in flight), hands it to the
@@ -581,6 +611,7 @@ impl OutboxRelay {
     /// ([`OutboxRelay::abandon`]) and the relay stands by.
     async fn round(&mut self, in_flight: &mut Option<InFlight>) -> Result<Round> {
         let lease = self.storage.hold_lease().await?;
+        self.metrics.lease(lease != Lease::Elsewhere);
         if lease != Lease::Kept {
             // Whatever was sent under an earlier hold is not this relay's to mark: another
             // relay may have published those rows meanwhile.
@@ -609,6 +640,9 @@ impl OutboxRelay {
             }
         };
         let read = rows.len();
+        if read > 0 {
+            self.metrics.batch();
+        }
         let batch = self.send(rows).await?;
         let previous = in_flight.replace(batch);
         let mut settled = Settled::default();
@@ -685,6 +719,7 @@ impl OutboxRelay {
     /// ignored. A new producer is made when the relay publishes again. Records already on
     /// the wire may still land; only the broker could fence those (Kafka transactions).
     async fn abandon(&mut self, batch: Option<InFlight>) {
+        self.metrics.lease(false);
         let rows = batch.as_ref().map_or(0, |batch| batch.ids.len());
         drop(batch);
         if let Some(producer) = self.producer.take() {
@@ -739,6 +774,7 @@ impl OutboxRelay {
             match acknowledged {
                 Ok(()) => {
                     trace_acknowledged(&sent);
+                    self.metrics.published(&sent.row.topic);
                     published.push(sent.row.id);
                 }
                 Err(error) => match refusal(&error) {
@@ -803,6 +839,7 @@ impl OutboxRelay {
             match acknowledged {
                 Ok(()) => {
                     trace_acknowledged(&refused.sent);
+                    self.metrics.published(&refused.sent.row.topic);
                     published.push(refused.sent.row.id);
                 }
                 Err(error) if refusal(&error).is_some() => {

@@ -205,6 +205,25 @@ async fn session_failed<T>(
 }
 
 impl OutboxStorage for PostgresStorage {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<(i64, f64)>> {
+        Box::pin(async move {
+            // Served by the partial index on the unpublished rows; on the pool, not the
+            // lease's session, so a standby reports the backlog too.
+            let (rows, oldest): (i64, f64) = sqlx::query_as(
+                "SELECT count(*), coalesce(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+                   FROM pegasus_outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(failed("measure the backlog"))?;
+            Ok((rows, oldest))
+        })
+    }
+
     fn hold_lease(&self) -> BoxFuture<'_, Result<Lease>> {
         Box::pin(async move {
             let mut lease = self.lease.lock().await;

@@ -272,6 +272,26 @@ impl SqliteStorage {
 }
 
 impl OutboxStorage for SqliteStorage {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<(i64, f64)>> {
+        Box::pin(async move {
+            // created_at is UTC text with milliseconds; julianday reads it. A reader in
+            // WAL mode: it never waits for the enqueuing writers.
+            let (rows, oldest): (i64, f64) = sqlx::query_as(
+                "SELECT count(*),
+                        coalesce((julianday('now') - julianday(min(created_at))) * 86400.0, 0.0)
+                   FROM pegasus_outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(failed("measure the backlog"))?;
+            Ok((rows, oldest))
+        })
+    }
+
     fn hold_lease(&self) -> BoxFuture<'_, Result<Lease>> {
         Box::pin(async move {
             let mut renewed = self.renewed.lock().await;

@@ -18,7 +18,8 @@
 //!   is what batch-aware tools follow.
 //! - **Bad context never costs a record.** A `traceparent` that is not valid (wrong
 //!   length, not lowercase hex, all-zero ids, version `ff`) or an oversized `tracestate`
-//!   starts a new trace and is logged at debug level with a fixed reason (never the value);
+//!   starts a new trace, is counted (`kafka_trace_context_invalid_total`) and logged at
+//!   debug level with a fixed reason (never the value);
 //!   the record is handled as usual and never dead-lettered for it. Values taken from the
 //!   wire into attributes are bounded ([`semconv::MAX_ATTRIBUTE_BYTES`]).
 //! - **Nothing is paid when nobody listens.** Spans are `tracing` spans at level INFO
@@ -120,6 +121,7 @@ impl<'a> WireTrace<'a> {
 
 /// Counts a trace header that was not accepted. The record starts a new trace.
 fn invalid(topic: &str, header: &'static str, reason: InvalidTraceContext) {
+    crate::metrics::trace_context_invalid(topic, header, reason.as_str());
     tracing::debug!(
         topic,
         header,
@@ -139,5 +141,102 @@ pub(crate) fn process_span(wire: &WireTrace<'_>, make: impl FnOnce() -> Span) ->
     {
         let _ = wire;
         make()
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::WireTrace;
+
+    /// Counters by their key's text (name and labels), for one thread's local recorder.
+    #[derive(Default)]
+    struct Counts(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
+
+    struct Count(Arc<AtomicU64>);
+
+    impl metrics::CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    impl Recorder for Counts {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let text = format!("{}{{{}}}", key.name(), labels.join(","));
+            let count = Arc::clone(self.0.lock().unwrap().entry(text).or_default());
+            Counter::from_arc(Arc::new(Count(count)))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn each_trace_header_not_accepted_is_counted_by_header_and_reason_and_starts_a_new_trace() {
+        let counts = Counts::default();
+        let valid = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".as_slice();
+        let long_state = vec![b'v'; 600];
+        let read = metrics::with_local_recorder(&counts, || {
+            [
+                WireTrace::read(Some(&valid[..54]), None, "t"),
+                WireTrace::read(
+                    Some(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+                    None,
+                    "t",
+                ),
+                WireTrace::read(
+                    Some(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+                    None,
+                    "t",
+                ),
+                WireTrace::read(Some(valid), Some(&long_state), "t"),
+                WireTrace::read(Some(valid), Some(b"k=v"), "t"),
+                WireTrace::read(None, Some(b"k=v"), "t"),
+            ]
+        });
+        for (n, wire) in read[..3].iter().enumerate() {
+            assert!(wire.traceparent.is_none(), "record {n}: a new trace");
+        }
+        assert!(read[3].traceparent.is_some() && read[3].tracestate.is_none());
+        assert_eq!(read[4].tracestate, Some("k=v"));
+        assert!(read[5].traceparent.is_none() && read[5].tracestate.is_none());
+        let counted: BTreeMap<String, u64> = counts
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, count)| (key.clone(), count.load(Ordering::Relaxed)))
+            .collect();
+        let expected: BTreeMap<String, u64> = [
+            ("kafka_trace_context_invalid_total{topic=t,header=traceparent,reason=length}", 1),
+            ("kafka_trace_context_invalid_total{topic=t,header=traceparent,reason=hex}", 1),
+            ("kafka_trace_context_invalid_total{topic=t,header=traceparent,reason=zero_trace_id}", 1),
+            ("kafka_trace_context_invalid_total{topic=t,header=tracestate,reason=tracestate}", 1),
+        ]
+        .into_iter()
+        .map(|(key, count)| (key.to_owned(), count))
+        .collect();
+        assert_eq!(counted, expected);
     }
 }
