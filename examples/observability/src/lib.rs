@@ -4,7 +4,8 @@
 //! - [`install_prometheus`]: `metrics-exporter-prometheus` as the global `metrics`
 //!   recorder, with the library's histogram buckets, serving `/metrics` over HTTP;
 //! - [`install_tracing`]: a `tracing` subscriber that logs to stderr and hands spans to
-//!   OpenTelemetry, which prints each finished span to stdout and, when
+//!   OpenTelemetry, which prints each finished span to stdout (one line: service, name,
+//!   kind, trace id, span id, parent id, links) and, when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, exports them over OTLP/HTTP too; and the W3C
 //!   `traceparent` propagator.
 //!
@@ -17,7 +18,8 @@ use std::net::SocketAddr;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -52,8 +54,11 @@ pub fn install_tracing(service: &str) -> Result<SdkTracerProvider, Box<dyn Error
                 .with_service_name(service.to_owned())
                 .build(),
         )
-        // Each finished span, printed: a reader sees the trace without a collector.
-        .with_simple_exporter(opentelemetry_stdout::SpanExporter::default());
+        // Each finished span, printed as one line: a reader sees the trace without a
+        // collector.
+        .with_simple_exporter(SpanLines {
+            service: service.to_owned(),
+        });
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let otlp = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -70,4 +75,38 @@ pub fn install_tracing(service: &str) -> Result<SdkTracerProvider, Box<dyn Error
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
     Ok(provider)
+}
+
+/// Prints each finished span to stdout as one line, e.g.
+/// `span observability-publish "send observability.order.placed" kind=Producer trace=4bf9… span=00f0… parent=3a1c… links=-`.
+#[derive(Debug)]
+struct SpanLines {
+    service: String,
+}
+
+impl SpanExporter for SpanLines {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for span in batch {
+            let links: Vec<String> = span
+                .links
+                .links
+                .iter()
+                .map(|link| link.span_context.span_id().to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "span {} {:?} kind={:?} trace={} span={} parent={} links={}",
+                self.service,
+                span.name,
+                span.span_kind,
+                span.span_context.trace_id(),
+                span.span_context.span_id(),
+                span.parent_span_id,
+                if links.is_empty() { "-".to_owned() } else { links.join(",") },
+            );
+        }
+        Ok(())
+    }
 }

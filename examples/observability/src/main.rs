@@ -11,9 +11,10 @@
 //! serving `/metrics` until Ctrl-C (so Prometheus can scrape the counts). `consume` handles
 //! them, taking `--handler-delay-ms` per order (to show a lag), until Ctrl-C. Finished
 //! spans are printed to stdout; with `OTEL_EXPORTER_OTLP_ENDPOINT` set (a collector's
-//! OTLP/HTTP address, e.g. `http://127.0.0.1:4318`) they are exported there too. Once the
-//! library propagates the W3C `traceparent` header, the consumer's spans join the
-//! publisher's trace: one trace across both processes.
+//! OTLP/HTTP address, e.g. `http://127.0.0.1:4318`) they are exported there too. The
+//! library (feature `opentelemetry`) writes the W3C `traceparent` header from the `send`
+//! span, so the consumer's `process` span joins the publisher's trace: one trace across
+//! both processes.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
