@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
@@ -104,7 +104,11 @@ impl SpanExporter for SpanLines {
                 span.span_context.trace_id(),
                 span.span_context.span_id(),
                 span.parent_span_id,
-                if links.is_empty() { "-".to_owned() } else { links.join(",") },
+                if links.is_empty() {
+                    "-".to_owned()
+                } else {
+                    links.join(",")
+                },
             );
         }
         Ok(())
