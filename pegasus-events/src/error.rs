@@ -78,6 +78,18 @@ pub enum Error {
         detail: String,
     },
 
+    /// A `traceparent` or `tracestate` given in [`PublishMetadata`](crate::PublishMetadata)
+    /// is not valid W3C Trace Context: refused before anything was published or stored in
+    /// the outbox, so no record carries a context other implementations cannot read. The
+    /// message names the header and the reason, never the value.
+    #[error("`{header}` in the publish metadata is not valid W3C Trace Context: {}", reason.describe())]
+    InvalidTraceContext {
+        /// The header: `traceparent` or `tracestate`.
+        header: &'static str,
+        /// Why it was refused.
+        reason: crate::telemetry::InvalidTraceContext,
+    },
+
     /// The broker did not acknowledge a record.
     #[error("{}", describe_delivery(topic, source))]
     Delivery {

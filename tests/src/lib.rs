@@ -603,3 +603,42 @@ impl DeadLetterWatch {
         std::mem::take(&mut *self.letters.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
+
+/// Publishes `event` as another service's instrumentation might: a binary-mode record with
+/// the contract's `ce_` headers and `extra` headers written byte for byte, through
+/// [`pegasus_events::EventProducer::republish`], which sends a record unchanged. The
+/// library's own publish refuses a malformed `traceparent` or `tracestate`; a record from
+/// elsewhere may still carry one.
+///
+/// # Panics
+///
+/// When the broker does not acknowledge the record.
+pub async fn publish_with_raw_headers<E: pegasus_events::Event>(
+    producer: &pegasus_events::EventProducer,
+    event: &E,
+    extra: &[(&str, &[u8])],
+) -> pegasus_events::Delivery {
+    let id = uuid::Uuid::now_v7().to_string();
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let version = E::VERSION.to_string();
+    let contract: [(&str, &[u8]); 7] = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", id.as_bytes()),
+        ("ce_source", b"another-service"),
+        ("ce_type", E::NAME.as_bytes()),
+        ("ce_time", time.as_bytes()),
+        ("content-type", b"application/json"),
+        ("ce_schemaversion", version.as_bytes()),
+    ];
+    let record = pegasus_events::EncodedRecord {
+        topic: E::TOPIC.to_owned(),
+        key: Some(id.clone().into_bytes()),
+        payload: Some(serde_json::to_vec(event).expect("the event serializes")),
+        headers: contract
+            .iter()
+            .chain(extra)
+            .map(|(name, value)| ((*name).to_owned(), Some(value.to_vec())))
+            .collect(),
+    };
+    producer.republish(&record).await.expect("acknowledged")
+}

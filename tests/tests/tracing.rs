@@ -18,8 +18,8 @@ use pegasus_events::outbox::{OutboxRelay, RelaySettings};
 use pegasus_events::wire::PublishMetadata;
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
 use pegasus_events_tests::{
-    config, dead_letter_settings, fresh_postgres_database, header, headers_of, read_record,
-    run_until_done, unique, TEST_DEADLINE,
+    config, dead_letter_settings, fresh_postgres_database, header, headers_of,
+    publish_with_raw_headers, read_record, run_until_done, unique, TEST_DEADLINE,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -131,6 +131,7 @@ macro_rules! traced_event {
 traced_event!(Direct, "tests.tracing.direct");
 traced_event!(ThroughOutbox, "tests.tracing.outbox");
 traced_event!(Foreign, "tests.tracing.foreign");
+traced_event!(Refused, "tests.tracing.refused");
 
 async fn create_topic<E: Event>() {
     TopicAdmin::new(&config("admin"))
@@ -512,23 +513,18 @@ async fn a_malformed_trace_context_starts_a_new_trace_and_the_record_is_still_ha
         (valid.to_owned(), Some(oversized_state)),
     ];
     let run = unique("run");
+    // Written as another service might: our own publish refuses a malformed context.
     let producer = EventProducer::new(&config("foreign-client")).await.unwrap();
     for (n, (traceparent, tracestate)) in bad.iter().enumerate() {
-        let metadata = PublishMetadata {
-            traceparent: Some(traceparent.clone()),
-            tracestate: tracestate.clone(),
-            ..PublishMetadata::default()
+        let mut headers: Vec<(&str, &[u8])> = vec![("traceparent", traceparent.as_bytes())];
+        if let Some(state) = tracestate {
+            headers.push(("tracestate", state.as_bytes()));
+        }
+        let event = Foreign {
+            run: run.clone(),
+            n: n as u32,
         };
-        producer
-            .publish_with(
-                &Foreign {
-                    run: run.clone(),
-                    n: n as u32,
-                },
-                &metadata,
-            )
-            .await
-            .unwrap();
+        publish_with_raw_headers(&producer, &event, &headers).await;
     }
 
     let recorder = Arc::new(Recorder::default());
@@ -567,4 +563,84 @@ async fn a_malformed_trace_context_starts_a_new_trace_and_the_record_is_still_ha
             );
         }
     }
+}
+
+/// The high watermark of partition 0 of `topic`: the offset its next record gets.
+fn next_offset(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", pegasus_events_tests::bootstrap())
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, 0, std::time::Duration::from_secs(30))
+        .expect("watermarks")
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_trace_context_given_to_publish_or_enqueue_is_refused_and_nothing_is_written() {
+    exported();
+    create_topic::<Refused>().await;
+    let producer = EventProducer::new(&config("tracing-publisher"))
+        .await
+        .unwrap();
+    let event = Refused {
+        run: unique("run"),
+        n: 1,
+    };
+    let malformed = PublishMetadata {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01".to_owned()),
+        ..PublishMetadata::default()
+    };
+    let before = tokio::task::spawn_blocking(|| next_offset(Refused::TOPIC))
+        .await
+        .unwrap();
+    let refused = producer.publish_with(&event, &malformed).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.error,
+            pegasus_events::Error::InvalidTraceContext {
+                header: "traceparent",
+                reason: pegasus_events::telemetry::InvalidTraceContext::Hex,
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(refused.record.is_none(), "nothing was encoded to hand back");
+    // A valid record published after it lands where the refused one would have: nothing
+    // reached the topic in between. (The topic is this test's alone.)
+    let after = producer.publish(&event).await.unwrap();
+    assert_eq!(after.offset, before, "the refused publish wrote no record");
+
+    let kafka = config("tracing-outbox");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("refused"));
+    let outbox = pegasus_events::outbox::SqliteOutbox::connect(
+        &format!("sqlite://{}.db", path.display()),
+        &kafka,
+    )
+    .await
+    .unwrap();
+    let oversized_state = PublishMetadata {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        tracestate: Some(format!("k={}", "v".repeat(600))),
+        ..PublishMetadata::default()
+    };
+    let mut tx = outbox.pool().begin().await.unwrap();
+    for metadata in [&malformed, &oversized_state] {
+        let error = outbox
+            .enqueue_with(&mut tx, &event, metadata)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, pegasus_events::Error::InvalidTraceContext { .. }),
+            "{error:?}"
+        );
+    }
+    tx.commit().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox")
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "no row written");
 }

@@ -10,7 +10,11 @@
 //!   context of its `create <topic>` span, a child of the business transaction's span, into
 //!   the stored row; the relay publishes the row's headers as they were stored, so the
 //!   trace continues from the transaction that committed the event, not from the relay.
-//!   `PublishMetadata::traceparent`, when set, is written instead.
+//!   `PublishMetadata::traceparent`, when set, is written instead (as version `00`), with
+//!   the metadata's `tracestate`; either is checked first, and a publish or enqueue whose
+//!   metadata carries a malformed one fails with
+//!   [`Error::InvalidTraceContext`](crate::Error::InvalidTraceContext) before anything is
+//!   sent or stored ([`check_outgoing`]).
 //! - **The consumer continues it.** The `process <topic>` span around each record's
 //!   handling is a child of the record's `traceparent` and also links to it: the
 //!   conventions allow either for single-message processing; the parent puts producer and
@@ -52,8 +56,8 @@ mod trace_context;
 mod otel;
 
 pub use trace_context::{
-    check_tracestate, InvalidTraceContext, TraceParent, TraceParentText, MAX_TRACESTATE_BYTES,
-    TRACEPARENT_LEN,
+    check_outgoing, check_tracestate, InvalidTraceContext, TraceParent, TraceParentText,
+    MAX_TRACESTATE_BYTES, TRACEPARENT_LEN,
 };
 
 use tracing::Span;

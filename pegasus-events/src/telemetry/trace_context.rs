@@ -9,6 +9,14 @@
 //! only beside a valid `traceparent`, and only when it is at most
 //! [`MAX_TRACESTATE_BYTES`] of visible ASCII with at most 32 list members; otherwise it is
 //! dropped and the `traceparent` still counts.
+//!
+//! Writing is strict: a `traceparent` or `tracestate` an application gives in
+//! [`PublishMetadata`](crate::PublishMetadata) is checked by [`check_outgoing`] before
+//! anything is published or stored in the outbox, and refused with
+//! [`Error::InvalidTraceContext`](crate::Error::InvalidTraceContext) when it is not valid:
+//! a header from us must parse with every other implementation. A `traceparent` is
+//! written as version `00`, as [`TraceParent::to_header`] formats it; a `tracestate` must
+//! follow the recommendation's list grammar, not only be bounded.
 
 use std::fmt;
 
@@ -52,6 +60,10 @@ pub enum InvalidTraceContext {
     TraceState,
     /// A header value that is not UTF-8 text.
     NotText,
+    /// A `tracestate` given to write without a `traceparent`: the recommendation ties the
+    /// state to its parent (a receiver ignores one without the other), and the context
+    /// written in its place would carry its own.
+    TraceStateWithoutTraceParent,
 }
 
 impl InvalidTraceContext {
@@ -66,6 +78,24 @@ impl InvalidTraceContext {
             InvalidTraceContext::ZeroSpanId => "zero_span_id",
             InvalidTraceContext::TraceState => "tracestate",
             InvalidTraceContext::NotText => "not_text",
+            InvalidTraceContext::TraceStateWithoutTraceParent => "tracestate_without_traceparent",
+        }
+    }
+
+    /// The reason in words, for error messages: fixed text, never the header's value.
+    pub fn describe(self) -> &'static str {
+        match self {
+            InvalidTraceContext::Length => "wrong length",
+            InvalidTraceContext::Separator => "a `-` missing between the fields",
+            InvalidTraceContext::Hex => "bad hex (lowercase hex digits are required)",
+            InvalidTraceContext::Version => "version ff is forbidden",
+            InvalidTraceContext::ZeroTraceId => "an all-zero trace id",
+            InvalidTraceContext::ZeroSpanId => "an all-zero parent id",
+            InvalidTraceContext::TraceState => {
+                "not a list of at most 32 `key=value` members in at most 512 bytes of visible ASCII"
+            }
+            InvalidTraceContext::NotText => "not UTF-8 text",
+            InvalidTraceContext::TraceStateWithoutTraceParent => "given without a traceparent",
         }
     }
 }
@@ -183,6 +213,99 @@ pub fn check_tracestate(value: &[u8]) -> Result<&str, InvalidTraceContext> {
     std::str::from_utf8(value).map_err(|_| InvalidTraceContext::NotText)
 }
 
+/// Checks the trace context an application gives to be written (`PublishMetadata`'s
+/// `traceparent` and `tracestate`), strictly: the `traceparent` must parse (see the module
+/// docs), and the `tracestate`, which needs a `traceparent` beside it, must be bounded as
+/// [`check_tracestate`] requires and follow the recommendation's grammar (list members
+/// `key=value`, keys lowercase, no duplicate key). On failure, returns the header's name
+/// and why.
+pub fn check_outgoing(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Result<(), (&'static str, InvalidTraceContext)> {
+    const TRACEPARENT: &str = crate::wire::header::TRACEPARENT;
+    const TRACESTATE: &str = crate::wire::header::TRACESTATE;
+    match (traceparent, tracestate) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err((
+            TRACESTATE,
+            InvalidTraceContext::TraceStateWithoutTraceParent,
+        )),
+        (Some(parent), state) => {
+            TraceParent::parse(parent.as_bytes()).map_err(|reason| (TRACEPARENT, reason))?;
+            match state {
+                Some(state) => {
+                    check_tracestate_grammar(state).map_err(|reason| (TRACESTATE, reason))
+                }
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// The recommendation's `tracestate` grammar (section 3.3.1), on a value already bounded
+/// by [`check_tracestate`]: `list-member 0*31( OWS "," OWS list-member )`, where a member
+/// is `key "=" value` or empty, and each key appears once.
+fn check_tracestate_grammar(value: &str) -> Result<(), InvalidTraceContext> {
+    let value = check_tracestate(value.as_bytes())?;
+    let invalid = InvalidTraceContext::TraceState;
+    let mut keys: [&str; MAX_TRACESTATE_MEMBERS] = [""; MAX_TRACESTATE_MEMBERS];
+    let mut count = 0;
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, member_value) = member.split_once('=').ok_or(invalid)?;
+        if !is_tracestate_key(key) || !is_tracestate_value(member_value) {
+            return Err(invalid);
+        }
+        if keys[..count].contains(&key) {
+            return Err(invalid);
+        }
+        // check_tracestate allows at most 32 members, so `count` stays in bounds.
+        keys[count] = key;
+        count += 1;
+    }
+    Ok(())
+}
+
+/// `simple-key` or `tenant-id "@" system-id`.
+fn is_tracestate_key(key: &str) -> bool {
+    let key = key.as_bytes();
+    let rest = |part: &[u8]| {
+        part.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+        })
+    };
+    match key.iter().position(|b| *b == b'@') {
+        None => {
+            key.len() <= 256 && key.first().is_some_and(u8::is_ascii_lowercase) && rest(&key[1..])
+        }
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && tenant
+                    .first()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && rest(&tenant[1..])
+                && (1..=14).contains(&system.len())
+                && system.first().is_some_and(u8::is_ascii_lowercase)
+                && rest(&system[1..])
+        }
+    }
+}
+
+/// `0*255(chr) nblk-chr`: printable ASCII without `,` and `=`, not ending in a space.
+fn is_tracestate_value(value: &str) -> bool {
+    let value = value.as_bytes();
+    (1..=256).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| (0x20..=0x7e).contains(b) && *b != b',' && *b != b'=')
+        && value.last() != Some(&b' ')
+}
+
 fn trim(value: &[u8]) -> &[u8] {
     let is_space = |b: &u8| *b == b' ' || *b == b'\t';
     let start = value
@@ -293,6 +416,70 @@ mod tests {
         // Multi-byte UTF-8 where hex is expected is refused, never sliced mid-character.
         let wide = "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01";
         assert!(TraceParent::parse(wide.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_context_given_to_write_is_refused_with_its_header_and_reason_unless_valid() {
+        use InvalidTraceContext as Why;
+        let ok: &[(Option<&str>, Option<&str>)] = &[
+            (None, None),
+            (Some(VALID), None),
+            (Some(VALID), Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")),
+            (Some(VALID), Some("tenant1@vendor=v, ,k2=a b")),
+        ];
+        for (parent, state) in ok {
+            assert_eq!(
+                check_outgoing(*parent, *state),
+                Ok(()),
+                "{parent:?} {state:?}"
+            );
+        }
+        let long = "k=".to_owned() + &"v".repeat(600);
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, (&'a str, Why));
+        let refused: &[Case<'_>] = &[
+            (Some(&VALID[..54]), None, ("traceparent", Why::Length)),
+            (
+                Some("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01"),
+                None,
+                ("traceparent", Why::Hex),
+            ),
+            (
+                Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+                None,
+                ("traceparent", Why::ZeroTraceId),
+            ),
+            (Some("garbage"), Some("k=v"), ("traceparent", Why::Length)),
+            (
+                None,
+                Some("k=v"),
+                ("tracestate", Why::TraceStateWithoutTraceParent),
+            ),
+            (Some(VALID), Some(&long), ("tracestate", Why::TraceState)),
+            (
+                Some(VALID),
+                Some("novalue"),
+                ("tracestate", Why::TraceState),
+            ),
+            (
+                Some(VALID),
+                Some("Upper=v"),
+                ("tracestate", Why::TraceState),
+            ),
+            (Some(VALID), Some("k=v=w"), ("tracestate", Why::TraceState)),
+            (
+                Some(VALID),
+                Some("k=v,k=w"),
+                ("tracestate", Why::TraceState),
+            ),
+            (Some(VALID), Some("k=v\n"), ("tracestate", Why::TraceState)),
+        ];
+        for (parent, state, expected) in refused {
+            assert_eq!(
+                check_outgoing(*parent, *state),
+                Err(*expected),
+                "{parent:?} {state:?}"
+            );
+        }
     }
 
     #[test]

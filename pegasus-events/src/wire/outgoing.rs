@@ -7,8 +7,9 @@ use uuid::Uuid;
 use super::header;
 use super::time::{decimal, format_time, StackStr};
 use super::{CONTENT_TYPE_JSON, SPEC_VERSION};
+use crate::error::Error;
 use crate::event::Event;
-use crate::telemetry::OutgoingTrace;
+use crate::telemetry::{check_outgoing, check_tracestate, OutgoingTrace, TraceParent};
 
 /// Optional metadata given when publishing; everything not set is filled in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,9 +24,14 @@ pub struct PublishMetadata {
     pub correlation_id: Option<String>,
     /// `ce_causationid`: the id of the event that caused this one.
     pub causation_id: Option<String>,
-    /// W3C `traceparent`.
+    /// W3C `traceparent`, written instead of the current span's context. It must be valid
+    /// ([`check_outgoing`](crate::telemetry::check_outgoing)); a publish or an outbox enqueue
+    /// with a malformed one fails with
+    /// [`Error::InvalidTraceContext`](crate::Error::InvalidTraceContext). It is written as
+    /// version `00`.
     pub traceparent: Option<String>,
-    /// W3C `tracestate`.
+    /// W3C `tracestate`, written with [`PublishMetadata::traceparent`] (never without it);
+    /// checked by the recommendation's grammar like the `traceparent`.
     pub tracestate: Option<String>,
 }
 
@@ -155,13 +161,25 @@ impl<'a> OutgoingHeaders<'a> {
                 (header::SUBJECT, &metadata.subject),
                 (header::CORRELATION_ID, &metadata.correlation_id),
                 (header::CAUSATION_ID, &metadata.causation_id),
-                (header::TRACEPARENT, &metadata.traceparent),
-                (header::TRACESTATE, &metadata.tracestate),
             ];
             for (name, value) in optional {
                 if let Some(value) = value {
                     write(name, value);
                 }
+            }
+        }
+        // The metadata's context, formatted as version 00. The producer and the outbox
+        // refused a malformed one before getting here (`encode_event`); should a caller of
+        // this public type hand one in anyway, it is left out, never written as it is.
+        let explicit = self
+            .metadata
+            .and_then(|m| m.traceparent.as_deref())
+            .and_then(|parent| TraceParent::parse(parent.as_bytes()).ok());
+        if let Some(parent) = explicit {
+            write(header::TRACEPARENT, parent.to_header().as_str());
+            let state = self.metadata.and_then(|m| m.tracestate.as_deref());
+            if let Some(state) = state.and_then(|s| check_tracestate(s.as_bytes()).ok()) {
+                write(header::TRACESTATE, state);
             }
         }
         let explicit = self.metadata.is_some_and(|m| m.traceparent.is_some());
@@ -211,6 +229,14 @@ pub(crate) fn encode_event<E: Event>(
     base_event_fields: bool,
     out: &mut Vec<u8>,
 ) -> crate::error::Result<Option<PublishMetadata>> {
+    // First, so a refused context leaves nothing published or stored.
+    if let Some(metadata) = metadata {
+        check_outgoing(
+            metadata.traceparent.as_deref(),
+            metadata.tracestate.as_deref(),
+        )
+        .map_err(|(header, reason)| Error::InvalidTraceContext { header, reason })?;
+    }
     crate::event::encode_payload(event, out)?;
     if !base_event_fields {
         return Ok(None);
@@ -234,6 +260,74 @@ mod tests {
 
     use super::*;
     use crate::property_tests::UserCreatedForTests;
+
+    #[test]
+    fn a_malformed_trace_context_in_the_metadata_is_refused_before_anything_is_encoded() {
+        let event = UserCreatedForTests::sample();
+        let long = format!("00-{}", "z".repeat(100_000));
+        let cases = [
+            (Some(long.as_str()), None, "traceparent", "wrong length"),
+            (
+                Some("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01"),
+                None,
+                "traceparent",
+                "bad hex",
+            ),
+            (
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                Some("not a list"),
+                "tracestate",
+                "key=value",
+            ),
+            (None, Some("k=v"), "tracestate", "without a traceparent"),
+        ];
+        for (traceparent, tracestate, header, reason) in cases {
+            let metadata = PublishMetadata {
+                traceparent: traceparent.map(str::to_owned),
+                tracestate: tracestate.map(str::to_owned),
+                ..PublishMetadata::default()
+            };
+            let mut out = Vec::new();
+            let error = encode_event(&event, "s", Some(&metadata), false, &mut out).unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidTraceContext { header: h, .. } if h == header),
+                "{error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.starts_with(&format!("`{header}` ")), "{message}");
+            assert!(message.contains(reason), "{message}");
+            assert!(message.len() < 200, "the value is never shown: {message}");
+            assert!(out.is_empty(), "nothing encoded");
+        }
+    }
+
+    #[test]
+    fn a_valid_traceparent_in_the_metadata_is_written_as_version_00_with_its_tracestate() {
+        let metadata = PublishMetadata {
+            traceparent: Some(
+                " cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later ".to_owned(),
+            ),
+            tracestate: Some("k=v".to_owned()),
+            ..PublishMetadata::default()
+        };
+        let outgoing = OutgoingHeaders::new::<UserCreatedForTests>("s", None, Some(&metadata));
+        let mut written = Vec::new();
+        outgoing.for_each(|name, value| {
+            if name.starts_with("trace") {
+                written.push((name, value.to_owned()));
+            }
+        });
+        assert_eq!(
+            written,
+            [
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()
+                ),
+                ("tracestate", "k=v".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn a_keyed_event_gets_the_contract_headers_in_order_with_the_key_as_partitionkey() {
