@@ -110,8 +110,8 @@ pub const IDEMPOTENCY_HITS_TOTAL: &str = "kafka_idempotency_hits_total";
 /// `kafka_idempotency_store_errors_total{group, check}`: failed lookups and marks.
 pub const IDEMPOTENCY_STORE_ERRORS_TOTAL: &str = "kafka_idempotency_store_errors_total";
 /// Counter: received `traceparent`/`tracestate` headers that were not accepted (the record
-/// started a new trace), by topic, header and a fixed reason word. Headers are read only
-/// when the record's process span is listened to, so only then are they counted.
+/// started a new trace), by topic, header and a fixed reason word. Every received record's
+/// trace headers are checked, whether or not a tracing subscriber listens.
 pub const TRACE_CONTEXT_INVALID_TOTAL: &str = "kafka_trace_context_invalid_total";
 
 /// Label names.

@@ -32,7 +32,9 @@ use pegasus_events::{
     Event, EventProducer, IdempotencyStore, KafkaConfig, MemoryIdempotencyStore, PublishMetadata,
     TopicAdmin, TopicSpec,
 };
-use pegasus_events_tests::{config, fresh_postgres_database, unique, TEST_DEADLINE};
+use pegasus_events_tests::{
+    config, fresh_postgres_database, publish_with_raw_headers, unique, TEST_DEADLINE,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -425,6 +427,7 @@ fn every_series_has_bounded_labels(ids: &[&str]) {
         "reason",
         "store",
         "check",
+        "header",
     ]
     .into();
     let outcomes: BTreeSet<&str> = [
@@ -436,6 +439,18 @@ fn every_series_has_bounded_labels(ids: &[&str]) {
     ]
     .into();
     let reasons: BTreeSet<&str> = ["none", "handler", "panic", "decode", "other"].into();
+    // `kafka_trace_context_invalid_total`'s reasons: the fixed words of InvalidTraceContext.
+    let trace_reasons: BTreeSet<&str> = [
+        "length",
+        "separator",
+        "hex",
+        "version",
+        "zero_trace_id",
+        "zero_span_id",
+        "tracestate",
+        "not_text",
+    ]
+    .into();
     let mut keys: Vec<Key> = Vec::new();
     registry().visit_counters(|key, _| keys.push(key.clone()));
     registry().visit_gauges(|key, _| keys.push(key.clone()));
@@ -450,7 +465,14 @@ fn every_series_has_bounded_labels(ids: &[&str]) {
             );
             match label.key() {
                 "outcome" => assert!(outcomes.contains(label.value()), "{key:?}"),
+                "reason" if key.name() == names::TRACE_CONTEXT_INVALID_TOTAL => {
+                    assert!(trace_reasons.contains(label.value()), "{key:?}")
+                }
                 "reason" => assert!(reasons.contains(label.value()), "{key:?}"),
+                "header" => assert!(
+                    ["traceparent", "tracestate"].contains(&label.value()),
+                    "{key:?}"
+                ),
                 "store" => assert!(["postgres", "sqlite"].contains(&label.value()), "{key:?}"),
                 "check" => assert!(["store", "inbox"].contains(&label.value()), "{key:?}"),
                 "partition" => assert!(label.value().parse::<u32>().is_ok(), "{key:?}"),
@@ -582,6 +604,136 @@ async fn the_lag_gauge_shows_the_uncommitted_backlog_of_a_stuck_consumer_and_in_
     assert_eq!(gauge(names::CONSUMER_RECORDS_IN_FLIGHT, &labels), Some(0.0));
     let _ = stop.send(());
     consumer.await.expect("the consumer task");
+}
+
+// ------------------------------------------------------------------------ trace headers
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.metrics.traceheaders")]
+struct Traced {
+    run: String,
+    #[event(key)]
+    key: u32,
+    probe: bool,
+}
+
+#[derive(Default)]
+struct TracedCounter {
+    run: String,
+    probes: AtomicUsize,
+    handled: AtomicUsize,
+}
+
+impl EventHandler<Traced> for Arc<TracedCounter> {
+    async fn handle(&self, event: Traced, _: &EventContext<'_>) -> Result<(), HandlerError> {
+        if event.run == self.run {
+            let count = if event.probe {
+                &self.probes
+            } else {
+                &self.handled
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trace_headers_are_counted_exactly_with_no_tracing_subscriber_and_still_handled()
+{
+    registry();
+    assert!(
+        !tracing::dispatcher::has_been_set(),
+        "this test binary installs no tracing subscriber: no process span is listened to"
+    );
+    create_topic::<Traced>().await;
+    let run = unique("run");
+    let producer = EventProducer::new(&config("metrics-trace-publisher"))
+        .await
+        .unwrap();
+    let handler = Arc::new(TracedCounter {
+        run: run.clone(),
+        ..TracedCounter::default()
+    });
+    let consumer = EventConsumer::builder(config("metrics-trace-consumer"))
+        .group_id(unique("metrics-trace"))
+        .settings(settings(&unique("metrics-dlq")))
+        .handler::<Traced, _>(Arc::clone(&handler))
+        .build()
+        .unwrap();
+    let (stop, consumer) = start(consumer);
+    let event = |probe: bool| Traced {
+        run: run.clone(),
+        key: 0,
+        probe,
+    };
+    probe_until_seen(
+        &producer,
+        || event(true),
+        || handler.probes.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+
+    let series = |header: &str, reason: &str| {
+        counter(
+            names::TRACE_CONTEXT_INVALID_TOTAL,
+            &[
+                ("topic", Traced::TOPIC),
+                ("header", header),
+                ("reason", reason),
+            ],
+        )
+        .unwrap_or(0)
+    };
+    let watched = [
+        ("traceparent", "hex"),
+        ("traceparent", "length"),
+        ("traceparent", "zero_trace_id"),
+        ("tracestate", "tracestate"),
+    ];
+    let before: Vec<u64> = watched.iter().map(|(h, r)| series(h, r)).collect();
+
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let oversized_state = format!("k={}", "v".repeat(600));
+    let records: Vec<Vec<(&str, &[u8])>> = vec![
+        vec![(
+            "traceparent",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        )],
+        vec![(
+            "traceparent",
+            b"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+        )],
+        vec![("traceparent", b"00-4bf92f35")],
+        vec![(
+            "traceparent",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )],
+        vec![
+            ("traceparent", valid.as_bytes()),
+            ("tracestate", oversized_state.as_bytes()),
+        ],
+        // Valid, or absent: not counted.
+        vec![("traceparent", valid.as_bytes()), ("tracestate", b"k=v")],
+        vec![],
+    ];
+    for headers in &records {
+        publish_with_raw_headers(&producer, &event(false), headers).await;
+    }
+    eventually("every record with trace headers was handled", || {
+        handler.handled.load(Ordering::SeqCst) == records.len()
+    })
+    .await;
+    let after: Vec<u64> = watched.iter().map(|(h, r)| series(h, r)).collect();
+    let moved: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        moved,
+        [2, 1, 1, 1],
+        "one count per malformed header, by header and reason: {watched:?}"
+    );
+    let _ = stop.send(());
+    consumer.await.expect("the consumer task");
+    assert_eq!(handler.handled.load(Ordering::SeqCst), records.len());
 }
 
 // ------------------------------------------------------------------------ the inbox

@@ -25,6 +25,14 @@ use crate::event::Event;
 use crate::idempotency::DynIdempotencyStore;
 use crate::wire::{self, Decoded};
 
+/// The values of a record's trace headers and its `ce_id`, as bytes.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct TraceHeaders<'a> {
+    pub(crate) traceparent: Option<&'a [u8]>,
+    pub(crate) tracestate: Option<&'a [u8]>,
+    pub(crate) id: Option<&'a [u8]>,
+}
+
 /// A record as the worker holds it: borrowed from its partition queue, or (rarely) owned,
 /// when librdkafka returned it on the consumer's main queue before the partition was split.
 #[derive(Clone, Copy)]
@@ -55,15 +63,36 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// The value of the first header named `name`, read as bytes (never panics on names
-    /// that are not UTF-8).
-    pub(crate) fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
-        use crate::wire::ByteHeaders;
-        let found = |h: crate::wire::HeaderBytes<'a>| (h.name == name).then_some(h.value).flatten();
+    /// The headers the `process` span reads (`traceparent`, `tracestate`, `ce_id`),
+    /// found in one pass over the record's headers (names compared as bytes, so one that
+    /// is not UTF-8 never panics); the first of each name counts.
+    pub(crate) fn trace_headers(&self) -> TraceHeaders<'a> {
+        use crate::wire::{header, ByteHeaders, HeaderBytes};
+        let mut found = TraceHeaders::default();
+        let mut take = |h: HeaderBytes<'a>| {
+            let slot = match h.name {
+                name if name == header::TRACEPARENT.as_bytes() => &mut found.traceparent,
+                name if name == header::TRACESTATE.as_bytes() => &mut found.tracestate,
+                name if name == header::ID.as_bytes() => &mut found.id,
+                _ => return,
+            };
+            if slot.is_none() {
+                *slot = h.value;
+            }
+        };
         match self {
-            Record::Borrowed(m) => m.headers().and_then(|h| h.iter_bytes().find_map(found)),
-            Record::Owned(m) => m.headers().and_then(|h| h.iter_bytes().find_map(found)),
+            Record::Borrowed(m) => m
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter_bytes())
+                .for_each(&mut take),
+            Record::Owned(m) => m
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter_bytes())
+                .for_each(&mut take),
         }
+        found
     }
 
     pub(crate) fn key(&self) -> Option<&'a str> {

@@ -28,7 +28,9 @@
 //!   wire into attributes are bounded ([`semconv::MAX_ATTRIBUTE_BYTES`]).
 //! - **Nothing is paid when nobody listens.** Spans are `tracing` spans at level INFO
 //!   under the target `pegasus_events::otel`; when no subscriber enables them they are
-//!   `Span::none()`, and a received record's trace headers are not even read.
+//!   `Span::none()`. A received record's trace headers are still found (one pass over its
+//!   headers) and a `traceparent` parsed, so a malformed one is counted whether or not a
+//!   span is made; that allocates nothing.
 //!
 //! # Spans and attributes
 //!

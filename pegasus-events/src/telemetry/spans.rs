@@ -116,8 +116,8 @@ pub(crate) fn dead_letter(topic: &str, reason: &'static str, client_id: &str) ->
     )
 }
 
-/// Whether a process span would be listened to; when not, the record's trace headers are
-/// not even read.
+/// Whether a process span would be listened to; when not, no span is made (the record's
+/// trace headers are still checked, to count malformed ones).
 pub(crate) fn process_enabled() -> bool {
     tracing::span_enabled!(target: TARGET, Level::INFO)
 }
