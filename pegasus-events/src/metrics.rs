@@ -53,9 +53,9 @@
 //! | `kafka_events_publish_latency_seconds` | histogram | `topic`, `service` | an acknowledgement arrived: the time since the record was handed to librdkafka ([`PUBLISH_LATENCY_BUCKETS`]) |
 //! | `kafka_events_consumed_total` | counter | `topic`, `group`, `outcome`, `reason` | a record is done (`handled`, `duplicate`, `dead_lettered`, `decode_failure`), or an attempt failed and will be retried (`retried`); see [`outcome`] and [`reason`] |
 //! | `kafka_consumer_handler_duration_seconds` | histogram | `topic`, `group` | a handler call ended (success, error, panic or timeout) ([`HANDLER_DURATION_BUCKETS`]) |
-//! | `kafka_consumer_lag_records` | gauge | `topic`, `partition`, `group` | librdkafka's statistics arrived ([`KafkaConfig::statistics_interval`](crate::KafkaConfig::statistics_interval)): its `consumer_lag`, the high watermark minus the group's committed offset, once the group committed one |
-//! | `kafka_consumer_prefetched_records` | gauge | `topic`, `partition`, `group` | the same statistics: records fetched and queued by librdkafka, not yet given to the worker (`fetchq_cnt`) |
-//! | `kafka_consumer_records_in_flight` | gauge | `topic`, `partition`, `group` | +1 when the partition's worker takes a record, −1 when it is done (offset stored) or given up |
+//! | `kafka_consumer_lag_records` | gauge | `topic`, `partition`, `group` | librdkafka's statistics arrived ([`KafkaConfig::statistics_interval`](crate::KafkaConfig::statistics_interval)): its `consumer_lag`, the high watermark minus the group's committed offset, once the group committed one. Set to 0 when the partition is revoked or the consumer stops (a gauge cannot be unregistered), and not updated until it is assigned again. |
+//! | `kafka_consumer_prefetched_records` | gauge | `topic`, `partition`, `group` | the same statistics: records fetched and queued by librdkafka, not yet given to the worker (`fetchq_cnt`); 0 after a revoke, like the lag |
+//! | `kafka_consumer_records_in_flight` | gauge | `topic`, `partition`, `group` | +1 when the partition's worker takes a record, −1 when it is done (offset stored) or given up, or when its worker is dropped mid-record, so it returns to 0 after a revoke |
 //! | `kafka_outbox_rows_waiting` | gauge | `store` | once per poll interval of a relay: unpublished rows in the outbox table |
 //! | `kafka_outbox_oldest_row_age_seconds` | gauge | `store` | the same query: age of the oldest unpublished row, 0 when none waits |
 //! | `kafka_outbox_relay_batches_total` | counter | `store` | a relay handed a batch of at least one row to the producer |
@@ -522,14 +522,13 @@ impl PartitionMetrics {
         }
     }
 
-    /// The worker took a record.
-    pub(crate) fn taken(&self) {
+    /// The worker took a record; it counts as in flight until the returned guard drops:
+    /// when the worker is done with it or gave it up, and also when the worker's task is
+    /// dropped mid-record (a consumer shutting down while an abandoned handler still
+    /// runs), so the gauge always returns to 0.
+    pub(crate) fn taken(&self) -> InFlight<'_> {
         self.in_flight.increment(1.0);
-    }
-
-    /// The worker is done with the record it took (or gave it up).
-    pub(crate) fn released(&self) {
-        self.in_flight.decrement(1.0);
+        InFlight(&self.in_flight)
     }
 
     /// The handler succeeded (and the event was marked, with an idempotency store).
@@ -564,6 +563,16 @@ impl PartitionMetrics {
     }
 }
 
+/// A record counted in `kafka_consumer_records_in_flight` until this drops.
+#[must_use = "the record counts as in flight until this drops"]
+pub(crate) struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Per topic, per partition: the lag and prefetched gauges.
 #[cfg(feature = "metrics")]
 type LagGauges =
@@ -572,8 +581,9 @@ type LagGauges =
 /// A consumer's handles: its group, and the lag gauges fed by librdkafka's statistics.
 pub(crate) struct ConsumerMetrics {
     group: Arc<str>,
-    /// Per topic and partition: the lag and prefetched gauges. Touched only by the
-    /// statistics callback, every `statistics_interval`.
+    /// Per topic and partition: the lag and prefetched gauges of the partitions assigned
+    /// to this consumer. Touched by the statistics callback, every
+    /// `statistics_interval`, and by the rebalance callbacks.
     #[cfg(feature = "metrics")]
     lag: std::sync::Mutex<LagGauges>,
 }
@@ -588,9 +598,51 @@ impl ConsumerMetrics {
         }
     }
 
-    /// The handles of a partition just assigned.
+    /// The handles of a partition just assigned; from now on its lag and prefetched
+    /// gauges are set from librdkafka's statistics, until it is revoked.
     pub(crate) fn partition(&self, topic: &str, partition: i32) -> PartitionMetrics {
+        #[cfg(feature = "metrics")]
+        {
+            let mut lag = self.lag.lock().unwrap_or_else(|e| e.into_inner());
+            lag.entry(topic.into())
+                .or_default()
+                .entry(partition)
+                .or_insert_with(|| {
+                    let number = partition.to_string();
+                    let pairs = [
+                        (label::TOPIC, topic),
+                        (label::PARTITION, number.as_str()),
+                        (label::GROUP, &*self.group),
+                    ];
+                    (
+                        gauge(CONSUMER_LAG_RECORDS, &pairs),
+                        gauge(CONSUMER_PREFETCHED_RECORDS, &pairs),
+                    )
+                });
+        }
         PartitionMetrics::new(topic, partition, &self.group)
+    }
+
+    /// A partition was revoked (or the consumer stopped): this consumer no longer reports
+    /// it. The `metrics` facade cannot unregister a gauge, so its lag and prefetched
+    /// gauges are set to 0 and no longer updated; librdkafka's statistics may still list
+    /// the partition, with figures that are no longer this consumer's to report. The
+    /// partition's next owner sets them again (the same series when it is in this
+    /// process).
+    pub(crate) fn revoked(&self, topic: &str, partition: i32) {
+        #[cfg(feature = "metrics")]
+        {
+            let mut lag = self.lag.lock().unwrap_or_else(|e| e.into_inner());
+            let gauges = lag
+                .get_mut(topic)
+                .and_then(|partitions| partitions.remove(&partition));
+            if let Some((lag_gauge, prefetched)) = gauges {
+                lag_gauge.set(0.0);
+                prefetched.set(0.0);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (topic, partition);
     }
 
     /// Sets the lag and prefetched gauges from librdkafka's statistics JSON. Reads only
@@ -614,22 +666,13 @@ impl ConsumerMetrics {
                 if partition < 0 {
                     continue;
                 }
-                let partitions = match lag.get_mut(topic.as_ref()) {
-                    Some(partitions) => partitions,
-                    None => lag.entry(topic.as_ref().into()).or_default(),
+                // Only the partitions this consumer holds: a revoked one stays at 0.
+                let Some((lag_gauge, prefetched)) = lag
+                    .get_mut(topic.as_ref())
+                    .and_then(|partitions| partitions.get_mut(&partition))
+                else {
+                    continue;
                 };
-                let (lag_gauge, prefetched) = partitions.entry(partition).or_insert_with(|| {
-                    let number = partition.to_string();
-                    let pairs = [
-                        (label::TOPIC, topic.as_ref()),
-                        (label::PARTITION, number.as_str()),
-                        (label::GROUP, &*self.group),
-                    ];
-                    (
-                        gauge(CONSUMER_LAG_RECORDS, &pairs),
-                        gauge(CONSUMER_PREFETCHED_RECORDS, &pairs),
-                    )
-                });
                 // -1: no committed offset or no watermark yet; the last value stands.
                 if partition_stats.consumer_lag >= 0 {
                     lag_gauge.set(partition_stats.consumer_lag as f64);

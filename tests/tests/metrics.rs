@@ -736,6 +736,209 @@ async fn malformed_trace_headers_are_counted_exactly_with_no_tracing_subscriber_
     assert_eq!(handler.handled.load(Ordering::SeqCst), records.len());
 }
 
+// ------------------------------------------------------------------------ revoked partitions
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.metrics.revoked")]
+struct Shifted {
+    run: String,
+    #[event(key)]
+    key: u32,
+    hold: bool,
+}
+
+/// Records each partition it handled; with `gated`, holds every `hold` record until
+/// `released`.
+#[derive(Default)]
+struct PartitionsSeen {
+    run: String,
+    gated: bool,
+    released: AtomicBool,
+    probed: std::sync::Mutex<BTreeSet<i32>>,
+    held_handled: std::sync::Mutex<std::collections::BTreeMap<i32, usize>>,
+}
+
+impl EventHandler<Shifted> for Arc<PartitionsSeen> {
+    async fn handle(&self, event: Shifted, context: &EventContext<'_>) -> Result<(), HandlerError> {
+        if event.run != self.run {
+            return Ok(());
+        }
+        if !event.hold {
+            self.probed.lock().unwrap().insert(context.partition);
+            return Ok(());
+        }
+        while self.gated && !self.released.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *self
+            .held_handled
+            .lock()
+            .unwrap()
+            .entry(context.partition)
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partitions_lag_and_prefetched_gauges_go_to_zero_and_stay_there_and_in_flight_returns_to_zero(
+) {
+    registry();
+    TopicAdmin::new(&config("admin"))
+        .await
+        .unwrap()
+        .ensure_topics(&[TopicSpec::for_event::<Shifted>().partitions(2)])
+        .await
+        .expect("topic");
+    let run = unique("run");
+    let group = unique("metrics-revoke");
+    let producer = EventProducer::new(&config("metrics-revoke-publisher"))
+        .await
+        .unwrap();
+    let consumer_settings = || ConsumerSettings {
+        revoke_timeout: Duration::from_millis(300),
+        ..settings(&unique("metrics-dlq"))
+    };
+    // The first consumer reports lag; the second, which joins later and takes one of its
+    // partitions, has statistics off, so only the first could set that partition's gauges.
+    let first = Arc::new(PartitionsSeen {
+        run: run.clone(),
+        gated: true,
+        ..PartitionsSeen::default()
+    });
+    let mut first_config = config("metrics-revoke-first");
+    first_config.statistics_interval = Duration::from_millis(200);
+    let (stop_first, first_task) = start(
+        EventConsumer::builder(first_config)
+            .group_id(&group)
+            .settings(consumer_settings())
+            .handler::<Shifted, _>(Arc::clone(&first))
+            .build()
+            .unwrap(),
+    );
+    // Probes until the first consumer handled one on each partition: it holds both, and
+    // the group committed an offset for each (the lag is reported from then on).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut key = 0;
+    while first.probed.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no probe reached both partitions"
+        );
+        let probe = Shifted {
+            run: run.clone(),
+            key,
+            hold: false,
+        };
+        producer.publish(&probe).await.expect("probe");
+        key += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = |name: &'static str, partition: i32| {
+        let partition = partition.to_string();
+        gauge(
+            name,
+            &[
+                ("topic", Shifted::TOPIC),
+                ("partition", partition.as_str()),
+                ("group", group.as_str()),
+            ],
+        )
+    };
+    let lag = |partition: i32| read(names::CONSUMER_LAG_RECORDS, partition);
+    let prefetched = |partition: i32| read(names::CONSUMER_PREFETCHED_RECORDS, partition);
+    let in_flight = |partition: i32| read(names::CONSUMER_RECORDS_IN_FLIGHT, partition);
+    eventually("both partitions report no lag after the probes", || {
+        lag(0) == Some(0.0) && lag(1) == Some(0.0)
+    })
+    .await;
+
+    // A backlog on both partitions, held by the first consumer's workers.
+    let mut held = [0usize; 2];
+    for key in 0..20 {
+        let hold = Shifted {
+            run: run.clone(),
+            key,
+            hold: true,
+        };
+        let delivery = producer.publish(&hold).await.expect("hold");
+        held[delivery.partition as usize] += 1;
+    }
+    assert!(
+        held.iter().all(|n| *n > 0),
+        "both partitions hold records: {held:?}"
+    );
+    eventually(
+        "the first consumer reports the backlog of both partitions",
+        || lag(0) == Some(held[0] as f64) && lag(1) == Some(held[1] as f64),
+    )
+    .await;
+
+    let second = Arc::new(PartitionsSeen {
+        run: run.clone(),
+        ..PartitionsSeen::default()
+    });
+    let mut second_config = config("metrics-revoke-second");
+    second_config.statistics_interval = Duration::ZERO;
+    let (stop_second, second_task) = start(
+        EventConsumer::builder(second_config)
+            .group_id(&group)
+            .settings(consumer_settings())
+            .handler::<Shifted, _>(Arc::clone(&second))
+            .build()
+            .unwrap(),
+    );
+    eventually(
+        "the second consumer handled the backlog of the partition it took",
+        || {
+            let handled = second.held_handled.lock().unwrap();
+            handled.len() == 1 && handled.iter().all(|(p, n)| *n == held[*p as usize])
+        },
+    )
+    .await;
+    let taken = *second.held_handled.lock().unwrap().keys().next().unwrap();
+    let kept = 1 - taken;
+    assert_eq!(
+        lag(taken),
+        Some(0.0),
+        "the revoked partition's lag is zeroed"
+    );
+    assert_eq!(prefetched(taken), Some(0.0));
+    eventually(
+        "the first consumer still reports the partition it kept",
+        || lag(kept) == Some(held[kept as usize] as f64),
+    )
+    .await;
+    // Five of the first consumer's statistics intervals: it never sets the revoked
+    // partition's gauges again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lag(taken), Some(0.0), "and stays zero");
+    assert_eq!(prefetched(taken), Some(0.0));
+
+    first.released.store(true, Ordering::SeqCst);
+    // At least: a worker abandoned at the revoke finishes its record too (not committed,
+    // so the partition's owner handles it again).
+    eventually("the first consumer handled its partition's backlog", || {
+        first
+            .held_handled
+            .lock()
+            .unwrap()
+            .get(&kept)
+            .is_some_and(|n| *n >= held[kept as usize])
+    })
+    .await;
+    eventually(
+        "nothing is in flight on either partition, nor lagging",
+        || in_flight(taken) == Some(0.0) && in_flight(kept) == Some(0.0) && lag(kept) == Some(0.0),
+    )
+    .await;
+    let _ = stop_second.send(());
+    second_task.await.expect("the second consumer task");
+    let _ = stop_first.send(());
+    first_task.await.expect("the first consumer task");
+    assert_eq!(lag(kept), Some(0.0), "a stopped consumer reports no lag");
+}
+
 // ------------------------------------------------------------------------ the inbox
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]

@@ -893,6 +893,10 @@ impl Shared {
             return;
         }
         for worker in &stopping {
+            // This consumer stops reporting the partition's lag at once: from here on the
+            // figures are its next owner's.
+            self.metrics
+                .revoked(&worker.state.topic, worker.state.partition);
             if !worker.state.close(deadline) {
                 tracing::warn!(
                     topic = %worker.state.topic,

@@ -380,7 +380,7 @@ impl<R: RecordHandler> Worker<'_, R> {
         if !self.state.start() {
             return;
         }
-        self.state.metrics.taken();
+        let _in_flight = self.state.metrics.taken();
         let span = self.process_span(record);
         let done = self.handle_until_done(record).instrument(span).await;
         self.state.finish(|| {
@@ -388,7 +388,6 @@ impl<R: RecordHandler> Worker<'_, R> {
                 self.store_offset(record);
             }
         });
-        self.state.metrics.released();
     }
 
     /// The record's `process` span, a child of its trace context; `Span::none()` when no
