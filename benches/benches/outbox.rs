@@ -131,19 +131,24 @@ struct Measured {
     busy: f64,
     /// The machine's busy CPU time per event, in microseconds.
     cpu_per_event: f64,
+    /// Of it, microseconds per event of this process, the PostgreSQL server, the broker,
+    /// and the rest ([`MachineCpu::split_since`]).
+    split: [f64; 4],
 }
 
 impl Measured {
     fn since(started: Instant, cpu: Option<MachineCpu>, count: u64) -> Self {
         let rate = count as f64 / started.elapsed().as_secs_f64();
-        let (busy, seconds) = match (cpu, machine_cpu_time()) {
-            (Some(before), Some(now)) => now.since(before),
-            _ => (f64::NAN, f64::NAN),
+        let ((busy, seconds), split) = match (cpu, machine_cpu_time()) {
+            (Some(before), Some(now)) => (now.since(before), now.split_since(before)),
+            _ => ((f64::NAN, f64::NAN), [f64::NAN; 4]),
         };
+        let per_event = |seconds: f64| seconds * 1e6 / count as f64;
         Measured {
             rate,
             busy,
-            cpu_per_event: seconds * 1e6 / count as f64,
+            cpu_per_event: per_event(seconds),
+            split: split.map(per_event),
         }
     }
 }
@@ -540,9 +545,13 @@ fn main() {
         println!("  machine CPU (all cores, all processes), median of rounds:");
         let rows = std::iter::once(("direct publish_all", &direct_machine))
             .chain(variants.iter().map(|v| v.label).zip(&machine));
+        let split_of = |measured: &[Measured]| -> [f64; 4] {
+            std::array::from_fn(|n| median(measured.iter().map(|m| m.split[n]).collect()))
+        };
         for (label, measured) in rows {
+            let [this, database, broker, rest] = split_of(measured);
             println!(
-                "    {label:<52}: busy {:>5.1} %, {:>6.1} us of CPU per event",
+                "    {label:<52}: busy {:>5.1} %, {:>6.1} us of CPU per event (this process {this:.1}, PostgreSQL {database:.1}, broker {broker:.1}, rest {rest:.1})",
                 100.0 * median(measured.iter().map(|m| m.busy).collect()),
                 median(measured.iter().map(|m| m.cpu_per_event).collect())
             );
@@ -565,6 +574,22 @@ fn main() {
                 variant.label,
                 median(of_ceiling.clone()),
                 spread(of_ceiling)
+            );
+            // What the relay itself adds per event, by process: the relay variant's CPU
+            // less the commits alone's, next to what publishing directly costs. On a busy
+            // machine this, not waiting, is what the relay's rate is bound by: the rate
+            // could be at most cores / (its CPU per event), reported as a ratio too.
+            let with_relay = split_of(&machine[n]);
+            let alone = split_of(&machine[ceiling]);
+            let [this, database, broker, rest] =
+                std::array::from_fn::<f64, 4, _>(|k| with_relay[k] - alone[k]);
+            let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+            let cpu_bound =
+                cores * 1e6 / median(machine[n].iter().map(|m| m.cpu_per_event).collect());
+            println!(
+                "    the relay's own CPU per event: this process {this:+.1}, PostgreSQL {database:+.1}, broker {broker:+.1}, rest {rest:+.1} us; \
+                 relay / commits alone if CPU were all that limited it: {:.3}",
+                cpu_bound / median(rates[ceiling].clone())
             );
         }
         // The best a relay could do here: committing and publishing share the machine's

@@ -251,7 +251,65 @@ pub fn machine_cpu_time() -> Option<MachineCpu> {
     Some(MachineCpu {
         busy: all - idle,
         all,
+        processes: process_cpu_ticks(),
     })
+}
+
+/// CPU ticks (user and system, every thread) of the processes that matter to a bench: this
+/// one, the database server's (`postgres`) and the broker's (a JVM, `java`), from
+/// `/proc/<pid>/stat`. A process that ended since an earlier reading drops out of the
+/// later one, so readings are taken while the processes measured run.
+fn process_cpu_ticks() -> ProcessTicks {
+    let mut ticks = ProcessTicks::default();
+    let this = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so the fields
+        // are counted from the last ')'; utime and stime are the 14th and 15th fields.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let used = |n: usize| {
+            fields
+                .get(n)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let spent = used(11) + used(12);
+        if pid == this {
+            ticks.this += spent;
+        } else if comm == "postgres" {
+            ticks.database += spent;
+        } else if comm == "java" {
+            ticks.broker += spent;
+        }
+    }
+    ticks
+}
+
+/// CPU ticks by process (see [`process_cpu_ticks`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessTicks {
+    /// This process: the client under test (and, in the outbox bench, the committers).
+    pub this: u64,
+    /// The PostgreSQL server, every backend.
+    pub database: u64,
+    /// The Kafka broker's JVM.
+    pub broker: u64,
 }
 
 /// Clock ticks of the whole machine's CPU (see [`machine_cpu_time`]).
@@ -261,6 +319,8 @@ pub struct MachineCpu {
     pub busy: u64,
     /// Ticks in all, idle included, summed over every core.
     pub all: u64,
+    /// Ticks of this process, the database server and the broker, read at the same moment.
+    pub processes: ProcessTicks,
 }
 
 impl MachineCpu {
@@ -272,6 +332,22 @@ impl MachineCpu {
         #[allow(unsafe_code)]
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         (busy / all, busy / hz)
+    }
+
+    /// CPU seconds since `earlier` of this process, the database server, the broker, and
+    /// everything else (the machine's busy time less those three: the kernel's network
+    /// work outside any process, other processes).
+    pub fn split_since(self, earlier: MachineCpu) -> [f64; 4] {
+        // SAFETY: sysconf only reads a configuration value.
+        #[allow(unsafe_code)]
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let (now, then) = (self.processes, earlier.processes);
+        let this = now.this.saturating_sub(then.this);
+        let database = now.database.saturating_sub(then.database);
+        let broker = now.broker.saturating_sub(then.broker);
+        let busy = self.busy.saturating_sub(earlier.busy);
+        let rest = busy.saturating_sub(this + database + broker);
+        [this, database, broker, rest].map(|ticks| ticks as f64 / hz)
     }
 }
 
