@@ -108,7 +108,7 @@ impl Recorder {
 }
 
 macro_rules! traced_event {
-    ($name:ident, $topic:tt) => {
+    ($name:ident, $topic:literal) => {
         #[derive(Debug, Clone, Serialize, Deserialize, Event)]
         #[event(topic = $topic)]
         struct $name {
