@@ -361,7 +361,13 @@ fn expr_value(
     example: &str,
 ) -> syn::Result<Option<Expr>> {
     if meta.input.peek(Token![=]) {
-        meta.value()?.parse().map(Some)
+        let mut expr: Expr = meta.value()?.parse()?;
+        // A value passed through a `macro_rules!` fragment (`$topic:literal`, `$v:expr`)
+        // arrives wrapped in an invisible group; the literal inside is what was written.
+        while let Expr::Group(group) = expr {
+            expr = *group.expr;
+        }
+        Ok(Some(expr))
     } else {
         missing_value(cx, meta, key, example);
         skip_value(meta)?;

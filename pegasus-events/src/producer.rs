@@ -442,8 +442,10 @@ struct Pending<'t> {
 }
 
 impl Pending<'_> {
-    async fn acknowledged(self, producer: &EventProducer) -> Result<Delivery, PublishError> {
-        let span = self.span.clone();
+    async fn acknowledged(mut self, producer: &EventProducer) -> Result<Delivery, PublishError> {
+        // Moved out, not cloned: `wait` consumes the rest and never needs the span, and
+        // a clone of an enabled span costs a reference-count round trip per publish.
+        let span = std::mem::replace(&mut self.span, Span::none());
         let outcome = self.wait(producer).await;
         match &outcome {
             Ok(delivery) => spans::stored(&span, delivery.partition, delivery.offset),

@@ -402,3 +402,26 @@ fn serde_attributes_shape_the_payload_not_the_metadata() {
     let decoded = UserRegistered::decode_version(4, &payload(&event)).unwrap();
     assert_eq!(decoded.partition_key().as_deref(), Some("u-1"));
 }
+
+/// An event defined by a `macro_rules!` whose attribute values arrive as `$x:literal`
+/// fragments: the compiler hands them to the derive inside invisible groups.
+macro_rules! event_on {
+    ($ty:ident, $topic:literal, $name:literal, $version:literal) => {
+        #[derive(Debug, Serialize, Deserialize, Event)]
+        #[event(topic = $topic, name = $name, version = $version)]
+        struct $ty {
+            #[event(key)]
+            id: u32,
+        }
+    };
+}
+
+event_on!(FromMacro, "shipping.parcel.weighed", "ParcelWeighed", 2);
+
+#[test]
+fn attribute_values_from_macro_literal_fragments_are_read() {
+    assert_eq!(FromMacro::TOPIC, "shipping.parcel.weighed");
+    assert_eq!(FromMacro::NAME, "ParcelWeighed");
+    assert_eq!(FromMacro::VERSION, 2);
+    assert_eq!(FromMacro { id: 7 }.partition_key().as_deref(), Some("7"));
+}

@@ -1,24 +1,22 @@
-//! A real Prometheus server scrapes the exporter setup of `examples/observability`
-//! (`observability::install_prometheus`) while this test publishes events and a consumer
-//! lags behind them; its HTTP query API, not a parser of ours, says what it read.
+//! A real Prometheus server scrapes `examples/observability` run as its two processes
+//! against the test broker: `publish --count 30`, and a `consume` whose handler takes a
+//! second per order, so a backlog stays behind it. Prometheus's HTTP query API, not a
+//! parser of ours, says what it read from the two `/metrics` endpoints.
 //!
 //! `scripts/test` starts the server (`scripts/prometheus`, Debian's package, a scrape
 //! interval of a second) and exports its URL in `PEGASUS_TEST_PROMETHEUS_URL` and the
 //! directory of its file-based scrape targets in `PEGASUS_TEST_PROMETHEUS_TARGETS`; the
-//! test adds its exporter there.
+//! test adds the example's two endpoints there. The example's binary is built with
+//! `cargo build -p observability` (by `scripts/test` before the brokers start, so here it
+//! is only checked to be fresh).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pegasus_events::consumer::{
-    ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError, OffsetReset,
-};
-use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
-use pegasus_events_tests::{config, unique, TEST_DEADLINE};
-use serde::{Deserialize, Serialize};
+use pegasus_events_tests::{bootstrap, unique};
 
 fn env(name: &str) -> String {
     match std::env::var(name) {
@@ -79,149 +77,202 @@ fn query(base: &str, query: &str) -> Vec<f64> {
         .collect()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(topic = "tests.prometheus.backlog")]
-struct Order {
-    run: String,
-    #[event(key)]
-    key: u32,
-    seq: i64,
+/// A child process that is killed and reaped when this is dropped: on success, on a failed
+/// assertion, on a panic anywhere in the test.
+struct Running {
+    what: String,
+    child: Child,
+    /// Where its stderr goes, shown when it fails.
+    log: PathBuf,
 }
 
-#[derive(Default)]
-struct Slow {
-    run: String,
-    probes: AtomicUsize,
-    release: tokio::sync::Notify,
-    released: AtomicBool,
-}
-
-const PUBLISHED: i64 = 20;
-const STUCK_AT: i64 = 2;
-
-impl EventHandler<Order> for Arc<Slow> {
-    async fn handle(&self, order: Order, _: &EventContext<'_>) -> Result<(), HandlerError> {
-        if order.run != self.run {
-            return Ok(());
+impl Running {
+    fn start(what: &str, command: &mut Command) -> Self {
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", unique(what)));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Running {
+            what: what.to_owned(),
+            child,
+            log,
         }
-        if order.seq < 0 {
-            self.probes.fetch_add(1, Ordering::SeqCst);
-        } else if order.seq == STUCK_AT && !self.released.load(Ordering::SeqCst) {
-            self.release.notified().await;
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics, with its stderr, when the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{} exited ({status}):\n{}", self.what, self.log());
         }
-        Ok(())
+    }
+
+    /// Waits for the process to exit within `deadline`; its exit status.
+    fn wait(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "{} did not finish within {deadline:?}:\n{}",
+                self.what,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_reads_the_published_count_and_a_nonzero_lag_while_a_backlog_exists() {
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A file_sd target file, removed when dropped so Prometheus stops scraping its targets.
+struct Targets(PathBuf);
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The longest `cargo build -p observability` may take: a cold build of the example on two
+/// cores. `scripts/test` builds it before the brokers start, so here it is a freshness check.
+const BUILD_DEADLINE: Duration = Duration::from_secs(900);
+
+/// The path of the example's binary, built (or found fresh) by the cargo running this test.
+fn observability_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let messages =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.json", unique("cargo-build")));
+    let mut build = Running::start(
+        "cargo build -p observability",
+        Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "observability",
+                "--bin",
+                "observability",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::fs::File::create(&messages).unwrap()),
+    );
+    let status = build.wait(BUILD_DEADLINE);
+    assert!(status.success(), "{}", build.log());
+    let messages_text = std::fs::read_to_string(&messages).unwrap();
+    let _ = std::fs::remove_file(&messages);
+    // Cargo names the executable it built (or found fresh) in its artifact message, wherever
+    // the target directory is.
+    messages_text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "observability")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reports the observability executable")
+}
+
+/// Two free loopback addresses, for the two processes' `/metrics`.
+fn two_free_addresses() -> [SocketAddr; 2] {
+    // Both bound at once, so they differ; freed just before the examples bind them.
+    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let second = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    [first.local_addr().unwrap(), second.local_addr().unwrap()]
+}
+
+/// The example in `role`, against the test broker, serving `/metrics` at `metrics`.
+fn example(binary: &Path, role: &str, metrics: SocketAddr, args: &[&str]) -> Running {
+    Running::start(
+        &format!("observability {role}"),
+        Command::new(binary)
+            .arg(role)
+            .args(["--metrics-port", &metrics.port().to_string()])
+            .args(args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
+            // The lag gauge comes from librdkafka's statistics: every 200 ms, not 5 s.
+            .env("KAFKA_STATISTICS_INTERVAL_MS", "200")
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // The finished spans it prints are not this test's business.
+            .stdout(Stdio::null()),
+    )
+}
+
+const PUBLISHED: u32 = 30;
+/// Each order's handling in the consuming process: 30 orders take 30 s, the backlog.
+const HANDLER_DELAY_MS: &str = "1000";
+/// How long Prometheus may take to read the count and the lag once both processes run.
+const READ_DEADLINE: Duration = Duration::from_secs(90);
+
+#[test]
+fn prometheus_reads_the_examples_published_count_and_a_nonzero_lag_while_a_backlog_exists() {
     let prometheus = env("PEGASUS_TEST_PROMETHEUS_URL");
-    let targets = std::path::PathBuf::from(env("PEGASUS_TEST_PROMETHEUS_TARGETS"));
-    // A free loopback port for the exporter, as the example serves it.
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let exporter = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    observability::install_prometheus(exporter).expect("the exporter serves /metrics");
-    let target_file = targets.join(format!("{}.json", unique("prometheus-test")));
+    let targets = PathBuf::from(env("PEGASUS_TEST_PROMETHEUS_TARGETS"));
+    let binary = observability_binary();
+
+    let [consumer_metrics, publisher_metrics] = two_free_addresses();
+    // The group is this run's own: it starts at the topic's earliest record, behind this
+    // run's orders and those of earlier runs, and its lag is reported once it committed.
+    let group = unique("prometheus-lag");
+    let mut consumer = example(
+        &binary,
+        "consume",
+        consumer_metrics,
+        &["--handler-delay-ms", HANDLER_DELAY_MS, "--group", &group],
+    );
+    let mut publisher = example(
+        &binary,
+        "publish",
+        publisher_metrics,
+        &["--count", &PUBLISHED.to_string()],
+    );
+    let target_file = Targets(targets.join(format!("{}.json", unique("prometheus-test"))));
     std::fs::write(
-        &target_file,
-        serde_json::json!([{ "targets": [exporter.to_string()] }]).to_string(),
+        &target_file.0,
+        serde_json::json!([{
+            "targets": [consumer_metrics.to_string(), publisher_metrics.to_string()]
+        }])
+        .to_string(),
     )
     .unwrap();
 
-    TopicAdmin::new(&config("admin"))
-        .await
-        .unwrap()
-        .ensure_topics(&[TopicSpec::for_event::<Order>().partitions(1)])
-        .await
-        .unwrap();
-    let run = unique("run");
-    let service = unique("prometheus-publisher");
-    let group = unique("prometheus-lag");
-    let handler = Arc::new(Slow {
-        run: run.clone(),
-        ..Slow::default()
-    });
-    let mut consumer_config = config("prometheus-consumer");
-    consumer_config.statistics_interval = Duration::from_millis(200);
-    let consumer = EventConsumer::builder(consumer_config)
-        .group_id(&group)
-        .settings(ConsumerSettings {
-            // Records left by earlier runs are not this test's backlog.
-            offset_reset: OffsetReset::Latest,
-            commit_interval: Duration::from_millis(200),
-            shutdown_timeout: Duration::from_secs(10),
-            dead_letter_topic: unique("prometheus-dlq"),
-            ..ConsumerSettings::default()
-        })
-        .handler::<Order, _>(Arc::clone(&handler))
-        .build()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let consuming = tokio::spawn(consumer.run_until(async {
-        let _ = stopped.await;
-    }));
-
-    // Probes, from a producer of their own (another `service`), until the group has joined.
-    let prober = EventProducer::new(&config("prometheus-prober"))
-        .await
-        .unwrap();
-    let order = |seq: i64| Order {
-        run: run.clone(),
-        key: 0,
-        seq,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handler.probes.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "no probe reached the consumer");
-        prober.publish(&order(-1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let producer = EventProducer::new(&config(&service)).await.unwrap();
-    for result in producer
-        .publish_all(&(0..PUBLISHED).map(order).collect::<Vec<_>>())
-        .await
-    {
-        result.expect("published");
-    }
-
+    // Each process is one scrape target: its `instance` label picks this run's series.
     let published_query =
-        format!("kafka_events_published_total{{service=\"{service}\",instance=\"{exporter}\"}}");
+        format!("kafka_events_published_total{{instance=\"{publisher_metrics}\"}}");
     let lag_query =
-        format!("kafka_consumer_lag_records{{group=\"{group}\",instance=\"{exporter}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (published, lag) = loop {
-        let published = query(&prometheus, &published_query);
-        let lag = query(&prometheus, &lag_query);
-        // The group commits the records before the stuck one within a commit interval;
-        // until then the lag reads higher.
-        if published == [PUBLISHED as f64] && lag == [(PUBLISHED - STUCK_AT) as f64] {
-            break (published, lag);
-        }
+        format!("kafka_consumer_lag_records{{instance=\"{consumer_metrics}\",group=\"{group}\"}}");
+    let deadline = Instant::now() + READ_DEADLINE;
+    let (mut published, mut lag) = (Vec::new(), Vec::new());
+    // Until both hold at once: the count is complete while the consumer is still behind.
+    while published != [f64::from(PUBLISHED)] || !(lag.len() == 1 && lag[0] > 0.0) {
+        consumer.assert_running();
+        publisher.assert_running();
         assert!(
             Instant::now() < deadline,
-            "Prometheus did not read the count and the backlog's lag within 60 s: published {published:?}, lag {lag:?}"
+            "Prometheus did not read the count and a backlog's lag within {READ_DEADLINE:?}: \
+             published {published:?}, lag {lag:?}\npublisher:\n{}\nconsumer:\n{}",
+            publisher.log(),
+            consumer.log()
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_eq!(published, [PUBLISHED as f64]);
-    // The group committed the records before the stuck one: the rest is the backlog.
-    assert_eq!(
-        lag,
-        [(PUBLISHED - STUCK_AT) as f64],
-        "one partition, its lag"
-    );
-
-    handler.released.store(true, Ordering::SeqCst);
-    handler.release.notify_one();
-    let _ = stop.send(());
-    tokio::time::timeout(TEST_DEADLINE, consuming)
-        .await
-        .expect("the consumer stopped")
-        .expect("the consumer task")
-        .expect("the consumer ran");
-    let _ = std::fs::remove_file(&target_file);
+        std::thread::sleep(Duration::from_millis(500));
+        published = query(&prometheus, &published_query);
+        lag = query(&prometheus, &lag_query);
+    }
+    assert_eq!(published, [f64::from(PUBLISHED)], "every order, once");
+    assert_eq!(lag.len(), 1, "one partition, its lag");
+    assert!(lag[0] > 0.0, "the consumer is behind: lag {lag:?}");
+    // The guards kill both processes and remove the target file.
 }

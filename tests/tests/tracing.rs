@@ -10,10 +10,12 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use pegasus_events::consumer::{EventConsumer, EventContext, EventHandler, HandlerError};
+use pegasus_events::consumer::{
+    EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy,
+};
 use pegasus_events::outbox::{OutboxRelay, RelaySettings};
 use pegasus_events::wire::PublishMetadata;
 use pegasus_events::{Event, EventProducer, TopicAdmin, TopicSpec};
@@ -106,7 +108,7 @@ impl Recorder {
 }
 
 macro_rules! traced_event {
-    ($name:ident, $topic:tt) => {
+    ($name:ident, $topic:literal) => {
         #[derive(Debug, Clone, Serialize, Deserialize, Event)]
         #[event(topic = $topic)]
         struct $name {
@@ -643,4 +645,166 @@ async fn a_malformed_trace_context_given_to_publish_or_enqueue_is_refused_and_no
         .await
         .unwrap();
     assert_eq!(stored, 0, "no row written");
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(topic = "tests.tracing.retried")]
+struct Retried {
+    run: String,
+    #[event(key)]
+    n: u32,
+}
+
+/// Fails transiently: record 1 of its run twice, then handles it; record 2 always, so it
+/// is dead-lettered when its attempts are spent. Records of other runs (left on the topic
+/// by earlier runs) are handled at once.
+struct FailsTwice {
+    run: String,
+    calls: Mutex<[u32; 3]>,
+}
+
+impl EventHandler<Retried> for Arc<FailsTwice> {
+    async fn handle(&self, event: Retried, _: &EventContext<'_>) -> Result<(), HandlerError> {
+        if event.run != self.run {
+            return Ok(());
+        }
+        let calls = {
+            let mut calls = self.calls.lock().unwrap();
+            calls[event.n as usize] += 1;
+            calls[event.n as usize]
+        };
+        match (event.n, calls) {
+            (1, 3) => Ok(()),
+            _ => Err(HandlerError::transient(format!(
+                "record {} fails, call {calls}",
+                event.n
+            ))),
+        }
+    }
+}
+
+/// The span events the runtime adds to a process span for each retry.
+const RETRY_EVENT: &str = "handler failed; the record will be retried";
+
+fn retry_events(span: &SpanData) -> Vec<String> {
+    span.events
+        .events
+        .iter()
+        .filter(|event| event.name == RETRY_EVENT)
+        .map(|event| {
+            event
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "attempt")
+                .map(|kv| kv.value.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_events_on_the_process_span_and_a_dead_letter_write_is_its_own_span() {
+    exported();
+    create_topic::<Retried>().await;
+    let producer = EventProducer::new(&config("tracing-publisher"))
+        .await
+        .unwrap();
+    let run = unique("run");
+    // Each record in its own business span, so each has its own trace.
+    let mut traces = Vec::new();
+    for n in [1, 2] {
+        let business = tracing::info_span!("business");
+        traces.push(business.context().span().span_context().trace_id());
+        producer
+            .publish(&Retried {
+                run: run.clone(),
+                n,
+            })
+            .instrument(business)
+            .await
+            .unwrap();
+    }
+
+    let dead_letter_topic = unique("tracing-dlq");
+    let settings = pegasus_events::consumer::ConsumerSettings {
+        retry: RetryPolicy::default().with_max_attempts(3).with_backoff(
+            std::time::Duration::from_millis(10),
+            2.0,
+            std::time::Duration::from_millis(50),
+        ),
+        ..dead_letter_settings(&dead_letter_topic)
+    };
+    let handler = Arc::new(FailsTwice {
+        run: run.clone(),
+        calls: Mutex::new([0; 3]),
+    });
+    let consumer = EventConsumer::builder(config("tracing-consumer"))
+        .group_id(unique("tracing"))
+        .settings(settings)
+        .handler::<Retried, _>(handler)
+        .build()
+        .unwrap();
+    let process_name = format!("process {}", Retried::TOPIC);
+    let watched = (traces.clone(), process_name.clone());
+    // Done when both process spans ended: the dead-letter write ends inside the second.
+    run_until_done(consumer, move || {
+        let (traces, name) = &watched;
+        traces
+            .iter()
+            .all(|trace| spans_of(*trace).iter().any(|span| &span.name == name))
+    })
+    .await;
+
+    // Record 1: two retries, then handled.
+    let spans = spans_of(traces[0]);
+    let handled = named(&spans, &process_name);
+    assert_eq!(retry_events(handled), ["1", "2"], "{handled:#?}");
+    assert_eq!(attribute(handled, "pegasus.attempts").as_deref(), Some("3"));
+    assert!(attribute(handled, "error.type").is_none(), "{handled:#?}");
+    assert!(
+        matches!(handled.status, Status::Unset | Status::Ok),
+        "handled after its retries: {:?}",
+        handled.status
+    );
+    let dead_letter_name = format!("send {dead_letter_topic}");
+    assert!(
+        !spans.iter().any(|span| span.name == dead_letter_name),
+        "no dead-letter write"
+    );
+
+    // Record 2: two retries, then the third failure dead-letters it.
+    let spans = spans_of(traces[1]);
+    let failed = named(&spans, &process_name);
+    assert_eq!(retry_events(failed), ["1", "2"], "{failed:#?}");
+    assert_eq!(attribute(failed, "pegasus.attempts").as_deref(), Some("3"));
+    assert_eq!(attribute(failed, "error.type").as_deref(), Some("handler"));
+    assert_eq!(
+        attribute(failed, "pegasus.dead_letter.reason").as_deref(),
+        Some("handler")
+    );
+    assert!(
+        matches!(failed.status, Status::Error { .. }),
+        "dead-lettered: {:?}",
+        failed.status
+    );
+    let dead_letter = named(&spans, &dead_letter_name);
+    assert_eq!(dead_letter.span_kind, SpanKind::Producer);
+    assert_eq!(
+        dead_letter.parent_span_id,
+        failed.span_context.span_id(),
+        "a child of the process span"
+    );
+    for (key, value) in [
+        ("messaging.destination.name", dead_letter_topic.as_str()),
+        ("pegasus.dead_letter.reason", "handler"),
+    ] {
+        assert_eq!(
+            attribute(dead_letter, key).as_deref(),
+            Some(value),
+            "dead-letter send {key}"
+        );
+    }
+    assert!(attribute(dead_letter, "messaging.kafka.offset").is_some());
 }

@@ -1,5 +1,5 @@
-//! What a service installs to observe pegasus-events, shared by the `observability`
-//! example and the Prometheus test (`tests/tests/prometheus.rs`):
+//! What a service installs to observe pegasus-events, as the `observability` example's
+//! binary does:
 //!
 //! - [`install_prometheus`]: `metrics-exporter-prometheus` as the global `metrics`
 //!   recorder, with the library's histogram buckets, serving `/metrics` over HTTP;

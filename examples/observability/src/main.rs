@@ -9,12 +9,16 @@
 //!
 //! `publish` publishes `--count` orders, each inside an `order.checkout` span, then keeps
 //! serving `/metrics` until Ctrl-C (so Prometheus can scrape the counts). `consume` handles
-//! them, taking `--handler-delay-ms` per order (to show a lag), until Ctrl-C. Finished
-//! spans are printed to stdout; with `OTEL_EXPORTER_OTLP_ENDPOINT` set (a collector's
-//! OTLP/HTTP address, e.g. `http://127.0.0.1:4318`) they are exported there too. The
-//! library (feature `opentelemetry`) writes the W3C `traceparent` header from the `send`
-//! span, so the consumer's `process` span joins the publisher's trace: one trace across
-//! both processes.
+//! them, taking `--handler-delay-ms` per order (to show a lag), in the consumer group
+//! `--group` (default the library's, `observability-consume-orderplaced-consumer`), until
+//! Ctrl-C. Finished spans are printed to stdout; with `OTEL_EXPORTER_OTLP_ENDPOINT` set (a
+//! collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318`) they are exported there
+//! too. The library (feature `opentelemetry`) writes the W3C `traceparent` header from the
+//! `send` span, so the consumer's `process` span joins the publisher's trace: one trace
+//! across both processes.
+//!
+//! `tests/tests/prometheus.rs` runs this binary in both roles against the test broker and
+//! has a real Prometheus scrape them.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -42,6 +46,8 @@ struct Options {
     count: u32,
     metrics_port: u16,
     handler_delay: Duration,
+    /// The consumer group of `consume`; `None` for the library's default.
+    group: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -49,12 +55,13 @@ fn options() -> Result<Options, String> {
     let role = args
         .next()
         .filter(|r| r == "publish" || r == "consume")
-        .ok_or("usage: observability publish|consume [--count N] [--metrics-port P] [--handler-delay-ms MS]")?;
+        .ok_or("usage: observability publish|consume [--count N] [--metrics-port P] [--handler-delay-ms MS] [--group NAME]")?;
     let mut options = Options {
         role,
         count: 10,
         metrics_port: 9464,
         handler_delay: Duration::ZERO,
+        group: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -70,6 +77,7 @@ fn options() -> Result<Options, String> {
                 options.metrics_port = u16::try_from(number(&value)?).map_err(|e| e.to_string())?
             }
             "--handler-delay-ms" => options.handler_delay = Duration::from_millis(number(&value)?),
+            "--group" => options.group = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -142,13 +150,13 @@ async fn run(options: &Options, service: &str) -> Result<(), Box<dyn std::error:
             pegasus_events::consumer::shutdown_signal().await;
         }
         _ => {
-            EventConsumer::builder(config)
-                .handler::<OrderPlaced, _>(Fulfil {
-                    delay: options.handler_delay,
-                })
-                .build()?
-                .run()
-                .await?;
+            let mut consumer = EventConsumer::builder(config).handler::<OrderPlaced, _>(Fulfil {
+                delay: options.handler_delay,
+            });
+            if let Some(group) = &options.group {
+                consumer = consumer.group_id(group);
+            }
+            consumer.build()?.run().await?;
         }
     }
     Ok(())

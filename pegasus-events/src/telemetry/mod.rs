@@ -38,10 +38,15 @@
 //! |------|------|------|------------|
 //! | `send <topic>` | producer | each publish, until the acknowledgement | `messaging.system`, `messaging.operation.name`/`.type` (`send`), `messaging.destination.name`, `messaging.kafka.message.key`, `messaging.client.id`, `messaging.message.id`, then `messaging.destination.partition.id`, `messaging.kafka.offset`; on failure `error.type` and status error |
 //! | `create <topic>` | producer | each outbox enqueue | as `send`, operation `create`, without partition and offset |
-//! | `process <topic>` | consumer | each received record, all attempts | as `send`, operation `process`, plus `messaging.consumer.group.name`, `pegasus.attempts`; when dead-lettered `pegasus.dead_letter.reason`, `error.type` and status error. Each retry is an event on it |
+//! | `process <topic>` | consumer | each received record, all attempts | as `send`, operation `process`, plus `messaging.consumer.group.name`, `pegasus.attempts`; when dead-lettered `pegasus.dead_letter.reason`, `error.type` and status error. Each retry is a span event named `handler failed; the record will be retried` with `attempt`, `max_attempts` and `retry_in_ms` |
 //! | `send <dead-letter topic>` | producer | each dead-letter write, a child of `process` | `messaging.destination.name`, `pegasus.dead_letter.reason`, then partition and offset |
 //!
 //! Every name lives in [`semconv`].
+//!
+//! A retry's span event is the runtime's WARN log line for it, emitted inside the process
+//! span (one event serves the log and the trace); a subscriber that filters out the
+//! library's warnings for its OpenTelemetry layer drops the events, while
+//! `pegasus.attempts` still tells how many handler calls the record took.
 //!
 //! # With an OpenTelemetry SDK
 //!
