@@ -556,6 +556,7 @@ fn main() {
                 median(measured.iter().map(|m| m.cpu_per_event).collect())
             );
         }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         // Each relay variant against the commits alone of its database in the same round.
         for (n, variant) in variants.iter().enumerate().filter(|(_, v)| v.relay && !v.drain) {
             let Some(ceiling) = variants
@@ -583,7 +584,6 @@ fn main() {
             let alone = split_of(&machine[ceiling]);
             let [this, database, broker, rest] =
                 std::array::from_fn::<f64, 4, _>(|k| with_relay[k] - alone[k]);
-            let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
             let cpu_bound =
                 cores * 1e6 / median(machine[n].iter().map(|m| m.cpu_per_event).collect());
             println!(
@@ -596,7 +596,6 @@ fn main() {
         // cores, so even a relay that cost nothing beyond publishing (no reading, no
         // marking) and kept every core busy could not exceed cores / (CPU per committed
         // event + CPU per published event), both measured in this run.
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         let publish_cpu = median(direct_machine.iter().map(|m| m.cpu_per_event).collect());
         for (n, variant) in variants.iter().enumerate().filter(|(_, v)| !v.relay) {
             let commit_cpu = median(machine[n].iter().map(|m| m.cpu_per_event).collect());

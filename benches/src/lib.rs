@@ -301,6 +301,14 @@ fn process_cpu_ticks() -> ProcessTicks {
     ticks
 }
 
+/// The clock ticks per second that `/proc` counts CPU time in.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    hz.max(1) as f64
+}
+
 /// CPU ticks by process (see [`process_cpu_ticks`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessTicks {
@@ -328,19 +336,14 @@ impl MachineCpu {
     pub fn since(self, earlier: MachineCpu) -> (f64, f64) {
         let busy = self.busy.saturating_sub(earlier.busy) as f64;
         let all = self.all.saturating_sub(earlier.all).max(1) as f64;
-        // SAFETY: sysconf only reads a configuration value.
-        #[allow(unsafe_code)]
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        (busy / all, busy / hz)
+        (busy / all, busy / clock_ticks_per_second())
     }
 
     /// CPU seconds since `earlier` of this process, the database server, the broker, and
     /// everything else (the machine's busy time less those three: the kernel's network
     /// work outside any process, other processes).
     pub fn split_since(self, earlier: MachineCpu) -> [f64; 4] {
-        // SAFETY: sysconf only reads a configuration value.
-        #[allow(unsafe_code)]
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = clock_ticks_per_second();
         let (now, then) = (self.processes, earlier.processes);
         let this = now.this.saturating_sub(then.this);
         let database = now.database.saturating_sub(then.database);

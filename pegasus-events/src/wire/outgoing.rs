@@ -171,11 +171,11 @@ impl<'a> OutgoingHeaders<'a> {
         // The metadata's context, formatted as version 00. The producer and the outbox
         // refused a malformed one before getting here (`encode_event`); should a caller of
         // this public type hand one in anyway, it is left out, never written as it is.
-        let explicit = self
+        let given = self
             .metadata
             .and_then(|m| m.traceparent.as_deref())
             .and_then(|parent| TraceParent::parse(parent.as_bytes()).ok());
-        if let Some(parent) = explicit {
+        if let Some(parent) = given {
             write(header::TRACEPARENT, parent.to_header().as_str());
             let state = self.metadata.and_then(|m| m.tracestate.as_deref());
             if let Some(state) = state.and_then(|s| check_tracestate(s.as_bytes()).ok()) {
