@@ -11,6 +11,15 @@
 //! the relay publishes per second with no committer competing with it, which tells a
 //! relay bound by its own pipeline from one held up by the database's writers.
 //!
+//! Logical decoding (the Debezium approach, the alternative to polling on PostgreSQL): what
+//! the PostgreSQL server spends per event to hand committed outbox rows to a reader through
+//! a replication slot (`pgoutput`, read with `pg_logical_slot_get_binary_changes`), and to
+//! delete them afterwards in one statement, next to what the polling relay's reads and
+//! deletes cost it in "drain alone". Needs `wal_level = logical` (`scripts/postgres` sets
+//! it); on a server without it the bench says so and skips this figure. The slot is a
+//! temporary one, dropped by the server when the bench's session ends, so an interrupted
+//! run leaves nothing that holds back the write-ahead log.
+//!
 //! Knobs for experiments: `PEGASUS_BENCH_ONLY` (variants whose label contains one of its
 //! `|`-separated texts), `PEGASUS_BENCH_ROUNDS` (throughput rounds), `PEGASUS_BENCH_BATCH`
 //! (the relay's batch size).
@@ -316,6 +325,130 @@ async fn through(config: &KafkaConfig, variant: &Variant, url: &str, count: u64)
     measured
 }
 
+/// The PostgreSQL server's CPU per event, in microseconds, to decode `count` committed
+/// outbox inserts from a replication slot, and to delete those rows afterwards with one
+/// statement (what a relay fed by logical decoding would still do to keep the table small);
+/// `None` when the server's `wal_level` is not `logical`.
+async fn logical_decoding(config: &KafkaConfig, url: &str, count: u64) -> Option<(f64, f64)> {
+    use sqlx::Connection;
+    let outbox = Outbox::postgres(config, url).await;
+    let Outbox::Postgres(postgres) = &outbox else {
+        unreachable!("Outbox::postgres")
+    };
+    let database = postgres.pool().connect_options();
+    let mut reader = sqlx::PgConnection::connect_with(&database)
+        .await
+        .expect("reader");
+    let wal_level: String = sqlx::query_scalar("SHOW wal_level")
+        .fetch_one(&mut reader)
+        .await
+        .expect("wal_level");
+    if wal_level != "logical" {
+        println!("  logical decoding: skipped, the server's wal_level is {wal_level}, not logical");
+        return None;
+    }
+    sqlx::query(
+        "CREATE PUBLICATION pegasus_bench FOR TABLE pegasus_outbox WITH (publish = 'insert')",
+    )
+    .execute(&mut reader)
+    .await
+    .expect("publication");
+    // Temporary: the server drops it when this session ends, whatever happens to the bench.
+    // Slots are the cluster's, not the database's: a unique name for each.
+    let slot = format!("pegasus_bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)")
+        .bind(&slot)
+        .execute(&mut reader)
+        .await
+        .expect("slot");
+    let events: Vec<Shipment> = (0..count).map(shipment).collect();
+    for transaction in events.chunks(100) {
+        outbox.commit(transaction, true).await;
+    }
+    // Decoding reads only what is flushed, and the test servers commit without waiting for
+    // the flush (synchronous_commit off): wait for the WAL writer before the clock starts.
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut reader)
+        .await
+        .expect("insert position");
+    let flushed_by = Instant::now() + Duration::from_secs(10);
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn")
+        .bind(&written)
+        .fetch_one(&mut reader)
+        .await
+        .expect("flush position")
+    {
+        assert!(
+            Instant::now() < flushed_by,
+            "the WAL was not flushed within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let cpu = machine_cpu_time();
+    let (mut inserts, mut bytes) = (0, 0);
+    while inserts < count {
+        let changes: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, 2000,
+                 'proto_version', '1', 'publication_names', 'pegasus_bench', 'binary', 'true')",
+        )
+        .bind(&slot)
+        .fetch_all(&mut reader)
+        .await
+        .expect("changes");
+        assert!(
+            !changes.is_empty(),
+            "the slot ended after {inserts} of {count} inserts"
+        );
+        for change in changes.iter().filter(|c| c.first() == Some(&b'I')) {
+            // What a relay would take from each insert: its eight columns' values.
+            let columns = inserted_columns(change).expect("a pgoutput insert");
+            assert_eq!(columns.len(), 8, "pegasus_outbox has eight columns");
+            bytes += columns.iter().map(|c| c.len()).sum::<usize>();
+            inserts += 1;
+        }
+    }
+    assert!(bytes > 0);
+    let decoded = Measured::since(started, cpu, count);
+    let cpu = machine_cpu_time();
+    let deleted = sqlx::query("DELETE FROM pegasus_outbox")
+        .execute(&mut reader)
+        .await
+        .expect("delete")
+        .rows_affected();
+    assert_eq!(deleted, count);
+    let cleaned = Measured::since(Instant::now(), cpu, count);
+    reader.close().await.expect("close");
+    outbox.remove().await;
+    Some((decoded.split[1], cleaned.split[1]))
+}
+
+/// The column values of a `pgoutput` Insert message (protocol version 1): `I`, the
+/// relation's oid, `N`, the column count, then per column a kind byte (`n` null, `t` text,
+/// `b` binary; these two followed by a length and the bytes). `None` if it is malformed.
+fn inserted_columns(message: &[u8]) -> Option<Vec<&[u8]>> {
+    let rest = message.strip_prefix(b"I")?.get(4..)?.strip_prefix(b"N")?;
+    let (count, mut rest) = rest.split_at_checked(2)?;
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut columns = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (kind, tail) = rest.split_first()?;
+        rest = tail;
+        match kind {
+            b'n' | b'u' => columns.push(&[][..]),
+            b't' | b'b' => {
+                let (length, tail) = rest.split_at_checked(4)?;
+                let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
+                let (value, tail) = tail.split_at_checked(length)?;
+                columns.push(value);
+                rest = tail;
+            }
+            _ => return None,
+        }
+    }
+    Some(columns)
+}
+
 /// When the relay received the broker's acknowledgement of each event, by event id: fed by
 /// a tracing layer that listens to the relay's "outbox row acknowledged" trace events, only
 /// while [`Acknowledgements::listening`] is set (so the throughput rounds do not pay for it).
@@ -502,6 +635,7 @@ fn main() {
         let mut machine = vec![Vec::new(); variants.len()];
         let mut direct_rates = Vec::new();
         let mut direct_machine = Vec::new();
+        let mut decoding = Vec::new();
         for _ in 0..rounds {
             let d = direct(&config, count).await;
             direct_rates.push(d.rate);
@@ -511,6 +645,9 @@ fn main() {
                 rates[n].push(measured.rate);
                 ratios[n].push(measured.rate / d.rate);
                 machine[n].push(measured);
+            }
+            if chosen("logical decoding") {
+                decoding.extend(logical_decoding(&config, &postgres, count).await);
             }
         }
         let acks = Acknowledgements::default();
@@ -604,6 +741,19 @@ fn main() {
                 "  relay / commits alone at best on {cores} cores, {:<24}: {:.3} (commit {commit_cpu:.1} + publish {publish_cpu:.1} us of CPU per event)",
                 variant.label.split(',').next().unwrap_or(variant.label),
                 best / median(rates[n].clone()),
+            );
+        }
+        if !decoding.is_empty() {
+            let polling = variants
+                .iter()
+                .position(|v| v.drain && v.on_postgres)
+                .map_or("not measured in this run".to_owned(), |n| {
+                    format!("{:.1} us", median(machine[n].iter().map(|m| m.split[1]).collect()))
+                });
+            println!(
+                "  PostgreSQL server CPU per event handing committed rows to a relay: logical decoding (pgoutput, replication slot) {:.1} us, then {:.1} us to delete the rows in one statement; the polling relay's reads and deletes (drain alone, retention 0): {polling}",
+                median(decoding.iter().map(|d| d.0).collect()),
+                median(decoding.iter().map(|d| d.1).collect()),
             );
         }
         for (name, runs) in [
