@@ -180,19 +180,20 @@ impl ServiceSettings {
                 .get(&["Jwt", "Audience"], "JWT_AUDIENCE")
                 .unwrap_or_else(|| Found::default_value("pegasus-services", "JWT_AUDIENCE")),
         )?;
-        let expiry =
-            match sources.get(&["Jwt", "ExpiryMinutes"], "JWT_EXPIRY_MINUTES") {
-                Some(found) => match found.value.trim().parse::<u64>() {
-                    Ok(minutes @ 1..=MAX_JWT_EXPIRY_MINUTES) => Duration::from_secs(minutes * 60),
-                    _ => return Err(Error::invalid(
+        let expiry = match sources.get(&["Jwt", "ExpiryMinutes"], "JWT_EXPIRY_MINUTES") {
+            Some(found) => match found.value.trim().parse::<u64>() {
+                Ok(minutes @ 1..=MAX_JWT_EXPIRY_MINUTES) => Duration::from_secs(minutes * 60),
+                _ => {
+                    return Err(Error::invalid(
                         found.name,
                         format!(
                             "must be a whole number of minutes from 1 to {MAX_JWT_EXPIRY_MINUTES}"
                         ),
-                    )),
-                },
-                None => Duration::from_secs(60 * 60),
-            };
+                    ))
+                }
+            },
+            None => Duration::from_secs(60 * 60),
+        };
 
         Ok(ServiceSettings {
             kafka,
