@@ -213,6 +213,10 @@ async fn run_relay(
     while !shutdown.is_cancelled() {
         let result = match db.relay(&kafka, relay_settings()) {
             Ok(relay) => {
+                // Raised while the relay's task runs. pegasus-events exposes no relay
+                // health; a relay that cannot reach a broker at its start fails within the
+                // connect timeout and lowers the flag, and the "broker" check covers the
+                // broker meanwhile.
                 running.set(true);
                 let result = relay.run_until(shutdown.clone().cancelled_owned()).await;
                 running.set(false);

@@ -66,8 +66,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database")]
     Database(#[from] sqlx::Error),
-    /// pegasus-events refused to open the outbox or inbox, or to enqueue.
-    #[error("outbox")]
+    /// pegasus-events refused to open the outbox or inbox, to enqueue, or to build or
+    /// run the relay or the consumer.
+    #[error(transparent)]
     Events(#[from] pegasus_events::Error),
 }
 
@@ -704,6 +705,15 @@ impl ShippingDb {
         group_id: String,
     ) -> Result<EventConsumer, StoreError> {
         on_backend!(self.user_cache_consumer(kafka, group_id))
+    }
+
+    /// The PostgreSQL parts (outbox, inbox marks), for tests that drive the inbox
+    /// directly.
+    pub fn postgres(&self) -> Option<(&PostgresOutbox, &PostgresIdempotencyStore)> {
+        match self {
+            ShippingDb::Sqlite(_) => None,
+            ShippingDb::Postgres(db) => Some((&db.outbox, &db.marks)),
+        }
     }
 
     /// The SQLite parts (outbox, inbox marks), for tests that drive the inbox directly.

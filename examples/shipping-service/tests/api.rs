@@ -1,6 +1,10 @@
 //! The shipping service's HTTP API and user cache against a temporary SQLite database,
 //! driven through the router (`tower::ServiceExt::oneshot`): no network, no broker. The
 //! outbox table is read directly to check what would be published.
+//!
+//! With `SHIPPING_TEST_POSTGRES` set to a PostgreSQL server's URL (`scripts/postgres
+//! start` prints one), the same tests run against PostgreSQL instead, each in a database
+//! of its own created for it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +17,7 @@ use event_contracts::{
     UserUpdatedEvent,
 };
 use pegasus_events::consumer::{EventContext, EventHandler};
-use pegasus_events::idempotency::Inbox;
+use pegasus_events::idempotency::{Inbox, PostgresIdempotencyStore, SqliteIdempotencyStore};
 use pegasus_events::wire::decode_payload;
 use pegasus_events::{Event, EventMetadata, KafkaConfig, Secret, WireForm};
 use serde_json::{json, Value};
@@ -33,9 +37,28 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// A new, empty PostgreSQL database on the server at `server_url`; its URL.
+async fn fresh_postgres_database(server_url: &str) -> String {
+    let name = format!("shipping_test_{}", Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(server_url)
+        .await
+        .expect("PostgreSQL server reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("database created");
+    admin.close().await;
+    let server = server_url.split('?').next().unwrap_or(server_url);
+    let (server, _) = server.rsplit_once('/').expect("a URL with a database");
+    format!("{server}/{name}")
+}
+
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("shipping.db").display());
+    let url = match std::env::var("SHIPPING_TEST_POSTGRES") {
+        Ok(server) => fresh_postgres_database(&server).await,
+        Err(_) => format!("sqlite://{}", dir.path().join("shipping.db").display()),
+    };
     // Opening the outbox needs no broker; nothing here publishes.
     let kafka = KafkaConfig::new("127.0.0.1:9").with_client_id("shipping-api");
     let db = ShippingDb::open(&url, &kafka)
@@ -112,10 +135,9 @@ impl Harness {
     /// Delivers `event` to the user cache through the inbox, as the consumer would.
     async fn deliver<E: Event>(&self, event: E, event_id: Uuid)
     where
-        Inbox<pegasus_events::idempotency::SqliteIdempotencyStore, UserCache>: EventHandler<E>,
+        Inbox<SqliteIdempotencyStore, UserCache>: EventHandler<E>,
+        Inbox<PostgresIdempotencyStore, UserCache>: EventHandler<E>,
     {
-        let (_, marks) = self.db.sqlite().expect("a SQLite database");
-        let inbox = Inbox::new(marks.clone(), UserCache);
         let context = EventContext {
             metadata: EventMetadata {
                 id: event_id,
@@ -138,7 +160,20 @@ impl Harness {
             attempt: 1,
             group_id: "shipping-api-usercache-consumer",
         };
-        inbox.handle(event, &context).await.expect("handled");
+        let handled = match (self.db.sqlite(), self.db.postgres()) {
+            (Some((_, marks)), _) => {
+                Inbox::new(marks.clone(), UserCache)
+                    .handle(event, &context)
+                    .await
+            }
+            (_, Some((_, marks))) => {
+                Inbox::new(marks.clone(), UserCache)
+                    .handle(event, &context)
+                    .await
+            }
+            (None, None) => unreachable!("a database of one kind or the other"),
+        };
+        handled.expect("handled");
     }
 
     async fn register(&self, user_id: &str) {
@@ -151,12 +186,14 @@ impl Harness {
 
     /// The outbox rows: (topic, key, payload).
     async fn outbox(&self) -> Vec<(String, String, Vec<u8>)> {
-        let (outbox, _) = self.db.sqlite().expect("a SQLite database");
+        const ROWS: &str = "SELECT topic, message_key, payload FROM pegasus_outbox ORDER BY id";
         let rows: Vec<(String, Option<Vec<u8>>, Vec<u8>)> =
-            sqlx::query_as("SELECT topic, message_key, payload FROM pegasus_outbox ORDER BY id")
-                .fetch_all(outbox.pool())
-                .await
-                .expect("outbox read");
+            match (self.db.sqlite(), self.db.postgres()) {
+                (Some((outbox, _)), _) => sqlx::query_as(ROWS).fetch_all(outbox.pool()).await,
+                (_, Some((outbox, _))) => sqlx::query_as(ROWS).fetch_all(outbox.pool()).await,
+                (None, None) => unreachable!("a database of one kind or the other"),
+            }
+            .expect("outbox read");
         rows.into_iter()
             .map(|(topic, key, payload)| {
                 let key = String::from_utf8(key.unwrap_or_default()).expect("UTF-8 key");
@@ -166,11 +203,13 @@ impl Harness {
     }
 
     async fn shipment_count(&self) -> i64 {
-        let (outbox, _) = self.db.sqlite().expect("a SQLite database");
-        sqlx::query_scalar("SELECT COUNT(*) FROM shipments")
-            .fetch_one(outbox.pool())
-            .await
-            .expect("count")
+        const COUNT: &str = "SELECT COUNT(*) FROM shipments";
+        match (self.db.sqlite(), self.db.postgres()) {
+            (Some((outbox, _)), _) => sqlx::query_scalar(COUNT).fetch_one(outbox.pool()).await,
+            (_, Some((outbox, _))) => sqlx::query_scalar(COUNT).fetch_one(outbox.pool()).await,
+            (None, None) => unreachable!("a database of one kind or the other"),
+        }
+        .expect("count")
     }
 }
 
