@@ -60,8 +60,9 @@ pub struct JwtSettings {
     pub expiry: Duration,
 }
 
-/// Everything a service reads at start-up.
-#[derive(Clone, Debug)]
+/// Everything a service reads at start-up. Its `Debug` hides the JWT secret and the
+/// database URL's password.
+#[derive(Clone)]
 pub struct ServiceSettings {
     /// The Kafka client settings (`Kafka` section and `KAFKA_*`).
     pub kafka: KafkaConfig,
@@ -72,6 +73,34 @@ pub struct ServiceSettings {
     pub http_address: SocketAddr,
     /// Token issuing and checking.
     pub jwt: JwtSettings,
+}
+
+impl std::fmt::Debug for ServiceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceSettings")
+            .field("kafka", &self.kafka)
+            .field("database_url", &redact_password(&self.database_url))
+            .field("http_address", &self.http_address)
+            .field("jwt", &self.jwt)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`
+/// (`postgres://app:***@db/shipping`).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last '@' before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 impl ServiceSettings {
@@ -420,6 +449,35 @@ mod tests {
             &[("JWT_SECRET", SECRET), ("HTTP_HOST", "local")],
         ));
         assert_eq!(setting, "HTTP_HOST");
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        assert_eq!(
+            redact_password("postgres://app:hunter2@db:5432/shipping?sslmode=require"),
+            "postgres://app:***@db:5432/shipping?sslmode=require"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/shipping"),
+            "postgres://app@db/shipping"
+        );
+        assert_eq!(
+            redact_password("sqlite://shipping.db"),
+            "sqlite://shipping.db"
+        );
+        let settings = settings(
+            None,
+            &[
+                ("JWT_SECRET", SECRET),
+                ("DATABASE_URL", "postgres://app:hunter2@db/s"),
+            ],
+        )
+        .expect("valid");
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(SECRET),
+            "{shown}"
+        );
     }
 
     #[test]

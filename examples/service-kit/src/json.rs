@@ -3,7 +3,7 @@
 //! limit a 413; a body that does not say it is JSON a 415. axum's own `Json` answers those
 //! in plain text.
 //!
-//! The limit is axum's [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit), which
+//! The limit is axum's [`DefaultBodyLimit`], which
 //! [`body_limit`] sets for a router: the body is never read past it.
 
 use axum::extract::rejection::BytesRejection;

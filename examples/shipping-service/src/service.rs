@@ -84,6 +84,12 @@ pub async fn run_on(
 ) -> Result<(), StartError> {
     // Before any producer, consumer or relay exists: what they register earlier is lost.
     let metrics = service_kit::metrics::install_prometheus()?;
+    tracing::info!(
+        database = %service_kit::config::redact_password(&settings.database_url),
+        bootstrap_servers = %settings.kafka.bootstrap_servers,
+        client_id = %settings.kafka.client_id,
+        "starting shipping service"
+    );
     let db = ShippingDb::open(&settings.database_url, &settings.kafka).await?;
     let kafka = settings.kafka.clone();
     let group_id = format!("{}-usercache-consumer", kafka.client_id);
