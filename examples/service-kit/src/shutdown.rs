@@ -21,6 +21,10 @@ pub const DEFAULT_DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// A token cancelled at the first SIGTERM or Ctrl-C (SIGINT). The task that waits for the
 /// signal ends when the token is cancelled by someone else.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime (it spawns the task that waits).
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
@@ -59,7 +63,8 @@ pub async fn serve(
 }
 
 /// Waits for `work` at most `bound`; `None` (and a WARN line naming `what`) when the bound
-/// ran out. Dropping `work` then cancels it.
+/// ran out, and `work` is dropped (which cancels a future, not a spawned task: see
+/// [`drain_task`]).
 pub async fn drain<F: Future>(what: &str, bound: Duration, work: F) -> Option<F::Output> {
     match tokio::time::timeout(bound, work).await {
         Ok(output) => Some(output),
@@ -69,6 +74,27 @@ pub async fn drain<F: Future>(what: &str, bound: Duration, work: F) -> Option<F:
                 bound_ms = bound.as_millis() as u64,
                 "did not stop within its bound; abandoning it"
             );
+            None
+        }
+    }
+}
+
+/// [`drain`] for a spawned task: a task still running at the bound is aborted (dropping a
+/// `JoinHandle` would leave it running); a task that panicked is logged. `Some` with the
+/// task's output when it finished in time.
+pub async fn drain_task<T>(
+    what: &str,
+    bound: Duration,
+    mut task: tokio::task::JoinHandle<T>,
+) -> Option<T> {
+    match drain(what, bound, &mut task).await {
+        Some(Ok(output)) => Some(output),
+        Some(Err(error)) => {
+            tracing::error!(worker = what, %error, "ended abnormally");
+            None
+        }
+        None => {
+            task.abort();
             None
         }
     }
@@ -84,6 +110,20 @@ mod tests {
         assert_eq!(stopped, Some(7));
         let hung = drain("hung", Duration::from_secs(1), std::future::pending::<()>()).await;
         assert_eq!(hung, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_still_running_at_the_bound_is_aborted() {
+        let hung = tokio::spawn(std::future::pending::<()>());
+        let aborted = hung.abort_handle();
+        assert_eq!(drain_task("hung", Duration::from_secs(1), hung).await, None);
+        tokio::task::yield_now().await;
+        assert!(aborted.is_finished());
+        let quick = tokio::spawn(async { 7 });
+        assert_eq!(
+            drain_task("quick", Duration::from_secs(1), quick).await,
+            Some(7)
+        );
     }
 
     #[tokio::test]
