@@ -193,6 +193,19 @@ const DEACTIVATE: &str = "INSERT INTO users (user_id, email, name, active, versi
         updated_at = CASE WHEN excluded.version > users.version
                           THEN excluded.updated_at ELSE users.updated_at END";
 
+/// Logs what a user event did to the cache (never the email).
+fn applied(what: &str, user_id: &str, version: i64, rows: u64) {
+    if rows == 0 {
+        tracing::info!(
+            user_id,
+            version,
+            "user {what} event older than the cached user: ignored"
+        );
+    } else {
+        tracing::info!(user_id, version, "user {what}: cache updated");
+    }
+}
+
 /// The inbox handler that keeps the user cache: each of Identity's user events is applied
 /// in the transaction that marks it processed, so it is applied once, however often it is
 /// delivered.
@@ -467,7 +480,7 @@ macro_rules! backend {
                 _: &EventContext<'_>,
                 tx: &mut sqlx::Transaction<'static, $db>,
             ) -> Result<(), HandlerError> {
-                sqlx::query(UPSERT_PROFILE)
+                let done = sqlx::query(UPSERT_PROFILE)
                     .bind(&event.user_id)
                     .bind(&event.email)
                     .bind(&event.name)
@@ -475,6 +488,7 @@ macro_rules! backend {
                     .bind(stored_time(event.created_at))
                     .execute(&mut **tx)
                     .await?;
+                applied("created", &event.user_id, event.version, done.rows_affected());
                 Ok(())
             }
         }
@@ -486,7 +500,7 @@ macro_rules! backend {
                 _: &EventContext<'_>,
                 tx: &mut sqlx::Transaction<'static, $db>,
             ) -> Result<(), HandlerError> {
-                sqlx::query(UPSERT_PROFILE)
+                let done = sqlx::query(UPSERT_PROFILE)
                     .bind(&event.user_id)
                     .bind(&event.email)
                     .bind(&event.name)
@@ -494,6 +508,7 @@ macro_rules! backend {
                     .bind(stored_time(event.updated_at))
                     .execute(&mut **tx)
                     .await?;
+                applied("updated", &event.user_id, event.version, done.rows_affected());
                 Ok(())
             }
         }
@@ -505,12 +520,13 @@ macro_rules! backend {
                 _: &EventContext<'_>,
                 tx: &mut sqlx::Transaction<'static, $db>,
             ) -> Result<(), HandlerError> {
-                sqlx::query(DEACTIVATE)
+                let done = sqlx::query(DEACTIVATE)
                     .bind(&event.user_id)
                     .bind(event.version)
                     .bind(stored_time(event.deactivated_at))
                     .execute(&mut **tx)
                     .await?;
+                applied("deactivated", &event.user_id, event.version, done.rows_affected());
                 Ok(())
             }
         }

@@ -494,6 +494,37 @@ async fn status_changes_follow_the_domain_and_illegal_ones_are_409() {
     assert_eq!(last.version, 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_status_changes_are_serialised() {
+    let h = harness().await;
+    h.register("ada").await;
+    let token = h.token("ada");
+    let (_, created) = h.create("ada", "TRACK1").await;
+    let id = created["shipment"]["id"].as_str().expect("id").to_owned();
+    let path = format!("/api/shipments/{id}/status");
+    // Eight clients move the same shipment to InTransit at once: one wins, the others see
+    // it in transit already.
+    let calls = (0..8).map(|_| {
+        h.call(
+            "PUT",
+            &path,
+            Some(&token),
+            Some(json!({ "status": "InTransit" })),
+        )
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let won = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((won, refused), (1, 7), "{answers:?}");
+    assert_eq!(h.outbox().await.len(), 2);
+}
+
 #[tokio::test]
 async fn cancelling_is_allowed_before_delivery_only() {
     let h = harness().await;
