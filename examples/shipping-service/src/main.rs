@@ -1,189 +1,34 @@
-//! The design's Shipping service, publishing side, with the transactional outbox the
-//! design asks for: it creates a shipment and moves it through two statuses, and each
-//! change is saved in its SQLite database in the same transaction as its event
-//! (`ShipmentCreatedEvent` on `shipping.shipment.created`, then
-//! `ShipmentStatusChangedEvent` on `shipping.shipment.status-changed`). The outbox relay
-//! publishes the stored events, in order, keyed by the shipment id (same shipment, same
-//! partition, in order), tied together by one correlation id; the example stops once all
-//! of them were acknowledged.
-//!
-//! Run it against any Kafka broker, for example one started by the project's script:
+//! The shipping service's process: settings from `appsettings.json` (if present) and the
+//! environment, logs to stdout, runs until SIGTERM or Ctrl-C.
 //!
 //! ```sh
+//! export JWT_SECRET=$(head -c 32 /dev/urandom | base64)   # the same for Identity
 //! export KAFKA_BOOTSTRAP_SERVERS=$(scripts/kafka start)
-//! cargo run -p shipping-service            # database: sqlite://shipping.db
-//! SHIPPING_DATABASE_URL=sqlite:///tmp/shipping.db cargo run -p shipping-service
+//! cargo run -p shipping-service            # http://127.0.0.1:5100, sqlite://shipping.db
 //! ```
-//!
-//! Configuration comes from `appsettings.json` in the working directory if there is one
-//! (the `Kafka` section, as in the .NET services), then from `KAFKA_*` variables.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use pegasus_events::error::Report;
-use pegasus_events::outbox::{RelaySettings, SqliteOutbox};
-use pegasus_events::{Event, KafkaConfig, PublishMetadata, TopicAdmin, TopicSpec};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
-
-/// A shipment was created.
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[serde(rename_all = "camelCase")]
-#[event(topic = "shipping.shipment.created", name = "ShipmentCreatedEvent")]
-struct ShipmentCreated {
-    #[event(key)]
-    shipment_id: Uuid,
-    tracking_number: String,
-    status: String,
-    created_at: DateTime<Utc>,
-    created_by_user_id: String,
-    #[event(sensitive)]
-    created_by_email: String,
-}
-
-/// A shipment's status changed.
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[serde(rename_all = "camelCase")]
-#[event(
-    topic = "shipping.shipment.status-changed",
-    name = "ShipmentStatusChangedEvent"
-)]
-struct ShipmentStatusChanged {
-    #[event(key)]
-    shipment_id: Uuid,
-    old_status: String,
-    new_status: String,
-    changed_at: DateTime<Utc>,
-}
+use service_kit::logging::{self, LogFormat};
+use service_kit::ServiceSettings;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    logging::init(LogFormat::from_env());
+    let settings = match ServiceSettings::load("appsettings.json", &shipping_service::DEFAULTS) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {}", Report::new(&error));
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = service_kit::shutdown::on_signal();
+    match shipping_service::run(settings, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", Report::new(&*e));
+        Err(error) => {
+            eprintln!("error: {}", Report::new(&error));
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-
-    let mut config = KafkaConfig::load("appsettings.json")?;
-    if config.client_id == KafkaConfig::default().client_id {
-        config.client_id = "shipping-api".to_owned();
-    }
-    tracing::info!(?config, "starting shipping service");
-
-    // The design creates its topics with three partitions.
-    TopicAdmin::new(&config)
-        .await?
-        .ensure_topics(&[
-            TopicSpec::for_event::<ShipmentCreated>().partitions(3),
-            TopicSpec::for_event::<ShipmentStatusChanged>().partitions(3),
-        ])
-        .await?;
-
-    // The service's own database; the outbox table lives beside its shipments.
-    let database =
-        std::env::var("SHIPPING_DATABASE_URL").unwrap_or_else(|_| "sqlite://shipping.db".into());
-    let outbox = SqliteOutbox::connect(&database, &config).await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS shipments (
-            id TEXT PRIMARY KEY, tracking_number TEXT NOT NULL, status TEXT NOT NULL)",
-    )
-    .execute(outbox.pool())
-    .await?;
-
-    // The relay runs beside the service's work, as it would in the real service.
-    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = outbox.relay(
-        &config,
-        RelaySettings {
-            poll_interval: Duration::from_millis(100),
-            ..RelaySettings::default()
-        },
-    )?;
-    let relay = tokio::spawn(relay.run_until(async move {
-        let _ = relay_stopped.await;
-    }));
-
-    let shipment_id = Uuid::now_v7();
-    let correlation = Uuid::now_v7().to_string();
-    let metadata = PublishMetadata::new()
-        .subject(shipment_id.to_string())
-        .correlation_id(&correlation);
-
-    // Create the shipment and its event in one transaction: both or neither.
-    let created = ShipmentCreated {
-        shipment_id,
-        tracking_number: "TRACK123".to_owned(),
-        status: "Created".to_owned(),
-        created_at: Utc::now(),
-        created_by_user_id: "auth0|123".to_owned(),
-        created_by_email: "user@example.com".to_owned(),
-    };
-    let mut tx = outbox.pool().begin().await?;
-    sqlx::query("INSERT INTO shipments (id, tracking_number, status) VALUES (?, ?, ?)")
-        .bind(shipment_id.to_string())
-        .bind(&created.tracking_number)
-        .bind(&created.status)
-        .execute(&mut *tx)
-        .await?;
-    let mut cause = outbox.enqueue_with(&mut tx, &created, &metadata).await?;
-    tx.commit().await?;
-    println!(
-        "saved shipment and {} {:?} ({cause})",
-        ShipmentCreated::NAME,
-        created.redacted()
-    );
-
-    for (old, new) in [("Created", "PickedUp"), ("PickedUp", "InTransit")] {
-        let changed = ShipmentStatusChanged {
-            shipment_id,
-            old_status: old.to_owned(),
-            new_status: new.to_owned(),
-            changed_at: Utc::now(),
-        };
-        let mut tx = outbox.pool().begin().await?;
-        sqlx::query("UPDATE shipments SET status = ? WHERE id = ?")
-            .bind(new)
-            .bind(shipment_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        let metadata = metadata.clone().causation_id(cause.to_string());
-        cause = outbox.enqueue_with(&mut tx, &changed, &metadata).await?;
-        tx.commit().await?;
-        println!(
-            "saved status {old} -> {new} and {} ({cause})",
-            ShipmentStatusChanged::NAME
-        );
-    }
-
-    // Wait until the relay has published (and marked) every stored event.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let waiting: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pegasus_outbox WHERE published_at IS NULL")
-                .fetch_one(outbox.pool())
-                .await?;
-        if waiting == 0 {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("{waiting} events still unpublished after 60 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_relay.send(());
-    relay.await??;
-    println!("the outbox relay published all three events");
-    Ok(())
 }

@@ -1,0 +1,274 @@
+//! The whole service: the HTTP server, the outbox relay and the user-cache consumer
+//! around one database, started together and stopped together.
+//!
+//! Start-up fails (with an error naming what) only for what the service cannot do
+//! without: its database, its HTTP port, its metrics recorder. The broker may be down:
+//! the relay and the consumer keep trying to start, every [`WORKER_RESTART_DELAY`], and
+//! `/health/ready` says 503 until they run. On shutdown the server stops accepting and
+//! answers the requests in flight, then the relay and the consumer get
+//! [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for its batch in
+//! flight to be acknowledged and marked; the consumer commits what it handled).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_contracts::{
+    ShipmentCreatedEvent, ShipmentStatusChangedEvent, ShipmentUpdatedEvent, UserCreatedEvent,
+    UserDeactivatedEvent, UserUpdatedEvent,
+};
+use pegasus_events::consumer::{ConsumerHealth, ConsumerStatus};
+use pegasus_events::error::Report;
+use pegasus_events::outbox::RelaySettings;
+use pegasus_events::{KafkaConfig, TopicAdmin, TopicSpec};
+use service_kit::health::ReadyFlag;
+use service_kit::shutdown::{drain_task, CancellationToken, DEFAULT_DRAIN_BOUND};
+use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::store::{ShippingDb, StoreError};
+
+/// The shipping service's defaults: client id `shipping-api`, `sqlite://shipping.db`, and
+/// port 5100, the design's.
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    client_id: "shipping-api",
+    database_url: "sqlite://shipping.db",
+    connection_string_name: "ShippingDb",
+    http_port: 5100,
+};
+
+/// How long a relay or consumer that failed waits before it is started again.
+pub const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// Partitions of the topics the service creates, the design's three.
+const PARTITIONS: i32 = 3;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Settings, metrics or the HTTP server.
+    #[error(transparent)]
+    Kit(#[from] service_kit::Error),
+    /// The database, or pegasus-events refusing the relay's or consumer's settings.
+    #[error("shipping database")]
+    Store(#[from] StoreError),
+}
+
+/// Binds `settings.http_address` and runs the service until `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// See [`run_on`]; and when the address cannot be bound.
+pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Result<(), StartError> {
+    let listener = TcpListener::bind(settings.http_address)
+        .await
+        .map_err(|source| service_kit::Error::Http {
+            address: settings.http_address.to_string(),
+            source,
+        })?;
+    run_on(listener, settings, shutdown).await
+}
+
+/// Runs the service on `listener` (its address is the caller's: port 0 for tests and the
+/// in-process demo) until `shutdown` is cancelled, then drains within the bound.
+///
+/// # Errors
+///
+/// When the metrics recorder cannot be installed, the database cannot be opened, or
+/// pegasus-events refuses the Kafka settings; nothing has been started then.
+pub async fn run_on(
+    listener: TcpListener,
+    settings: ServiceSettings,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    // Before any producer, consumer or relay exists: what they register earlier is lost.
+    let metrics = service_kit::metrics::install_prometheus()?;
+    tracing::info!(
+        database = %service_kit::config::redact_password(&settings.database_url),
+        bootstrap_servers = %settings.kafka.bootstrap_servers,
+        client_id = %settings.kafka.client_id,
+        "starting shipping service"
+    );
+    let db = ShippingDb::open(&settings.database_url, &settings.kafka).await?;
+    let kafka = settings.kafka.clone();
+    let group_id = format!("{}-usercache-consumer", kafka.client_id);
+    // Checked here, so a bad setting stops the start instead of a worker's every restart.
+    db.relay(&kafka, relay_settings())?;
+    db.user_cache_consumer(kafka.clone(), group_id.clone())?;
+
+    let readiness = Readiness::new();
+    let pinged = db.clone();
+    readiness.add_check("database", move || {
+        let db = pinged.clone();
+        async move {
+            db.ping()
+                .await
+                .map_err(|_| "the database does not answer".to_owned())
+        }
+    });
+    let consumer_health: Arc<Mutex<Option<ConsumerHealth>>> = Arc::default();
+    let watched = Arc::clone(&consumer_health);
+    readiness.add_check("broker", move || {
+        let status = current_status(&watched);
+        async move {
+            match status {
+                Some(ConsumerStatus::BrokersUnreachable { down_for, .. }) => Err(format!(
+                    "no broker has answered for {} s",
+                    down_for.as_secs()
+                )),
+                Some(ConsumerStatus::Running) => Ok(()),
+                _ => Err("not reached yet".to_owned()),
+            }
+        }
+    });
+    let watched = Arc::clone(&consumer_health);
+    readiness.add_check("user cache consumer", move || {
+        let status = current_status(&watched);
+        async move {
+            match status {
+                Some(ConsumerStatus::Running) => Ok(()),
+                _ => Err("not running".to_owned()),
+            }
+        }
+    });
+    let relay_running = readiness.flag("outbox relay");
+
+    // The workers stop with the caller's token, or when the server ends by itself, without
+    // cancelling the caller's token (other services of the process may share it).
+    let workers = shutdown.child_token();
+    let topics = tokio::spawn(ensure_topics(kafka.clone(), workers.clone()));
+    let relay = tokio::spawn(run_relay(
+        db.clone(),
+        kafka.clone(),
+        relay_running,
+        workers.clone(),
+    ));
+    let consumer = tokio::spawn(run_consumer(
+        db.clone(),
+        kafka,
+        group_id,
+        consumer_health,
+        workers.clone(),
+    ));
+
+    let app = api::router(AppState {
+        db,
+        jwt: JwtKeys::new(&settings.jwt),
+    })
+    .merge(readiness.routes())
+    .merge(service_kit::metrics::routes(metrics));
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "shipping service listening"),
+        Err(_) => tracing::info!("shipping service listening"),
+    }
+    let served = service_kit::shutdown::serve(listener, app, shutdown).await;
+    workers.cancel();
+    tracing::info!("HTTP server stopped; draining the outbox relay and the consumer");
+    let _ = tokio::join!(
+        drain_task("outbox relay", DEFAULT_DRAIN_BOUND, relay),
+        drain_task("user cache consumer", DEFAULT_DRAIN_BOUND, consumer),
+        drain_task("topic creation", DEFAULT_DRAIN_BOUND, topics),
+    );
+    tracing::info!("shipping service stopped");
+    Ok(served?)
+}
+
+fn relay_settings() -> RelaySettings {
+    RelaySettings {
+        // The SQLite relay is woken by this process's commits; polling only catches
+        // what another process enqueued.
+        poll_interval: Duration::from_millis(250),
+        ..RelaySettings::default()
+    }
+}
+
+fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStatus> {
+    health
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(ConsumerHealth::status)
+}
+
+/// Creates the service's topics and the ones it reads (3 partitions), leaving existing
+/// ones alone. Best effort: a broker that creates topics on first use works without it.
+async fn ensure_topics(kafka: KafkaConfig, shutdown: CancellationToken) {
+    let specs = [
+        TopicSpec::for_event::<ShipmentCreatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<ShipmentUpdatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<ShipmentStatusChangedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<UserDeactivatedEvent>().partitions(PARTITIONS),
+    ];
+    let created = async { TopicAdmin::new(&kafka).await?.ensure_topics(&specs).await };
+    tokio::select! {
+        result = created => if let Err(error) = result {
+            tracing::warn!(error = %Report::new(&error), "could not create the topics; relying on the broker to create them on first use");
+        },
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// Runs the outbox relay until shutdown, starting it again after a failure.
+async fn run_relay(
+    db: ShippingDb,
+    kafka: KafkaConfig,
+    running: ReadyFlag,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let result = match db.relay(&kafka, relay_settings()) {
+            Ok(relay) => {
+                // Raised while the relay's task runs. pegasus-events exposes no relay
+                // health; a relay that cannot reach a broker at its start fails within the
+                // connect timeout and lowers the flag, and the "broker" check covers the
+                // broker meanwhile.
+                running.set(true);
+                let result = relay.run_until(shutdown.clone().cancelled_owned()).await;
+                running.set(false);
+                result.map_err(StoreError::from)
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::error!(error = %Report::new(&error), "outbox relay stopped; starting it again");
+            restart_delay(&shutdown).await;
+        }
+    }
+}
+
+/// Runs the user-cache consumer until shutdown, starting it again after a failure.
+async fn run_consumer(
+    db: ShippingDb,
+    kafka: KafkaConfig,
+    group_id: String,
+    health: Arc<Mutex<Option<ConsumerHealth>>>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let result = match db.user_cache_consumer(kafka.clone(), group_id.clone()) {
+            Ok(consumer) => {
+                *health.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.health());
+                tracing::info!(group = %consumer.group_id(), "consuming Identity's user events");
+                consumer
+                    .run_until(shutdown.clone().cancelled_owned())
+                    .await
+                    .map_err(StoreError::from)
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::error!(error = %Report::new(&error), "user cache consumer stopped; starting it again");
+            restart_delay(&shutdown).await;
+        }
+    }
+}
+
+async fn restart_delay(shutdown: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(WORKER_RESTART_DELAY) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
