@@ -1,10 +1,11 @@
-//! The shipping service's HTTP API and user cache against a temporary SQLite database,
-//! driven through the router (`tower::ServiceExt::oneshot`): no network, no broker. The
-//! outbox table is read directly to check what would be published.
+//! The shipping service's HTTP API and user cache, driven through the router
+//! (`tower::ServiceExt::oneshot`): no network, no broker. The outbox table is read directly
+//! to check what would be published.
 //!
-//! With `SHIPPING_TEST_POSTGRES` set to a PostgreSQL server's URL (`scripts/postgres
-//! start` prints one), the same tests run against PostgreSQL instead, each in a database
-//! of its own created for it.
+//! Every test runs twice: `<test>::on_sqlite` against a temporary SQLite database, and
+//! `<test>::on_postgres` against a database of its own on the PostgreSQL server of
+//! `PEGASUS_TEST_POSTGRES_URL` (`scripts/test` starts one; without it those fail, they do
+//! not skip).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,11 +54,29 @@ async fn fresh_postgres_database(server_url: &str) -> String {
     format!("{server}/{name}")
 }
 
-async fn harness() -> Harness {
+/// The database a test runs on.
+#[derive(Clone, Copy, Debug)]
+enum Database {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server under test, as every test of this workspace finds it.
+fn postgres_server() -> String {
+    match std::env::var("PEGASUS_TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "PEGASUS_TEST_POSTGRES_URL is not set: run the tests with `scripts/test`, or start \
+             a server with `scripts/postgres start` and export the URL it prints"
+        ),
+    }
+}
+
+async fn harness(database: Database) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match std::env::var("SHIPPING_TEST_POSTGRES") {
-        Ok(server) => fresh_postgres_database(&server).await,
-        Err(_) => format!("sqlite://{}", dir.path().join("shipping.db").display()),
+    let url = match database {
+        Database::Postgres => fresh_postgres_database(&postgres_server()).await,
+        Database::Sqlite => format!("sqlite://{}", dir.path().join("shipping.db").display()),
     };
     // Opening the outbox needs no broker; nothing here publishes.
     let kafka = KafkaConfig::new("127.0.0.1:9").with_client_id("shipping-api");
@@ -250,9 +269,8 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &s
     );
 }
 
-#[tokio::test]
-async fn creating_a_shipment_answers_201_and_enqueues_its_event_with_it() {
-    let h = harness().await;
+async fn creating_a_shipment_answers_201_and_enqueues_its_event_with_it(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let (status, body) = h.create("ada", "TRACK123").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -286,9 +304,8 @@ async fn creating_a_shipment_answers_201_and_enqueues_its_event_with_it() {
     assert_eq!(&read, shipment);
 }
 
-#[tokio::test]
-async fn a_refused_write_leaves_neither_shipment_nor_event() {
-    let h = harness().await;
+async fn a_refused_write_leaves_neither_shipment_nor_event(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     assert_eq!(h.create("ada", "TRACK123").await.0, StatusCode::CREATED);
     // Same tracking number: the insert fails, the transaction rolls back, no event.
@@ -301,9 +318,8 @@ async fn a_refused_write_leaves_neither_shipment_nor_event() {
     assert_eq!(h.outbox().await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_bad_tracking_number_is_a_400_naming_the_field() {
-    let h = harness().await;
+async fn a_bad_tracking_number_is_a_400_naming_the_field(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let token = h.token("ada");
     for body in [
@@ -363,9 +379,8 @@ async fn a_bad_tracking_number_is_a_400_naming_the_field() {
     assert!(h.outbox().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_missing_forged_or_expired_token_is_a_401_json_error() {
-    let h = harness().await;
+async fn a_missing_forged_or_expired_token_is_a_401_json_error(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let body = Some(json!({ "trackingNumber": "TRACK123" }));
 
@@ -412,9 +427,8 @@ async fn a_missing_forged_or_expired_token_is_a_401_json_error() {
     assert_eq!(h.shipment_count().await, 0);
 }
 
-#[tokio::test]
-async fn unknown_and_deactivated_users_are_refused_with_403() {
-    let h = harness().await;
+async fn unknown_and_deactivated_users_are_refused_with_403(database: Database) {
+    let h = harness(database).await;
     let (status, body) = h.create("stranger", "TRACK1").await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 
@@ -429,9 +443,8 @@ async fn unknown_and_deactivated_users_are_refused_with_403() {
     assert_eq!(h.outbox().await.len(), 1);
 }
 
-#[tokio::test]
-async fn status_changes_follow_the_domain_and_illegal_ones_are_409() {
-    let h = harness().await;
+async fn status_changes_follow_the_domain_and_illegal_ones_are_409(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let token = h.token("ada");
     let (_, created) = h.create("ada", "TRACK123").await;
@@ -494,9 +507,8 @@ async fn status_changes_follow_the_domain_and_illegal_ones_are_409() {
     assert_eq!(last.version, 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_status_changes_are_serialised() {
-    let h = harness().await;
+async fn concurrent_status_changes_are_serialised(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let token = h.token("ada");
     let (_, created) = h.create("ada", "TRACK1").await;
@@ -525,9 +537,8 @@ async fn concurrent_status_changes_are_serialised() {
     assert_eq!(h.outbox().await.len(), 2);
 }
 
-#[tokio::test]
-async fn cancelling_is_allowed_before_delivery_only() {
-    let h = harness().await;
+async fn cancelling_is_allowed_before_delivery_only(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let token = h.token("ada");
     let (_, created) = h.create("ada", "TRACK1").await;
@@ -554,9 +565,8 @@ async fn cancelling_is_allowed_before_delivery_only() {
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
 }
 
-#[tokio::test]
-async fn updating_details_publishes_an_updated_event() {
-    let h = harness().await;
+async fn updating_details_publishes_an_updated_event(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let token = h.token("ada");
     let (_, created) = h.create("ada", "TRACK1").await;
@@ -582,9 +592,8 @@ async fn updating_details_publishes_an_updated_event() {
     assert_eq!(rows[1].0, "shipping.shipment.updated");
 }
 
-#[tokio::test]
-async fn reading_unknown_ids_and_paging() {
-    let h = harness().await;
+async fn reading_unknown_ids_and_paging(database: Database) {
+    let h = harness(database).await;
     h.register("ada").await;
     let token = h.token("ada");
     let (status, body) = h
@@ -644,9 +653,8 @@ async fn reading_unknown_ids_and_paging() {
     }
 }
 
-#[tokio::test]
-async fn the_user_cache_applies_each_event_once_and_never_goes_back() {
-    let h = harness().await;
+async fn the_user_cache_applies_each_event_once_and_never_goes_back(database: Database) {
+    let h = harness(database).await;
     let created_id = Uuid::now_v7();
     h.deliver(user_created("ada", 1), created_id).await;
     h.deliver(user_updated("ada", 3), Uuid::now_v7()).await;
@@ -672,10 +680,9 @@ async fn the_user_cache_applies_each_event_once_and_never_goes_back() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn a_deactivation_that_arrives_first_is_not_undone_by_the_creation() {
+async fn a_deactivation_that_arrives_first_is_not_undone_by_the_creation(database: Database) {
     // Identity's topics are separate, so their events can arrive in any order.
-    let h = harness().await;
+    let h = harness(database).await;
     h.deliver(user_deactivated("bob", 2), Uuid::now_v7()).await;
     h.deliver(user_created("bob", 1), Uuid::now_v7()).await;
     let bob = h.user("bob").await.expect("cached");
@@ -685,9 +692,8 @@ async fn a_deactivation_that_arrives_first_is_not_undone_by_the_creation() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn an_update_that_arrives_before_the_creation_wins() {
-    let h = harness().await;
+async fn an_update_that_arrives_before_the_creation_wins(database: Database) {
+    let h = harness(database).await;
     h.deliver(user_updated("cy", 2), Uuid::now_v7()).await;
     h.deliver(user_created("cy", 1), Uuid::now_v7()).await;
     let cy = h.user("cy").await.expect("cached");
@@ -696,3 +702,37 @@ async fn an_update_that_arrives_before_the_creation_wins() {
     assert!(cy.active);
     assert_eq!(h.create("cy", "TRACK1").await.0, StatusCode::CREATED);
 }
+
+/// Each test, once on SQLite and once on PostgreSQL, as `<test>::on_sqlite` and
+/// `<test>::on_postgres`. Multi-threaded, for the test that races requests.
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$test(super::Database::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                super::$test(super::Database::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    creating_a_shipment_answers_201_and_enqueues_its_event_with_it,
+    a_refused_write_leaves_neither_shipment_nor_event,
+    a_bad_tracking_number_is_a_400_naming_the_field,
+    a_missing_forged_or_expired_token_is_a_401_json_error,
+    unknown_and_deactivated_users_are_refused_with_403,
+    status_changes_follow_the_domain_and_illegal_ones_are_409,
+    concurrent_status_changes_are_serialised,
+    cancelling_is_allowed_before_delivery_only,
+    updating_details_publishes_an_updated_event,
+    reading_unknown_ids_and_paging,
+    the_user_cache_applies_each_event_once_and_never_goes_back,
+    a_deactivation_that_arrives_first_is_not_undone_by_the_creation,
+    an_update_that_arrives_before_the_creation_wins,
+);

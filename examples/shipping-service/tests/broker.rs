@@ -1,17 +1,18 @@
 //! The whole service against a real Kafka broker: Identity's `UserCreatedEvent` reaches
 //! the user cache through the consumer and the inbox, the user then creates a shipment over
 //! HTTP, and the relay publishes its `ShipmentCreatedEvent`; then the service stops on its
-//! token within its drain bound.
+//! token within its drain bound. Once on SQLite, once on a new database on the PostgreSQL
+//! server under test.
 //!
-//! Ignored by default (it needs a broker):
+//! The broker and the server are the ones `scripts/test` starts, named by
+//! `PEGASUS_TEST_BOOTSTRAP` and `PEGASUS_TEST_POSTGRES_URL`; without them the tests fail
+//! (they never skip):
 //!
 //! ```sh
 //! export PEGASUS_TEST_BOOTSTRAP=$(scripts/kafka start)
-//! cargo test -p shipping-service --test broker -- --ignored
+//! export PEGASUS_TEST_POSTGRES_URL=$(scripts/postgres start)
+//! cargo test -p shipping-service --test broker
 //! ```
-//!
-//! With `SHIPPING_TEST_POSTGRES` set to a PostgreSQL server's URL (`scripts/postgres
-//! start`), the service runs on a new PostgreSQL database there instead of SQLite.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -104,11 +105,26 @@ impl EventHandler<ShipmentCreatedEvent> for Seen {
     }
 }
 
+/// `name`'s value; the test fails without it.
+fn required(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => panic!("{name} is not set: run the tests with `scripts/test` (see this file's doc)"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Kafka broker: PEGASUS_TEST_BOOTSTRAP=host:port"]
-async fn a_cached_user_creates_a_shipment_whose_event_is_published() {
-    let bootstrap = std::env::var("PEGASUS_TEST_BOOTSTRAP")
-        .expect("PEGASUS_TEST_BOOTSTRAP names the broker (scripts/kafka start)");
+async fn a_cached_user_creates_a_shipment_whose_event_is_published_on_sqlite() {
+    a_cached_user_creates_a_shipment_whose_event_is_published(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_user_creates_a_shipment_whose_event_is_published_on_postgres() {
+    a_cached_user_creates_a_shipment_whose_event_is_published(true).await;
+}
+
+async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: bool) {
+    let bootstrap = required("PEGASUS_TEST_BOOTSTRAP");
     let run = Uuid::now_v7();
     // A client id of its own: its consumer group reads Identity's topics from the start.
     let kafka = KafkaConfig::new(bootstrap).with_client_id(format!("shipping-api-test-{run}"));
@@ -121,9 +137,10 @@ async fn a_cached_user_creates_a_shipment_whose_event_is_published() {
     };
     let settings = ServiceSettings {
         kafka: kafka.clone(),
-        database_url: match std::env::var("SHIPPING_TEST_POSTGRES") {
-            Ok(server) => fresh_postgres_database(&server).await,
-            Err(_) => format!("sqlite://{}", dir.path().join("shipping.db").display()),
+        database_url: if on_postgres {
+            fresh_postgres_database(&required("PEGASUS_TEST_POSTGRES_URL")).await
+        } else {
+            format!("sqlite://{}", dir.path().join("shipping.db").display())
         },
         http_address: "127.0.0.1:0".parse().expect("address"),
         jwt: jwt.clone(),
