@@ -63,8 +63,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database")]
     Database(#[from] sqlx::Error),
-    /// pegasus-events refused to open the outbox or inbox, or to enqueue.
-    #[error("outbox")]
+    /// pegasus-events refused to open the outbox or inbox, to enqueue, or to build or run
+    /// the relay or the consumer.
+    #[error("pegasus-events")]
     Events(#[from] pegasus_events::Error),
 }
 
