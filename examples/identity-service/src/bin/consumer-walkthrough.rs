@@ -103,7 +103,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         (Some("--until-shipment"), Some(id)) => Some(
             Uuid::try_parse(&id).map_err(|_| format!("`{id}` is not a shipment id (a UUID)"))?,
         ),
-        _ => return Err("usage: identity-service [--until-shipment <shipment id>]".into()),
+        _ => return Err("usage: consumer-walkthrough [--until-shipment <shipment id>]".into()),
     };
 
     service_kit::logging::init(service_kit::logging::LogFormat::from_env());
