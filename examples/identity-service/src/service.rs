@@ -1,0 +1,345 @@
+//! The whole service: the HTTP server, the outbox relay and the activity-log consumer
+//! around one database, started together and stopped together.
+//!
+//! Start-up fails (with an error naming what) only for what the service cannot do
+//! without: its settings, its database, its HTTP port, its metrics recorder. The broker
+//! may be down: the relay and the consumer keep trying to start, every
+//! [`WORKER_RESTART_DELAY`], and `/health/ready` says 503 until they run. On shutdown the
+//! server stops accepting and answers the requests in flight, then the relay and the
+//! consumer get [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for
+//! its batch in flight to be acknowledged and marked; the consumer commits what it
+//! handled).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_contracts::{
+    topics, ShipmentCreatedEvent, UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
+};
+use pegasus_events::consumer::{ConsumerHealth, ConsumerStatus};
+use pegasus_events::error::Report;
+use pegasus_events::outbox::RelaySettings;
+use pegasus_events::{KafkaConfig, TopicAdmin, TopicSpec};
+use service_kit::health::ReadyFlag;
+use service_kit::shutdown::{drain, CancellationToken, DEFAULT_DRAIN_BOUND};
+use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::general_topic::{general_topic_setting, OnGeneralTopic, GENERAL_TOPIC_ENV};
+use crate::notify::{LogNotifier, Notifier};
+use crate::store::{IdentityDb, StoreError};
+
+/// The identity service's defaults: client id `identity-api` (so its consumer group is
+/// the design's `identity-api-shipmentcreated-consumer`), `sqlite://identity.db`, and port
+/// 5101, beside Shipping's 5100.
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    client_id: "identity-api",
+    database_url: "sqlite://identity.db",
+    connection_string_name: "IdentityDb",
+    http_port: 5101,
+};
+
+/// How long a relay or consumer that failed waits before it is started again.
+pub const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// Partitions of the topics the service creates, the design's three.
+const PARTITIONS: i32 = 3;
+
+/// The identity service's settings: the shared ones and its own.
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    /// Kafka, database, HTTP and JWT ([`ServiceSettings`]).
+    pub service: ServiceSettings,
+    /// Whether every user event is also enqueued for `identity-events`
+    /// (`Identity:GeneralTopic`, `IDENTITY_GENERAL_TOPIC`; see [`crate::general_topic`]).
+    pub general_topic: bool,
+}
+
+impl IdentitySettings {
+    /// Reads `path` if it exists, then the process environment, and checks every value.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServiceSettings::load`], and [`service_kit::Error::InvalidSetting`] when the
+    /// general topic setting names another topic.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, service_kit::Error> {
+        let path = path.as_ref();
+        let service = ServiceSettings::load(path, &DEFAULTS)?;
+        // ServiceSettings::load read and checked the file already; only its value is
+        // needed here.
+        let file = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        let general_topic = general_topic_setting(file.as_ref(), &|name| std::env::var(name).ok())?;
+        Ok(IdentitySettings {
+            service,
+            general_topic,
+        })
+    }
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Settings, metrics or the HTTP server.
+    #[error(transparent)]
+    Kit(#[from] service_kit::Error),
+    /// The database, or pegasus-events refusing the relay's or consumer's settings.
+    #[error("identity database")]
+    Store(#[from] StoreError),
+}
+
+/// Binds `settings.service.http_address` and runs the service until `shutdown` is
+/// cancelled, confirming shipments to the log ([`LogNotifier`]).
+///
+/// # Errors
+///
+/// See [`run_on`]; and when the address cannot be bound.
+pub async fn run(
+    settings: IdentitySettings,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let address = settings.service.http_address;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| service_kit::Error::Http {
+            address: address.to_string(),
+            source,
+        })?;
+    run_on(listener, settings, shutdown).await
+}
+
+/// Runs the service on `listener` (its address is the caller's: port 0 for tests and the
+/// in-process demo) until `shutdown` is cancelled, then drains within the bound.
+///
+/// # Errors
+///
+/// See [`run_with`].
+pub async fn run_on(
+    listener: TcpListener,
+    settings: IdentitySettings,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    run_with(listener, settings, LogNotifier, shutdown).await
+}
+
+/// [`run_on`] with the confirmations sent through `notifier`.
+///
+/// # Errors
+///
+/// When the metrics recorder cannot be installed, the database cannot be opened, or
+/// pegasus-events refuses the Kafka settings; nothing has been started then.
+pub async fn run_with<N: Notifier>(
+    listener: TcpListener,
+    settings: IdentitySettings,
+    notifier: N,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    // Before any producer, consumer or relay exists: what they register earlier is lost.
+    let metrics = service_kit::metrics::install_prometheus()?;
+    let IdentitySettings {
+        service: settings,
+        general_topic,
+    } = settings;
+    let db = IdentityDb::open(&settings.database_url, &settings.kafka, general_topic).await?;
+    let kafka = settings.kafka.clone();
+    // The design's convention, `{ClientId}-shipmentcreated-consumer`.
+    let group_id = format!("{}-shipmentcreated-consumer", kafka.client_id);
+    let notifier = Arc::new(notifier);
+    // Checked here, so a bad setting stops the start instead of a worker's every restart.
+    db.relay(&kafka, relay_settings())?;
+    db.shipment_consumer(kafka.clone(), group_id.clone(), Arc::clone(&notifier))?;
+    if general_topic {
+        tracing::info!(
+            setting = GENERAL_TOPIC_ENV,
+            "every user event is also published to {}",
+            topics::IDENTITY_EVENTS
+        );
+    }
+
+    let readiness = Readiness::new();
+    let pinged = db.clone();
+    readiness.add_check("database", move || {
+        let db = pinged.clone();
+        async move {
+            db.ping()
+                .await
+                .map_err(|_| "the database does not answer".to_owned())
+        }
+    });
+    let consumer_health: Arc<Mutex<Option<ConsumerHealth>>> = Arc::default();
+    let watched = Arc::clone(&consumer_health);
+    readiness.add_check("broker", move || {
+        let status = current_status(&watched);
+        async move {
+            match status {
+                Some(ConsumerStatus::BrokersUnreachable { down_for, .. }) => Err(format!(
+                    "no broker has answered for {} s",
+                    down_for.as_secs()
+                )),
+                Some(ConsumerStatus::Running) => Ok(()),
+                _ => Err("not reached yet".to_owned()),
+            }
+        }
+    });
+    let watched = Arc::clone(&consumer_health);
+    readiness.add_check("shipment consumer", move || {
+        let status = current_status(&watched);
+        async move {
+            match status {
+                Some(ConsumerStatus::Running) => Ok(()),
+                _ => Err("not running".to_owned()),
+            }
+        }
+    });
+    let relay_running = readiness.flag("outbox relay");
+
+    let topics = tokio::spawn(ensure_topics(
+        kafka.clone(),
+        general_topic,
+        shutdown.clone(),
+    ));
+    let relay = tokio::spawn(run_relay(
+        db.clone(),
+        kafka.clone(),
+        relay_running,
+        shutdown.clone(),
+    ));
+    let consumer = tokio::spawn(run_consumer(
+        db.clone(),
+        kafka,
+        group_id,
+        notifier,
+        consumer_health,
+        shutdown.clone(),
+    ));
+
+    let app = api::router(AppState {
+        db,
+        jwt: JwtKeys::new(&settings.jwt),
+    })
+    .merge(readiness.routes())
+    .merge(service_kit::metrics::routes(metrics));
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "identity service listening"),
+        Err(_) => tracing::info!("identity service listening"),
+    }
+    let served = service_kit::shutdown::serve(listener, app, shutdown.clone()).await;
+    // However the server ended, the workers stop too.
+    shutdown.cancel();
+    tracing::info!("HTTP server stopped; draining the outbox relay and the consumer");
+    let _ = tokio::join!(
+        drain("outbox relay", DEFAULT_DRAIN_BOUND, relay),
+        drain("shipment consumer", DEFAULT_DRAIN_BOUND, consumer),
+        drain("topic creation", DEFAULT_DRAIN_BOUND, topics),
+    );
+    tracing::info!("identity service stopped");
+    Ok(served?)
+}
+
+fn relay_settings() -> RelaySettings {
+    RelaySettings {
+        // The SQLite relay is woken by this process's commits; polling only catches
+        // what another process enqueued.
+        poll_interval: Duration::from_millis(250),
+        ..RelaySettings::default()
+    }
+}
+
+fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStatus> {
+    health
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(ConsumerHealth::status)
+}
+
+/// Creates the service's topics and the one it reads (3 partitions), leaving existing
+/// ones alone. Best effort: a broker that creates topics on first use works without it.
+async fn ensure_topics(kafka: KafkaConfig, general_topic: bool, shutdown: CancellationToken) {
+    let mut specs = vec![
+        TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<UserDeactivatedEvent>().partitions(PARTITIONS),
+        TopicSpec::for_event::<ShipmentCreatedEvent>().partitions(PARTITIONS),
+    ];
+    if general_topic {
+        specs.push(
+            TopicSpec::for_event::<OnGeneralTopic<UserCreatedEvent>>().partitions(PARTITIONS),
+        );
+    }
+    let created = async { TopicAdmin::new(&kafka).await?.ensure_topics(&specs).await };
+    tokio::select! {
+        result = created => if let Err(error) = result {
+            tracing::warn!(error = %Report::new(&error), "could not create the topics; relying on the broker to create them on first use");
+        },
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// Runs the outbox relay until shutdown, starting it again after a failure.
+async fn run_relay(
+    db: IdentityDb,
+    kafka: KafkaConfig,
+    running: ReadyFlag,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let result = match db.relay(&kafka, relay_settings()) {
+            Ok(relay) => {
+                running.set(true);
+                let result = relay.run_until(shutdown.clone().cancelled_owned()).await;
+                running.set(false);
+                result.map_err(StoreError::from)
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::error!(error = %Report::new(&error), "outbox relay stopped; starting it again");
+            restart_delay(&shutdown).await;
+        }
+    }
+}
+
+/// Runs the shipment consumer until shutdown, starting it again after a failure.
+async fn run_consumer<N: Notifier>(
+    db: IdentityDb,
+    kafka: KafkaConfig,
+    group_id: String,
+    notifier: Arc<N>,
+    health: Arc<Mutex<Option<ConsumerHealth>>>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let result =
+            match db.shipment_consumer(kafka.clone(), group_id.clone(), Arc::clone(&notifier)) {
+                Ok(consumer) => {
+                    *health.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.health());
+                    tracing::info!(
+                        group = %consumer.group_id(),
+                        "Started consuming from topic: {}",
+                        topics::SHIPMENT_CREATED
+                    );
+                    consumer
+                        .run_until(shutdown.clone().cancelled_owned())
+                        .await
+                        .map_err(StoreError::from)
+                }
+                Err(error) => Err(error),
+            };
+        if let Err(error) = result {
+            tracing::error!(error = %Report::new(&error), "shipment consumer stopped; starting it again");
+            restart_delay(&shutdown).await;
+        }
+    }
+}
+
+async fn restart_delay(shutdown: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(WORKER_RESTART_DELAY) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
