@@ -762,6 +762,15 @@ impl IdentityDb {
         on_backend!(self.shipment_consumer(kafka, group_id, notifier))
     }
 
+    /// The PostgreSQL parts (outbox, inbox marks), for tests that drive the inbox
+    /// directly.
+    pub fn postgres(&self) -> Option<(&PostgresOutbox, &PostgresIdempotencyStore)> {
+        match self {
+            IdentityDb::Sqlite(_) => None,
+            IdentityDb::Postgres(db) => Some((&db.outbox, &db.marks)),
+        }
+    }
+
     /// The SQLite parts (outbox, inbox marks), for tests that drive the inbox directly.
     pub fn sqlite(&self) -> Option<(&SqliteOutbox, &SqliteIdempotencyStore)> {
         match self {

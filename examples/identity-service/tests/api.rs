@@ -1,6 +1,11 @@
-//! The identity service's HTTP API and activity log against a temporary SQLite database,
-//! driven through the router (`tower::ServiceExt::oneshot`): no network, no broker. The
-//! outbox table is read directly to check what would be published.
+//! The identity service's HTTP API and activity log, driven through the router
+//! (`tower::ServiceExt::oneshot`): no network, no broker. The outbox table is read directly
+//! to check what would be published.
+//!
+//! Every test runs twice: `<test>::on_sqlite` against a temporary SQLite database, and
+//! `<test>::on_postgres` against a database of its own on the PostgreSQL server of
+//! `PEGASUS_TEST_POSTGRES_URL` (`scripts/test` starts one; without it those fail, they do
+//! not skip).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,13 +70,47 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-async fn harness() -> Harness {
-    harness_with(false).await
+/// The database a test runs on.
+#[derive(Clone, Copy, Debug)]
+enum Database {
+    Sqlite,
+    Postgres,
 }
 
-async fn harness_with(general_topic: bool) -> Harness {
+/// A new, empty database on the PostgreSQL server under test (`PEGASUS_TEST_POSTGRES_URL`,
+/// as every test of this workspace finds it); its URL.
+async fn fresh_postgres_database() -> String {
+    let server_url = match std::env::var("PEGASUS_TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "PEGASUS_TEST_POSTGRES_URL is not set: run the tests with `scripts/test`, or start \
+             a server with `scripts/postgres start` and export the URL it prints"
+        ),
+    };
+    let name = format!("identity_test_{}", Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&server_url)
+        .await
+        .expect("PostgreSQL server reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("database created");
+    admin.close().await;
+    let server = server_url.split('?').next().unwrap_or(&server_url);
+    let (server, _) = server.rsplit_once('/').expect("a URL with a database");
+    format!("{server}/{name}")
+}
+
+async fn harness(database: Database) -> Harness {
+    harness_with(database, false).await
+}
+
+async fn harness_with(database: Database, general_topic: bool) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("identity.db").display());
+    let url = match database {
+        Database::Postgres => fresh_postgres_database().await,
+        Database::Sqlite => format!("sqlite://{}", dir.path().join("identity.db").display()),
+    };
     // Opening the outbox needs no broker; nothing here publishes.
     let kafka = KafkaConfig::new("127.0.0.1:9").with_client_id("identity-api");
     let db = IdentityDb::open(&url, &kafka, general_topic)
@@ -168,12 +207,13 @@ impl Harness {
     }
 
     async fn outbox(&self) -> Vec<OutboxRow> {
-        let (outbox, _) = self.db.sqlite().expect("a SQLite database");
-        let rows: Vec<StoredRow> = sqlx::query_as(
-            "SELECT topic, message_key, payload, headers FROM pegasus_outbox ORDER BY id",
-        )
-        .fetch_all(outbox.pool())
-        .await
+        const ROWS: &str =
+            "SELECT topic, message_key, payload, headers FROM pegasus_outbox ORDER BY id";
+        let rows: Vec<StoredRow> = match (self.db.sqlite(), self.db.postgres()) {
+            (Some((outbox, _)), _) => sqlx::query_as(ROWS).fetch_all(outbox.pool()).await,
+            (_, Some((outbox, _))) => sqlx::query_as(ROWS).fetch_all(outbox.pool()).await,
+            (None, None) => unreachable!("a database of one kind or the other"),
+        }
         .expect("outbox read");
         rows.into_iter()
             .map(|(topic, key, payload, headers)| {
@@ -184,29 +224,37 @@ impl Harness {
     }
 
     async fn user_count(&self) -> i64 {
-        let (outbox, _) = self.db.sqlite().expect("a SQLite database");
-        sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(outbox.pool())
-            .await
-            .expect("count")
+        const COUNT: &str = "SELECT COUNT(*) FROM users";
+        match (self.db.sqlite(), self.db.postgres()) {
+            (Some((outbox, _)), _) => sqlx::query_scalar(COUNT).fetch_one(outbox.pool()).await,
+            (_, Some((outbox, _))) => sqlx::query_scalar(COUNT).fetch_one(outbox.pool()).await,
+            (None, None) => unreachable!("a database of one kind or the other"),
+        }
+        .expect("count")
     }
 
     async fn stored_hash(&self, user_id: &str) -> String {
-        let (outbox, _) = self.db.sqlite().expect("a SQLite database");
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(outbox.pool())
-            .await
-            .expect("hash")
+        const HASH: &str = "SELECT password_hash FROM users WHERE id = $1";
+        match (self.db.sqlite(), self.db.postgres()) {
+            (Some((outbox, _)), _) => {
+                sqlx::query_scalar(HASH)
+                    .bind(user_id)
+                    .fetch_one(outbox.pool())
+                    .await
+            }
+            (_, Some((outbox, _))) => {
+                sqlx::query_scalar(HASH)
+                    .bind(user_id)
+                    .fetch_one(outbox.pool())
+                    .await
+            }
+            (None, None) => unreachable!("a database of one kind or the other"),
+        }
+        .expect("hash")
     }
 
     /// Delivers `event` to the activity log through the inbox, as the consumer would.
     async fn deliver(&self, event: ShipmentCreatedEvent, event_id: Uuid) {
-        let (_, marks) = self.db.sqlite().expect("a SQLite database");
-        let handler = Logged(Inbox::new(
-            marks.clone(),
-            ActivityLog::new(Arc::clone(&self.notifier)),
-        ));
         let context = EventContext {
             metadata: EventMetadata {
                 id: event_id,
@@ -229,7 +277,21 @@ impl Harness {
             attempt: 1,
             group_id: "identity-api-shipmentcreated-consumer",
         };
-        handler.handle(event, &context).await.expect("handled");
+        let activity = ActivityLog::new(Arc::clone(&self.notifier));
+        let handled = match (self.db.sqlite(), self.db.postgres()) {
+            (Some((_, marks)), _) => {
+                Logged(Inbox::new(marks.clone(), activity))
+                    .handle(event, &context)
+                    .await
+            }
+            (_, Some((_, marks))) => {
+                Logged(Inbox::new(marks.clone(), activity))
+                    .handle(event, &context)
+                    .await
+            }
+            (None, None) => unreachable!("a database of one kind or the other"),
+        };
+        handled.expect("handled");
     }
 }
 
@@ -263,9 +325,10 @@ fn assert_no_secret(text: &str, hash: &str) {
     assert!(!text.to_ascii_lowercase().contains("password"), "{text}");
 }
 
-#[tokio::test]
-async fn registering_answers_201_and_enqueues_user_created_with_it_and_no_secret() {
-    let h = harness().await;
+async fn registering_answers_201_and_enqueues_user_created_with_it_and_no_secret(
+    database: Database,
+) {
+    let h = harness(database).await;
     let (status, body) = h
         .call(
             "POST",
@@ -338,9 +401,8 @@ async fn registering_answers_201_and_enqueues_user_created_with_it_and_no_secret
     assert_eq!(&read, user);
 }
 
-#[tokio::test]
-async fn a_duplicate_email_is_a_409_and_leaves_neither_user_nor_event() {
-    let h = harness().await;
+async fn a_duplicate_email_is_a_409_and_leaves_neither_user_nor_event(database: Database) {
+    let h = harness(database).await;
     assert_eq!(h.register("ada").await.0, StatusCode::CREATED);
     // Emails are compared without regard to case.
     let (status, body) = h
@@ -357,9 +419,8 @@ async fn a_duplicate_email_is_a_409_and_leaves_neither_user_nor_event() {
     assert_eq!(h.outbox().await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_bad_registration_is_a_400_naming_the_field() {
-    let h = harness().await;
+async fn a_bad_registration_is_a_400_naming_the_field(database: Database) {
+    let h = harness(database).await;
     let long_password = "p".repeat(1025);
     let cases = [
         (
@@ -421,9 +482,10 @@ async fn a_bad_registration_is_a_400_naming_the_field() {
     assert!(h.outbox().await.is_empty());
 }
 
-#[tokio::test]
-async fn signing_in_answers_one_401_for_wrong_password_unknown_email_and_deactivated() {
-    let h = harness().await;
+async fn signing_in_answers_one_401_for_wrong_password_unknown_email_and_deactivated(
+    database: Database,
+) {
+    let h = harness(database).await;
     let (ada, ada_token) = h.signed_in("ada").await;
     // The token is accepted by the API.
     let (status, _) = h
@@ -467,9 +529,8 @@ async fn signing_in_answers_one_401_for_wrong_password_unknown_email_and_deactiv
     assert_eq!(body["field"], "password");
 }
 
-#[tokio::test]
-async fn a_missing_forged_or_expired_token_is_a_401_json_error() {
-    let h = harness().await;
+async fn a_missing_forged_or_expired_token_is_a_401_json_error(database: Database) {
+    let h = harness(database).await;
     let (ada, _) = h.signed_in("ada").await;
     let path = format!("/api/users/{ada}");
 
@@ -522,9 +583,8 @@ async fn a_missing_forged_or_expired_token_is_a_401_json_error() {
     assert_eq!(h.outbox().await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_user_may_not_read_or_change_someone_else() {
-    let h = harness().await;
+async fn a_user_may_not_read_or_change_someone_else(database: Database) {
+    let h = harness(database).await;
     let (ada, _) = h.signed_in("ada").await;
     let (_, bob_token) = h.signed_in("bob").await;
     let (status, body) = h
@@ -548,9 +608,8 @@ async fn a_user_may_not_read_or_change_someone_else() {
     assert_eq!(h.outbox().await.len(), 2);
 }
 
-#[tokio::test]
-async fn updating_raises_the_version_and_enqueues_user_updated() {
-    let h = harness().await;
+async fn updating_raises_the_version_and_enqueues_user_updated(database: Database) {
+    let h = harness(database).await;
     let (ada, token) = h.signed_in("ada").await;
     let path = format!("/api/users/{ada}");
     let (status, body) = h
@@ -629,9 +688,8 @@ async fn updating_raises_the_version_and_enqueues_user_updated() {
     );
 }
 
-#[tokio::test]
-async fn deactivating_twice_is_a_409_and_publishes_once() {
-    let h = harness().await;
+async fn deactivating_twice_is_a_409_and_publishes_once(database: Database) {
+    let h = harness(database).await;
     let (ada, token) = h.signed_in("ada").await;
     let path = format!("/api/users/{ada}/deactivate");
     let (status, body) = h.call("POST", &path, Some(&token), None).await;
@@ -661,9 +719,8 @@ async fn deactivating_twice_is_a_409_and_publishes_once() {
     assert_eq!(event.version, 2);
 }
 
-#[tokio::test]
-async fn each_shipment_event_is_logged_once_and_confirmed_once() {
-    let h = harness().await;
+async fn each_shipment_event_is_logged_once_and_confirmed_once(database: Database) {
+    let h = harness(database).await;
     let (ada, token) = h.signed_in("ada").await;
     let first = shipment(&ada, "TRACK123");
     let first_id = Uuid::now_v7();
@@ -702,9 +759,8 @@ async fn each_shipment_event_is_logged_once_and_confirmed_once() {
     assert!(!format!("{:?}", sent[0]).contains("ada@example.com"));
 }
 
-#[tokio::test]
-async fn a_shipment_of_an_unknown_user_is_kept_without_a_confirmation() {
-    let h = harness().await;
+async fn a_shipment_of_an_unknown_user_is_kept_without_a_confirmation(database: Database) {
+    let h = harness(database).await;
     let stranger = Uuid::now_v7().to_string();
     h.deliver(shipment(&stranger, "TRACK1"), Uuid::now_v7())
         .await;
@@ -729,9 +785,10 @@ async fn a_shipment_of_an_unknown_user_is_kept_without_a_confirmation() {
     assert_eq!(h.db.activity(&ada).await.expect("read").len(), 1);
 }
 
-#[tokio::test]
-async fn with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction() {
-    let h = harness_with(true).await;
+async fn with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction(
+    database: Database,
+) {
+    let h = harness_with(database, true).await;
     let (ada, token) = h.signed_in("ada").await;
     let (status, _) = h
         .call(
@@ -781,3 +838,35 @@ async fn with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction(
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(h.outbox().await.len(), 4);
 }
+
+/// Each test, once on SQLite and once on PostgreSQL, as `<test>::on_sqlite` and
+/// `<test>::on_postgres`.
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$test(super::Database::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                super::$test(super::Database::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    registering_answers_201_and_enqueues_user_created_with_it_and_no_secret,
+    a_duplicate_email_is_a_409_and_leaves_neither_user_nor_event,
+    a_bad_registration_is_a_400_naming_the_field,
+    signing_in_answers_one_401_for_wrong_password_unknown_email_and_deactivated,
+    a_missing_forged_or_expired_token_is_a_401_json_error,
+    a_user_may_not_read_or_change_someone_else,
+    updating_raises_the_version_and_enqueues_user_updated,
+    deactivating_twice_is_a_409_and_publishes_once,
+    each_shipment_event_is_logged_once_and_confirmed_once,
+    a_shipment_of_an_unknown_user_is_kept_without_a_confirmation,
+    with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction,
+);
