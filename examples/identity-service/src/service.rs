@@ -3,8 +3,9 @@
 //!
 //! Start-up fails (with an error naming what) only for what the service cannot do
 //! without: its settings, its database, its HTTP port, its metrics recorder. The broker
-//! may be down: the relay and the consumer keep trying to start, every
-//! [`WORKER_RESTART_DELAY`], and `/health/ready` says 503 until they run. On shutdown the
+//! may be down: the service first creates its topics (trying again every
+//! [`WORKER_RESTART_DELAY`]), then starts the relay and the consumer, which start again
+//! after a failure, and `/health/ready` says 503 until they run. On shutdown the
 //! server stops accepting and answers the requests in flight, then the relay and the
 //! consumer get [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for
 //! its batch in flight to be acknowledged and marked; the consumer commits what it
@@ -25,6 +26,7 @@ use service_kit::health::ReadyFlag;
 use service_kit::shutdown::{drain, CancellationToken, DEFAULT_DRAIN_BOUND};
 use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::general_topic::{general_topic_setting, OnGeneralTopic, GENERAL_TOPIC_ENV};
@@ -197,16 +199,19 @@ pub async fn run_with<N: Notifier>(
     });
     let relay_running = readiness.flag("outbox relay");
 
+    let (topics_ready, topics_created) = watch::channel(false);
     let topics = tokio::spawn(ensure_topics(
         kafka.clone(),
         general_topic,
         shutdown.clone(),
+        topics_ready,
     ));
     let relay = tokio::spawn(run_relay(
         db.clone(),
         kafka.clone(),
         relay_running,
         shutdown.clone(),
+        topics_created.clone(),
     ));
     let consumer = tokio::spawn(run_consumer(
         db.clone(),
@@ -215,6 +220,7 @@ pub async fn run_with<N: Notifier>(
         notifier,
         consumer_health,
         shutdown.clone(),
+        topics_created,
     ));
 
     let app = api::router(AppState {
@@ -257,9 +263,19 @@ fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStat
         .map(ConsumerHealth::status)
 }
 
-/// Creates the service's topics and the one it reads (3 partitions), leaving existing
-/// ones alone. Best effort: a broker that creates topics on first use works without it.
-async fn ensure_topics(kafka: KafkaConfig, general_topic: bool, shutdown: CancellationToken) {
+/// Creates the service's topics and the ones it reads (3 partitions), leaving existing
+/// ones alone, and then lets the relay and the consumer start (`topics_ready`): a consumer
+/// subscribed to a topic that does not exist yet sees it only at its next metadata refresh
+/// (librdkafka's every 5 minutes), and a topic the broker creates on a first publish gets
+/// the broker's default partition count instead of the design's. While no broker answers
+/// it tries again every [`WORKER_RESTART_DELAY`]; a broker that answers but refuses (no
+/// right to create topics, say) is logged, and the workers start on whatever topics exist.
+async fn ensure_topics(
+    kafka: KafkaConfig,
+    general_topic: bool,
+    shutdown: CancellationToken,
+    topics_ready: watch::Sender<bool>,
+) {
     let mut specs = vec![
         TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
@@ -271,12 +287,42 @@ async fn ensure_topics(kafka: KafkaConfig, general_topic: bool, shutdown: Cancel
             TopicSpec::for_event::<OnGeneralTopic<UserCreatedEvent>>().partitions(PARTITIONS),
         );
     }
-    let created = async { TopicAdmin::new(&kafka).await?.ensure_topics(&specs).await };
+    loop {
+        let admin = tokio::select! {
+            admin = TopicAdmin::new(&kafka) => admin,
+            () = shutdown.cancelled() => return,
+        };
+        match admin {
+            Ok(admin) => {
+                tokio::select! {
+                    created = admin.ensure_topics(&specs) => if let Err(error) = created {
+                        tracing::warn!(error = %Report::new(&error), "could not create the topics; starting on the topics that exist");
+                    },
+                    () = shutdown.cancelled() => return,
+                }
+                let _ = topics_ready.send(true);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = %Report::new(&error), "cannot create the topics yet; trying again");
+                restart_delay(&shutdown).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the topics were created (see [`ensure_topics`]); `false` if the service is
+/// stopping first.
+async fn topics_created(
+    topics_ready: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> bool {
     tokio::select! {
-        result = created => if let Err(error) = result {
-            tracing::warn!(error = %Report::new(&error), "could not create the topics; relying on the broker to create them on first use");
-        },
-        () = shutdown.cancelled() => {}
+        created = topics_ready.wait_for(|created| *created) => created.is_ok(),
+        () = shutdown.cancelled() => false,
     }
 }
 
@@ -286,7 +332,11 @@ async fn run_relay(
     kafka: KafkaConfig,
     running: ReadyFlag,
     shutdown: CancellationToken,
+    mut topics_ready: watch::Receiver<bool>,
 ) {
+    if !topics_created(&mut topics_ready, &shutdown).await {
+        return;
+    }
     while !shutdown.is_cancelled() {
         let result = match db.relay(&kafka, relay_settings()) {
             Ok(relay) => {
@@ -312,7 +362,11 @@ async fn run_consumer<N: Notifier>(
     notifier: Arc<N>,
     health: Arc<Mutex<Option<ConsumerHealth>>>,
     shutdown: CancellationToken,
+    mut topics_ready: watch::Receiver<bool>,
 ) {
+    if !topics_created(&mut topics_ready, &shutdown).await {
+        return;
+    }
     while !shutdown.is_cancelled() {
         let result =
             match db.shipment_consumer(kafka.clone(), group_id.clone(), Arc::clone(&notifier)) {

@@ -3,7 +3,8 @@
 //!
 //! Start-up fails (with an error naming what) only for what the service cannot do
 //! without: its database, its HTTP port, its metrics recorder. The broker may be down:
-//! the relay and the consumer keep trying to start, every [`WORKER_RESTART_DELAY`], and
+//! the service first creates its topics (trying again every [`WORKER_RESTART_DELAY`]),
+//! then starts the relay and the consumer, which start again after a failure, and
 //! `/health/ready` says 503 until they run. On shutdown the server stops accepting and
 //! answers the requests in flight, then the relay and the consumer get
 //! [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for its batch in
@@ -24,6 +25,7 @@ use service_kit::health::ReadyFlag;
 use service_kit::shutdown::{drain_task, CancellationToken, DEFAULT_DRAIN_BOUND};
 use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::store::{ShippingDb, StoreError};
@@ -137,12 +139,14 @@ pub async fn run_on(
     // The workers stop with the caller's token, or when the server ends by itself, without
     // cancelling the caller's token (other services of the process may share it).
     let workers = shutdown.child_token();
-    let topics = tokio::spawn(ensure_topics(kafka.clone(), workers.clone()));
+    let (topics_ready, topics_created) = watch::channel(false);
+    let topics = tokio::spawn(ensure_topics(kafka.clone(), workers.clone(), topics_ready));
     let relay = tokio::spawn(run_relay(
         db.clone(),
         kafka.clone(),
         relay_running,
         workers.clone(),
+        topics_created.clone(),
     ));
     let consumer = tokio::spawn(run_consumer(
         db.clone(),
@@ -150,6 +154,7 @@ pub async fn run_on(
         group_id,
         consumer_health,
         workers.clone(),
+        topics_created,
     ));
 
     let app = api::router(AppState {
@@ -192,8 +197,17 @@ fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStat
 }
 
 /// Creates the service's topics and the ones it reads (3 partitions), leaving existing
-/// ones alone. Best effort: a broker that creates topics on first use works without it.
-async fn ensure_topics(kafka: KafkaConfig, shutdown: CancellationToken) {
+/// ones alone, and then lets the relay and the consumer start (`topics_ready`): a consumer
+/// subscribed to a topic that does not exist yet sees it only at its next metadata refresh
+/// (librdkafka's every 5 minutes), and a topic the broker creates on a first publish gets
+/// the broker's default partition count instead of the design's. While no broker answers
+/// it tries again every [`WORKER_RESTART_DELAY`]; a broker that answers but refuses (no
+/// right to create topics, say) is logged, and the workers start on whatever topics exist.
+async fn ensure_topics(
+    kafka: KafkaConfig,
+    shutdown: CancellationToken,
+    topics_ready: watch::Sender<bool>,
+) {
     let specs = [
         TopicSpec::for_event::<ShipmentCreatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<ShipmentUpdatedEvent>().partitions(PARTITIONS),
@@ -202,12 +216,42 @@ async fn ensure_topics(kafka: KafkaConfig, shutdown: CancellationToken) {
         TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<UserDeactivatedEvent>().partitions(PARTITIONS),
     ];
-    let created = async { TopicAdmin::new(&kafka).await?.ensure_topics(&specs).await };
+    loop {
+        let admin = tokio::select! {
+            admin = TopicAdmin::new(&kafka) => admin,
+            () = shutdown.cancelled() => return,
+        };
+        match admin {
+            Ok(admin) => {
+                tokio::select! {
+                    created = admin.ensure_topics(&specs) => if let Err(error) = created {
+                        tracing::warn!(error = %Report::new(&error), "could not create the topics; starting on the topics that exist");
+                    },
+                    () = shutdown.cancelled() => return,
+                }
+                let _ = topics_ready.send(true);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = %Report::new(&error), "cannot create the topics yet; trying again");
+                restart_delay(&shutdown).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the topics were created (see [`ensure_topics`]); `false` if the service is
+/// stopping first.
+async fn topics_created(
+    topics_ready: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> bool {
     tokio::select! {
-        result = created => if let Err(error) = result {
-            tracing::warn!(error = %Report::new(&error), "could not create the topics; relying on the broker to create them on first use");
-        },
-        () = shutdown.cancelled() => {}
+        created = topics_ready.wait_for(|created| *created) => created.is_ok(),
+        () = shutdown.cancelled() => false,
     }
 }
 
@@ -217,7 +261,11 @@ async fn run_relay(
     kafka: KafkaConfig,
     running: ReadyFlag,
     shutdown: CancellationToken,
+    mut topics_ready: watch::Receiver<bool>,
 ) {
+    if !topics_created(&mut topics_ready, &shutdown).await {
+        return;
+    }
     while !shutdown.is_cancelled() {
         let result = match db.relay(&kafka, relay_settings()) {
             Ok(relay) => {
@@ -246,7 +294,11 @@ async fn run_consumer(
     group_id: String,
     health: Arc<Mutex<Option<ConsumerHealth>>>,
     shutdown: CancellationToken,
+    mut topics_ready: watch::Receiver<bool>,
 ) {
+    if !topics_created(&mut topics_ready, &shutdown).await {
+        return;
+    }
     while !shutdown.is_cancelled() {
         let result = match db.user_cache_consumer(kafka.clone(), group_id.clone()) {
             Ok(consumer) => {
