@@ -67,6 +67,7 @@ impl From<StoreError> for ApiError {
             error @ (StoreError::DuplicateEmail | StoreError::Deactivated) => {
                 ApiError::Conflict(error.to_string())
             }
+            StoreError::Database(error) => ApiError::database(error),
             error => ApiError::internal(error),
         }
     }

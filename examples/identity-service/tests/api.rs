@@ -839,6 +839,29 @@ async fn with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction(
     assert_eq!(h.outbox().await.len(), 4);
 }
 
+async fn a_database_out_of_reach_is_a_503_json_error_not_a_500(database: Database) {
+    let h = harness(database).await;
+    match (h.db.sqlite(), h.db.postgres()) {
+        (Some((outbox, _)), _) => outbox.pool().close().await,
+        (_, Some((outbox, _))) => outbox.pool().close().await,
+        (None, None) => unreachable!("a database of one kind or the other"),
+    }
+    let (status, body) = h.register("ada").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, body) = h.sign_in("ada@example.com", PASSWORD).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+}
+
 /// Each test, once on SQLite and once on PostgreSQL, as `<test>::on_sqlite` and
 /// `<test>::on_postgres`.
 macro_rules! on_both_databases {
@@ -869,4 +892,5 @@ on_both_databases!(
     each_shipment_event_is_logged_once_and_confirmed_once,
     a_shipment_of_an_unknown_user_is_kept_without_a_confirmation,
     with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction,
+    a_database_out_of_reach_is_a_503_json_error_not_a_500,
 );

@@ -67,6 +67,19 @@ impl ApiError {
         ApiError::Internal(cause.into())
     }
 
+    /// A failed database call: [`ApiError::Unavailable`] (503, `Retry-After: 1`) when the
+    /// database is out of reach for now (connection refused or lost, the pool closed or
+    /// exhausted, PostgreSQL shutting down or out of connections, SQLite busy or locked),
+    /// [`ApiError::Internal`] otherwise. The client is told which, never the cause.
+    pub fn database(error: sqlx::Error) -> Self {
+        if database_unavailable(&error) {
+            tracing::warn!(error = %pegasus_events::error::Report::new(&error), "database unavailable");
+            ApiError::Unavailable("the database is not reachable; try again shortly".to_owned())
+        } else {
+            ApiError::internal(error)
+        }
+    }
+
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -137,6 +150,12 @@ impl IntoResponse for ApiError {
             field,
         };
         let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -144,5 +163,29 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// Whether `error` says the database cannot be reached now, rather than that a statement
+/// failed: worth a retry by the client.
+fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            // PostgreSQL: class 08 (connection exception), 57P01-57P03 (shutting down,
+            // cannot connect now), 53300 (too many connections). SQLite: result codes 5
+            // (SQLITE_BUSY) and 6 (SQLITE_LOCKED), extended codes keep them in the low
+            // byte.
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                || code
+                    .parse::<i32>()
+                    .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+        }),
+        _ => false,
     }
 }

@@ -75,6 +75,7 @@ impl From<StoreError> for ApiError {
             error @ (StoreError::DuplicateTrackingNumber
             | StoreError::IllegalTransition { .. }
             | StoreError::Final(_)) => ApiError::Conflict(error.to_string()),
+            StoreError::Database(error) => ApiError::database(error),
             error => ApiError::internal(error),
         }
     }

@@ -703,6 +703,37 @@ async fn an_update_that_arrives_before_the_creation_wins(database: Database) {
     assert_eq!(h.create("cy", "TRACK1").await.0, StatusCode::CREATED);
 }
 
+async fn a_database_out_of_reach_is_a_503_json_error_not_a_500(database: Database) {
+    let h = harness(database).await;
+    h.register("ada").await;
+    match (h.db.sqlite(), h.db.postgres()) {
+        (Some((outbox, _)), _) => outbox.pool().close().await,
+        (_, Some((outbox, _))) => outbox.pool().close().await,
+        (None, None) => unreachable!("a database of one kind or the other"),
+    }
+    let (status, body) = h.create("ada", "TRACK503").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, body) = h
+        .call(
+            "GET",
+            &format!("/api/shipments/{}", Uuid::now_v7()),
+            Some(&h.token("ada")),
+            None,
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+}
+
 /// Each test, once on SQLite and once on PostgreSQL, as `<test>::on_sqlite` and
 /// `<test>::on_postgres`. Multi-threaded, for the test that races requests.
 macro_rules! on_both_databases {
@@ -735,4 +766,5 @@ on_both_databases!(
     the_user_cache_applies_each_event_once_and_never_goes_back,
     a_deactivation_that_arrives_first_is_not_undone_by_the_creation,
     an_update_that_arrives_before_the_creation_wins,
+    a_database_out_of_reach_is_a_503_json_error_not_a_500,
 );
