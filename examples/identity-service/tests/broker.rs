@@ -184,13 +184,18 @@ async fn users_published_without_secrets_shipment_sent_twice_logged_once_stops_i
         destination: None,
     };
     let sent_twice = Uuid::now_v7();
+    let mut copies = Vec::new();
     for _ in 0..2 {
         let delivery = producer
             .publish_with(&shipment, &PublishMetadata::new().event_id(sent_twice))
             .await
             .expect("published");
         assert_eq!(delivery.event_id, sent_twice);
+        copies.push((delivery.partition, delivery.offset));
     }
+    // Two records on the topic, one after the other in one partition.
+    assert_eq!(copies[0].0, copies[1].0);
+    assert!(copies[0].1 < copies[1].1, "{copies:?}");
     let activity = |token: String, user_id: String| async move {
         let path = format!("/api/users/{user_id}/activity");
         let (status, body) = http(address, "GET", &path, Some(&token), None).await;
