@@ -78,8 +78,20 @@ pub(crate) async fn http(
     http_with_headers(address, method, path, &headers, body).await
 }
 
-/// [`http`] with any request headers.
+/// [`http`] with any request headers; fails when the answer takes longer than [`STEP`].
 pub(crate) async fn http_with_headers(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, Value) {
+    tokio::time::timeout(STEP, exchange(address, method, path, headers, body))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {method} {path} within {STEP:?}"))
+}
+
+async fn exchange(
     address: SocketAddr,
     method: &str,
     path: &str,
