@@ -15,9 +15,11 @@
 //! - **A user acts only on themself.** Every `/api/users/{id}` route needs a valid JWT
 //!   (401 otherwise) whose subject is `{id}` (403 otherwise).
 //! - **Each shipment is logged once.** `shipping.shipment.created` is consumed as group
-//!   `identity-api-shipmentcreated-consumer` through the inbox: the activity entry and the
-//!   event's mark commit together, so a redelivered event adds nothing; the user gets a
-//!   confirmation through a [`notify::Notifier`].
+//!   `identity-api-shipmentcreated-consumer` (`{client id}-shipmentcreated-consumer`, the
+//!   client id being `Kafka:ClientId` or `KAFKA_CLIENT_ID`, `identity-api` by default)
+//!   through the inbox: the activity entry and the event's mark commit together, so a
+//!   redelivered event adds nothing; the user gets a confirmation through a
+//!   [`notify::Notifier`].
 //!
 //! [`service::run`] starts everything (HTTP, relay, consumer) and stops it on a
 //! cancellation token; [`api::router`] is the HTTP API alone, for tests and for a process

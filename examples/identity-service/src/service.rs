@@ -23,7 +23,7 @@ use pegasus_events::error::Report;
 use pegasus_events::outbox::RelaySettings;
 use pegasus_events::{KafkaConfig, TopicAdmin, TopicSpec};
 use service_kit::health::ReadyFlag;
-use service_kit::shutdown::{drain, CancellationToken, DEFAULT_DRAIN_BOUND};
+use service_kit::shutdown::{drain_task, CancellationToken, DEFAULT_DRAIN_BOUND};
 use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -199,18 +199,21 @@ pub async fn run_with<N: Notifier>(
     });
     let relay_running = readiness.flag("outbox relay");
 
+    // The workers stop with the caller's token, or when the server ends by itself, without
+    // cancelling the caller's token (other services of the process may share it).
+    let workers = shutdown.child_token();
     let (topics_ready, topics_created) = watch::channel(false);
     let topics = tokio::spawn(ensure_topics(
         kafka.clone(),
         general_topic,
-        shutdown.clone(),
+        workers.clone(),
         topics_ready,
     ));
     let relay = tokio::spawn(run_relay(
         db.clone(),
         kafka.clone(),
         relay_running,
-        shutdown.clone(),
+        workers.clone(),
         topics_created.clone(),
     ));
     let consumer = tokio::spawn(run_consumer(
@@ -219,7 +222,7 @@ pub async fn run_with<N: Notifier>(
         group_id,
         notifier,
         consumer_health,
-        shutdown.clone(),
+        workers.clone(),
         topics_created,
     ));
 
@@ -233,14 +236,13 @@ pub async fn run_with<N: Notifier>(
         Ok(address) => tracing::info!(%address, "identity service listening"),
         Err(_) => tracing::info!("identity service listening"),
     }
-    let served = service_kit::shutdown::serve(listener, app, shutdown.clone()).await;
-    // However the server ended, the workers stop too.
-    shutdown.cancel();
+    let served = service_kit::shutdown::serve(listener, app, shutdown).await;
+    workers.cancel();
     tracing::info!("HTTP server stopped; draining the outbox relay and the consumer");
     let _ = tokio::join!(
-        drain("outbox relay", DEFAULT_DRAIN_BOUND, relay),
-        drain("shipment consumer", DEFAULT_DRAIN_BOUND, consumer),
-        drain("topic creation", DEFAULT_DRAIN_BOUND, topics),
+        drain_task("outbox relay", DEFAULT_DRAIN_BOUND, relay),
+        drain_task("shipment consumer", DEFAULT_DRAIN_BOUND, consumer),
+        drain_task("topic creation", DEFAULT_DRAIN_BOUND, topics),
     );
     tracing::info!("identity service stopped");
     Ok(served?)

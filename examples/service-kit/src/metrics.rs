@@ -5,7 +5,7 @@
 //! later caller the same handle, so two services in one process (the demo) share one
 //! registry, each series labelled with its service.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -18,8 +18,13 @@ use crate::Error;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Held while the recorder is installed, so that callers racing to install it (two
+/// services starting at once in one process) wait for the first and take its handle.
+static INSTALLING: Mutex<()> = Mutex::new(());
+
 /// Installs the Prometheus recorder with pegasus-events' histogram buckets, once per
-/// process, and returns the handle that renders it.
+/// process, and returns the handle that renders it. Safe to call from several threads at
+/// once: every caller gets the same handle.
 ///
 /// Install it before creating producers, consumers and relays: what they register before a
 /// recorder exists stays a no-op (see pegasus-events' README, "Metrics").
@@ -31,23 +36,23 @@ pub fn install_prometheus() -> Result<PrometheusHandle, Error> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
+    // Without it, a caller whose install lost the race found no handle yet: the winner
+    // stores its handle only after installing.
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
     let mut builder = PrometheusBuilder::new();
     for (name, buckets) in pegasus_events::metrics::histogram_buckets() {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
             .map_err(|e| Error::Metrics(e.to_string()))?;
     }
-    // Two callers racing here: the loser's install fails; it then takes the winner's handle.
-    match builder.install_recorder() {
-        Ok(handle) => {
-            pegasus_events::metrics::describe();
-            Ok(HANDLE.get_or_init(|| handle).clone())
-        }
-        Err(error) => HANDLE
-            .get()
-            .cloned()
-            .ok_or_else(|| Error::Metrics(error.to_string())),
-    }
+    let handle = builder
+        .install_recorder()
+        .map_err(|error| Error::Metrics(error.to_string()))?;
+    pegasus_events::metrics::describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// `GET /metrics`, rendering `handle`.
@@ -94,6 +99,26 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("service_kit_test_total"), "{text}");
         assert!(handle.render().contains("service_kit_test_total"));
+    }
+
+    #[test]
+    fn callers_installing_at_once_all_get_the_one_recorder() {
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|threads| {
+            let installs: Vec<_> = (0..8)
+                .map(|_| {
+                    threads.spawn(|| {
+                        start.wait();
+                        install_prometheus()
+                    })
+                })
+                .collect();
+            for install in installs {
+                let handle = install.join().expect("not panicked").expect("installed");
+                metrics::counter!("service_kit_concurrent_total").increment(1);
+                assert!(handle.render().contains("service_kit_concurrent_total"));
+            }
+        });
     }
 
     /// Moves a counter through the `metrics` facade pegasus-events reports to.
