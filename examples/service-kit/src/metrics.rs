@@ -5,7 +5,7 @@
 //! later caller the same handle, so two services in one process (the demo) share one
 //! registry, each series labelled with its service.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -17,6 +17,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::Error;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Held while the recorder is installed, so that a second caller (the demo starts both
+/// services at once) waits for the first one's handle instead of failing to install its
+/// own: the global recorder can be set once, and `HANDLE` is set only after that.
+static INSTALLING: Mutex<()> = Mutex::new(());
 
 /// Installs the Prometheus recorder with pegasus-events' histogram buckets, once per
 /// process, and returns the handle that renders it.
@@ -31,23 +35,22 @@ pub fn install_prometheus() -> Result<PrometheusHandle, Error> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
     let mut builder = PrometheusBuilder::new();
     for (name, buckets) in pegasus_events::metrics::histogram_buckets() {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
             .map_err(|e| Error::Metrics(e.to_string()))?;
     }
-    // Two callers racing here: the loser's install fails; it then takes the winner's handle.
-    match builder.install_recorder() {
-        Ok(handle) => {
-            pegasus_events::metrics::describe();
-            Ok(HANDLE.get_or_init(|| handle).clone())
-        }
-        Err(error) => HANDLE
-            .get()
-            .cloned()
-            .ok_or_else(|| Error::Metrics(error.to_string())),
-    }
+    // Fails only when a recorder other than ours was installed first.
+    let handle = builder
+        .install_recorder()
+        .map_err(|e| Error::Metrics(e.to_string()))?;
+    pegasus_events::metrics::describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// `GET /metrics`, rendering `handle`.
@@ -94,6 +97,16 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("service_kit_test_total"), "{text}");
         assert!(handle.render().contains("service_kit_test_total"));
+    }
+
+    #[test]
+    fn callers_racing_to_install_all_get_the_recorder() {
+        let racers: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(install_prometheus))
+            .collect();
+        for racer in racers {
+            racer.join().expect("not panicked").expect("installed");
+        }
     }
 
     /// Moves a counter through the `metrics` facade pegasus-events reports to.
