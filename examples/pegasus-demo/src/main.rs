@@ -24,9 +24,9 @@
 //!   answer what is in flight and drain their relays and consumers within their bounds;
 //!   the embedded broker is dropped last, once no client uses it.
 //!
-//! The step lines, the start banner and errors go to stdout and stderr; the services' logs
-//! go to stderr (`RUST_LOG`, `info` by default, `warn` with `--scenario`), so the banner
-//! and the steps stay readable with `2>/dev/null`. Each service on its own, against a real
+//! The start banner and the step lines go to stdout; the services' logs (`RUST_LOG`, `info`
+//! by default, `warn` with `--scenario`) and errors go to stderr, so `2>/dev/null` leaves
+//! the banner and the steps alone. Each service on its own, against a real
 //! Kafka and PostgreSQL, is its own binary (`cargo run -p shipping-service`).
 
 mod cli;

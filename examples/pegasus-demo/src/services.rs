@@ -94,7 +94,11 @@ impl Broker {
     /// there themselves), else an embedded one with every topic created.
     pub(crate) fn start() -> Result<Self, StartError> {
         let mut kafka = KafkaConfig::from_env().map_err(|e| StartError::Kafka(Box::new(e)))?;
-        if std::env::var_os("KAFKA_BOOTSTRAP_SERVERS").is_some() {
+        // Both spellings `KafkaConfig::from_env` reads.
+        let named = ["KAFKA_BOOTSTRAP_SERVERS", "Kafka__BootstrapServers"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some());
+        if named {
             return Ok(Broker {
                 kafka,
                 embedded: None,
