@@ -35,5 +35,7 @@ pub mod service;
 pub mod store;
 
 pub use api::{router, AppState};
-pub use service::{run, run_on, run_with, IdentitySettings, StartError, DEFAULTS};
+pub use service::{
+    run, run_on, run_with, run_with_created_topics, IdentitySettings, StartError, DEFAULTS,
+};
 pub use store::IdentityDb;

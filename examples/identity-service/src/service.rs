@@ -140,6 +140,50 @@ pub async fn run_with<N: Notifier>(
     notifier: N,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    run_service(
+        listener,
+        settings,
+        notifier,
+        TopicCreation::Ensure,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_with`] for a host that created every topic the service uses before starting it
+/// (the demo, on its embedded broker): the service asks the broker to create none. The
+/// embedded broker (librdkafka's mock cluster) answers no CreateTopics request, so asking
+/// would hold the relay and the consumer back until the admin request timed out (the
+/// delivery timeout, 30 s by default).
+///
+/// # Errors
+///
+/// As [`run_with`].
+pub async fn run_with_created_topics<N: Notifier>(
+    listener: TcpListener,
+    settings: IdentitySettings,
+    notifier: N,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    run_service(listener, settings, notifier, TopicCreation::Skip, shutdown).await
+}
+
+/// Whether the service creates its topics before its relay and consumer start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopicCreation {
+    /// Creates those missing ([`ensure_topics`]).
+    Ensure,
+    /// The host created them ([`run_with_created_topics`]).
+    Skip,
+}
+
+async fn run_service<N: Notifier>(
+    listener: TcpListener,
+    settings: IdentitySettings,
+    notifier: N,
+    topic_creation: TopicCreation,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     // Before any producer, consumer or relay exists: what they register earlier is lost.
     let metrics = service_kit::metrics::install_prometheus()?;
     let IdentitySettings {
@@ -203,12 +247,18 @@ pub async fn run_with<N: Notifier>(
     // cancelling the caller's token (other services of the process may share it).
     let workers = shutdown.child_token();
     let (topics_ready, topics_created) = watch::channel(false);
-    let topics = tokio::spawn(ensure_topics(
-        kafka.clone(),
-        general_topic,
-        workers.clone(),
-        topics_ready,
-    ));
+    let topics = match topic_creation {
+        TopicCreation::Ensure => tokio::spawn(ensure_topics(
+            kafka.clone(),
+            general_topic,
+            workers.clone(),
+            topics_ready,
+        )),
+        TopicCreation::Skip => {
+            let _ = topics_ready.send(true);
+            tokio::spawn(async {})
+        }
+    };
     let relay = tokio::spawn(run_relay(
         db.clone(),
         kafka.clone(),

@@ -8,18 +8,17 @@
 //! ```
 //!
 //! Without `KAFKA_BOOTSTRAP_SERVERS` it starts librdkafka's mock cluster in this process
-//! (see `embedded.rs` for what it can carry and why it is set up the way it is). Either
-//! way the events travel as real Kafka records with CloudEvents headers, through a real
-//! consumer group with at-least-once commits. The program exits with an error unless
+//! (see the `embedded-broker` example crate for what it can carry and why the quickstart
+//! sets it up the way it does). Either way the events travel as real Kafka records with
+//! CloudEvents headers, through a real consumer group with at-least-once commits. The program exits with an error unless
 //! every event published was handled.
-
-mod embedded;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use embedded_broker as embedded;
 use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
 };

@@ -26,5 +26,5 @@ pub mod service;
 pub mod store;
 
 pub use api::{router, AppState};
-pub use service::{run, run_on, StartError, DEFAULTS};
+pub use service::{run, run_on, run_on_created_topics, StartError, DEFAULTS};
 pub use store::ShippingDb;

@@ -84,6 +84,41 @@ pub async fn run_on(
     settings: ServiceSettings,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    run_service(listener, settings, TopicCreation::Ensure, shutdown).await
+}
+
+/// [`run_on`] for a host that created every topic the service uses before starting it
+/// (the demo, on its embedded broker): the service asks the broker to create none. The
+/// embedded broker (librdkafka's mock cluster) answers no CreateTopics request, so asking
+/// would hold the relay and the consumer back until the admin request timed out (the
+/// delivery timeout, 30 s by default).
+///
+/// # Errors
+///
+/// As [`run_on`].
+pub async fn run_on_created_topics(
+    listener: TcpListener,
+    settings: ServiceSettings,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    run_service(listener, settings, TopicCreation::Skip, shutdown).await
+}
+
+/// Whether the service creates its topics before its relay and consumer start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopicCreation {
+    /// Creates those missing ([`ensure_topics`]).
+    Ensure,
+    /// The host created them ([`run_on_created_topics`]).
+    Skip,
+}
+
+async fn run_service(
+    listener: TcpListener,
+    settings: ServiceSettings,
+    topic_creation: TopicCreation,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     // Before any producer, consumer or relay exists: what they register earlier is lost.
     let metrics = service_kit::metrics::install_prometheus()?;
     tracing::info!(
@@ -140,7 +175,15 @@ pub async fn run_on(
     // cancelling the caller's token (other services of the process may share it).
     let workers = shutdown.child_token();
     let (topics_ready, topics_created) = watch::channel(false);
-    let topics = tokio::spawn(ensure_topics(kafka.clone(), workers.clone(), topics_ready));
+    let topics = match topic_creation {
+        TopicCreation::Ensure => {
+            tokio::spawn(ensure_topics(kafka.clone(), workers.clone(), topics_ready))
+        }
+        TopicCreation::Skip => {
+            let _ = topics_ready.send(true);
+            tokio::spawn(async {})
+        }
+    };
     let relay = tokio::spawn(run_relay(
         db.clone(),
         kafka.clone(),

@@ -1,21 +1,26 @@
-//! The embedded Kafka-protocol broker the quickstart runs on when `KAFKA_BOOTSTRAP_SERVERS`
-//! is not set: librdkafka's mock cluster ([`rdkafka::mocking::MockCluster`]).
+//! A Kafka-protocol broker inside this process, for the examples that must run with nothing
+//! installed (the quickstart, the demo) when `KAFKA_BOOTSTRAP_SERVERS` is not set:
+//! librdkafka's mock cluster ([`rdkafka::mocking::MockCluster`]).
+//!
+//! What it guarantees: every client (producer, consumer group, outbox relay, admin) talks
+//! the real Kafka protocol to it on a real loopback TCP port, so a program that works on it
+//! uses no shortcut a real broker would not have. What it does not: durability (nothing is
+//! written to disk) and unbounded retention (below); it is a demo broker, not a test
+//! broker, and the tests run against Apache Kafka.
 //!
 //! It is compiled into librdkafka, which this workspace builds from source anyway, so it
 //! costs no extra crate, no build time, nothing installed and nothing downloaded at run time.
-//! It listens on a real loopback TCP port inside this process, so every client (producer,
-//! consumer group, the quickstart's runtime) talks the real Kafka protocol to it. It supports
-//! produce (idempotent, `acks=all`), fetch, consumer groups (subscribe, rebalance, offset
-//! commit and fetch) and metadata. It is a demo broker, not a test broker: nothing is
-//! written to disk, and the limits below are librdkafka's, fixed in its C code.
+//! It supports produce (idempotent, `acks=all`), fetch, consumer groups (subscribe,
+//! rebalance, offset commit and fetch) and metadata. The limits below are librdkafka's,
+//! fixed in its C code.
 //!
-//! # Limits, and how the quickstart stays inside them
+//! # Limits, and how to stay inside them
 //!
 //! - **Retention of 5 MiB per partition** (and 100,000 record batches), not configurable.
 //!   Past that the mock silently drops the oldest batches, read or not: the partition's low
-//!   watermark moves up and a consumer never sees those records. A quickstart event as
-//!   pegasus-events writes it is about 600 bytes (36-byte key, ~300-byte JSON value, ~270
-//!   bytes of CloudEvents headers), so 100,000 of them are ~60 MB: on 3 partitions the mock
+//!   watermark moves up and a consumer never sees those records. A quickstart event (an
+//!   order) as pegasus-events writes it is about 600 bytes (36-byte key, ~300-byte JSON
+//!   value, ~270 bytes of CloudEvents headers), so 100,000 of them are ~60 MB: on 3 partitions the mock
 //!   kept only 26,674 of them. Hence [`PARTITIONS`] = 12 and LZ4 compression
 //!   ([`PRODUCER_COMPRESSION`]): compressed, one partition holds about 28,000 such events, so
 //!   12 partitions hold about 330,000, over three times the backlog. Keys must spread over
@@ -36,15 +41,16 @@
 //!   safe way to change it.
 //! - **A fetch with nothing to return waits `fetch.wait.max.ms`** even when a record arrives
 //!   meanwhile, so with librdkafka's 500 ms default a new event on an idle topic can take half
-//!   a second to show; [`CONSUMER_PROPERTIES`] lowers it to 100 ms (it cost no throughput).
+//!   a second to show; [`FETCH_MAX_WAIT`] is 100 ms, for
+//!   `ConsumerSettings::fetch_max_wait` (it cost no throughput).
 //! - The broker lives as long as this value: drop it after the clients are closed. It is not
 //!   `Send` (it holds librdkafka's handle), which is fine in `#[tokio::main] async fn main`.
 //!
 //! # Measured
 //!
 //! On the project's machine (2 shared cores, debug build, librdkafka 2.12.1 via rdkafka
-//! 0.39), with a probe program written for the purpose: 100,000 records shaped as above, idempotent producer
-//! (`acks=all`, `linger.ms` = 5), then a new consumer group (`StreamConsumer`, subscribe,
+//! 0.39), with a probe program written for the purpose: 100,000 records shaped as above,
+//! idempotent producer (`acks=all`, `linger.ms` = 5), then a new consumer group (`StreamConsumer`, subscribe,
 //! auto commit off, one synchronous commit at the end).
 //!
 //! | partitions | producer                      | records kept | consumed at       |
@@ -68,7 +74,7 @@
 //! For comparison, Tansu 0.6 (`tansu-broker` with in-memory storage, run in-process) read the
 //! same backlog at 36,000 records/s with a 0.5 s group join and no size limit, but adds about
 //! 480 crates (OpenTelemetry, AWS SDK pieces, aws-lc), took 11 min 40 s to build from clean in
-//! debug here, needs Rust 1.91 (`Duration::from_mins`; the workspace declares 1.85),
+//! debug here, needs Rust 1.91 (`Duration::from_mins`; the workspace declares 1.89),
 //! under-reports high watermarks,
 //! and produced one-record batches at only 880 records/s; so the mock, sized as above, is the
 //! simpler and sturdier embedded default.
@@ -82,48 +88,49 @@ use rdkafka::error::KafkaResult;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-/// Partitions for the quickstart's topics on the embedded broker: enough room for a
-/// 100,000-event backlog under the mock's 5 MiB-per-partition retention.
-pub(crate) const PARTITIONS: i32 = 12;
+/// Partitions for a topic that must carry a backlog (the quickstart's): enough room for
+/// 100,000 events of about 600 bytes under the mock's 5 MiB-per-partition retention. A
+/// topic with little traffic (the demo's) does with fewer.
+pub const PARTITIONS: i32 = 12;
 
 /// The `compression.type` producers should use with the embedded broker (librdkafka's
 /// built-in LZ4: about a third of the stored size for quickstart events, and fast).
-pub(crate) const PRODUCER_COMPRESSION: &str = "lz4";
+pub const PRODUCER_COMPRESSION: &str = "lz4";
 
 /// `ConsumerSettings::fetch_max_wait` (librdkafka's `fetch.wait.max.ms`) for the embedded
 /// broker: see the module docs.
-pub(crate) const FETCH_MAX_WAIT: Duration = Duration::from_millis(100);
+pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How long [`EmbeddedBroker::dropped_records`] waits for each answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Kafka-protocol broker inside this process (librdkafka's mock cluster, one broker).
-pub(crate) struct EmbeddedBroker {
+pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
 }
 
 impl EmbeddedBroker {
     /// Starts the broker on a free loopback port.
-    pub(crate) fn start() -> KafkaResult<Self> {
+    pub fn start() -> KafkaResult<Self> {
         Ok(EmbeddedBroker {
             cluster: MockCluster::new(1)?,
         })
     }
 
     /// The `bootstrap.servers` value for clients of this broker, e.g. `127.0.0.1:40123`.
-    pub(crate) fn bootstrap_servers(&self) -> String {
+    pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
 
     /// Creates a topic (the mock has no CreateTopics API, so admin clients cannot).
     /// Fails with `TopicAlreadyExists` if a client already auto-created it.
-    pub(crate) fn create_topic(&self, name: &str, partitions: i32) -> KafkaResult<()> {
+    pub fn create_topic(&self, name: &str, partitions: i32) -> KafkaResult<()> {
         self.cluster.create_topic(name, partitions, 1)
     }
 
     /// Records of `topic` the broker has dropped to stay within its retention (the sum of
     /// the partitions' low watermarks); 0 unless the 5 MiB-per-partition limit was hit.
-    pub(crate) fn dropped_records(&self, topic: &str) -> KafkaResult<i64> {
+    pub fn dropped_records(&self, topic: &str) -> KafkaResult<i64> {
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap_servers())
             .set("allow.auto.create.topics", "false")
