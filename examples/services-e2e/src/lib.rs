@@ -225,6 +225,62 @@ impl Stage {
         process
     }
 
+    /// The partitions of `topic` (created with `partitions` if it does not exist), raised
+    /// to `partitions` if it has fewer: a topic created earlier by a client's auto-creation
+    /// has one, and a consumer group cannot split one partition among its members. Returns
+    /// the count it had, and the count it has now.
+    pub async fn ensure_partitions(&self, topic: &str, partitions: i32) -> (usize, usize) {
+        use rdkafka::admin::{
+            AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication,
+        };
+        use rdkafka::client::DefaultClientContext;
+
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client");
+        let options = AdminOptions::new().operation_timeout(Some(STEP));
+        let count = |admin: &AdminClient<DefaultClientContext>| {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(topic), STEP)
+                .expect("metadata");
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+                .sum::<usize>()
+        };
+        let before = tokio::task::block_in_place(|| count(&admin));
+        if before == 0 {
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            let created = admin
+                .create_topics([&new], &options)
+                .await
+                .expect("created");
+            // Created meanwhile by a service: fine.
+            drop(created);
+        } else if before < partitions as usize {
+            let new = NewPartitions::new(topic, partitions as usize);
+            let raised = admin
+                .create_partitions([&new], &options)
+                .await
+                .expect("raised");
+            for result in raised {
+                result.unwrap_or_else(|(name, code)| panic!("{name}: {code}"));
+            }
+        }
+        let after = until(
+            STEP,
+            "the partitions in the metadata",
+            || async { tokio::task::block_in_place(|| count(&admin)) },
+            |now| *now >= partitions as usize,
+        )
+        .await;
+        (before, after)
+    }
+
     /// Keys that sign tokens as Identity does (same secret, issuer and audience): for the
     /// tests' own tokens with chosen claims.
     pub fn jwt_keys(&self) -> JwtKeys {
