@@ -284,18 +284,18 @@ impl Stage {
     /// Keys that sign tokens as Identity does (same secret, issuer and audience): for the
     /// tests' own tokens with chosen claims.
     pub fn jwt_keys(&self) -> JwtKeys {
-        self.jwt_keys_with(&self.secret, AUDIENCE)
+        jwt_keys(&self.secret, AUDIENCE)
     }
 
-    /// Keys that sign with `secret` for `audience`: forged ones when they differ from the
-    /// services'.
-    pub fn jwt_keys_with(&self, secret: &str, audience: &str) -> JwtKeys {
-        JwtKeys::new(&JwtSettings {
-            secret: Secret::new(secret),
-            issuer: ISSUER.to_owned(),
-            audience: audience.to_owned(),
-            expiry: Duration::from_secs(600),
-        })
+    /// Keys with the services' secret and issuer for `audience`: their tokens are refused
+    /// when it is not the services' audience.
+    pub fn jwt_keys_for_audience(&self, audience: &str) -> JwtKeys {
+        jwt_keys(&self.secret, audience)
+    }
+
+    /// Keys like the services' but with another secret: forged tokens.
+    pub fn forged_jwt_keys(&self) -> JwtKeys {
+        jwt_keys(&format!("forged-{}", Uuid::new_v4().simple()), AUDIENCE)
     }
 
     /// Claims for `user_id` and `email`, valid from `issued` seconds ago for `lifetime`
@@ -335,6 +335,16 @@ impl Drop for Stage {
             }
         }
     }
+}
+
+/// Keys signing with `secret` for [`ISSUER`] and `audience`.
+fn jwt_keys(secret: &str, audience: &str) -> JwtKeys {
+    JwtKeys::new(&JwtSettings {
+        secret: Secret::new(secret),
+        issuer: ISSUER.to_owned(),
+        audience: audience.to_owned(),
+        expiry: Duration::from_secs(600),
+    })
 }
 
 /// The last `count` lines of the file at `path` (none if it cannot be read).
