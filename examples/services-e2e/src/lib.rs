@@ -34,6 +34,11 @@ use uuid::Uuid;
 /// How long one step may take: an HTTP exchange, a child's start, a group join.
 pub const STEP: Duration = Duration::from_secs(60);
 
+/// How long Identity may take to log a flow's shipments. Its consumer group is new in
+/// every run, so it reads `shipping.shipment.created` from the beginning, the events of
+/// earlier runs on the same broker included, before it reaches this run's.
+pub const CATCH_UP: Duration = Duration::from_secs(180);
+
 /// How many lines of each child's log are printed when a test fails.
 pub const TAIL_LINES: usize = 40;
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use services_e2e::{
     activity, call, exchange, first_shipment, register, settled_activity, shipment_id,
-    stored_shipments, until, until_ready, Service, Stage, STEP,
+    stored_shipments, until, until_ready, Service, Stage, CATCH_UP, STEP,
 };
 use uuid::Uuid;
 
@@ -279,7 +279,7 @@ async fn a_flood_of_bad_requests_gets_4xx_json_errors_and_every_shipment_reaches
     let flow_took = flow_started.elapsed();
     // The flood goes on until Identity consumed them all.
     until(
-        STEP,
+        CATCH_UP,
         "every shipment logged under the flood",
         || activity(identity.address(), &user),
         |entries| entries.len() >= SHIPMENTS,
@@ -313,7 +313,7 @@ async fn a_flood_of_bad_requests_gets_4xx_json_errors_and_every_shipment_reaches
         "Shipping holds exactly the valid shipments"
     );
     assert_eq!(stored, created);
-    let entries = settled_activity(identity.address(), &user, SHIPMENTS, STEP, QUIET).await;
+    let entries = settled_activity(identity.address(), &user, SHIPMENTS, CATCH_UP, QUIET).await;
     let logged_shipments: HashSet<Uuid> = entries.iter().map(|entry| entry.shipment_id).collect();
     let logged_events: HashSet<Uuid> = entries.iter().map(|entry| entry.event_id).collect();
     assert_eq!(entries.len(), SHIPMENTS, "entries = shipments created");

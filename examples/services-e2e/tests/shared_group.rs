@@ -34,7 +34,7 @@ use event_contracts::topics;
 use serde_json::{json, Value};
 use services_e2e::{
     call, first_shipment, messages_after, register, settled_activity, shipment_id, until,
-    until_ready, Service, ServiceProcess, Stage, STEP,
+    until_ready, Service, ServiceProcess, Stage, CATCH_UP, STEP,
 };
 use uuid::Uuid;
 
@@ -127,7 +127,7 @@ async fn two_identity_processes_in_one_consumer_group_split_the_partitions_and_l
     assert_eq!(created.len(), SHIPMENTS);
 
     // Logged once each in the shared log, read through either instance.
-    let entries = settled_activity(second.address(), &user, SHIPMENTS, STEP, QUIET).await;
+    let entries = settled_activity(second.address(), &user, SHIPMENTS, CATCH_UP, QUIET).await;
     let logged_shipments: HashSet<Uuid> = entries.iter().map(|entry| entry.shipment_id).collect();
     let logged_events: HashSet<Uuid> = entries.iter().map(|entry| entry.event_id).collect();
     assert_eq!(entries.len(), SHIPMENTS, "entries = shipments created");
