@@ -46,8 +46,8 @@ impl FromRef<AppState> for JwtKeys {
     }
 }
 
-/// The API routes with their request tracing and body limit (health and metrics are
-/// added by [`crate::service`]).
+/// The API routes with their request tracing and body limit, and a JSON 404 for any other
+/// path (health and metrics are added by [`crate::service`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/users", post(register))
@@ -55,9 +55,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/{id}", get(get_user).put(update_user))
         .route("/api/users/{id}/deactivate", post(deactivate_user))
         .route("/api/users/{id}/activity", get(activity))
+        .fallback(no_route)
         .with_state(state)
         .layer(body_limit())
         .layer(axum::middleware::from_fn(trace_requests))
+}
+
+/// Any path no route serves: a 404 with a JSON body like every other error (axum's own
+/// answer has an empty body).
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no route serves this path".to_owned())
 }
 
 impl From<StoreError> for ApiError {

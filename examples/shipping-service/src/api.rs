@@ -45,8 +45,8 @@ impl FromRef<AppState> for JwtKeys {
     }
 }
 
-/// The API routes with their request tracing and body limit (health and metrics are
-/// added by [`crate::service`]).
+/// The API routes with their request tracing and body limit, and a JSON 404 for any other
+/// path (health and metrics are added by [`crate::service`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/shipments", get(list_shipments).post(create_shipment))
@@ -55,9 +55,16 @@ pub fn router(state: AppState) -> Router {
             get(get_shipment).put(update_shipment),
         )
         .route("/api/shipments/{id}/status", put(change_status))
+        .fallback(no_route)
         .with_state(state)
         .layer(body_limit())
         .layer(axum::middleware::from_fn(trace_requests))
+}
+
+/// Any path no route serves: a 404 with a JSON body like every other error (axum's own
+/// answer has an empty body).
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no route serves this path".to_owned())
 }
 
 impl From<StoreError> for ApiError {
