@@ -18,6 +18,10 @@
 //!
 //! The .NET spelling of a variable (`Jwt__Secret`, `Http__Port`) is read too, after the
 //! upper-case one.
+//!
+//! A service's own settings that switch something on by naming one topic (Identity's
+//! `IDENTITY_GENERAL_TOPIC`, Shipping's `SHIPPING_GENERAL_TOPIC` and
+//! `SHIPPING_USER_EVENTS_TOPIC`) are read by [`TopicSwitch`], with the same sources.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
