@@ -12,11 +12,16 @@
 //! with each change, and every shipment event the shipment's `version`. A consumer keeps
 //! the highest version it applied and ignores an event with a lower one, so a redelivered
 //! or late update never overwrites a newer state.
+//!
+//! [`general`] puts the same events on the general topics (`identity-events`,
+//! `shipping-events`), unchanged but for the topic.
 
 use chrono::{DateTime, Utc};
 use pegasus_events::Event;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub mod general;
 
 /// The topic names, for code that needs them as values (topic creation, health output,
 /// responses); the events themselves are bound to their topics by their derive.

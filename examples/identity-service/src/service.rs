@@ -29,9 +29,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
-use crate::general_topic::{general_topic_setting, OnGeneralTopic, GENERAL_TOPIC_ENV};
+use crate::general_topic::{general_topic_setting, GENERAL_TOPIC_ENV};
 use crate::notify::{LogNotifier, Notifier};
 use crate::store::{IdentityDb, StoreError};
+use event_contracts::general::OnIdentityEvents;
 
 /// The identity service's defaults: client id `identity-api` (so its consumer group is
 /// the design's `identity-api-shipmentcreated-consumer`), `sqlite://identity.db`, and port
@@ -336,7 +337,7 @@ async fn ensure_topics(
     ];
     if general_topic {
         specs.push(
-            TopicSpec::for_event::<OnGeneralTopic<UserCreatedEvent>>().partitions(PARTITIONS),
+            TopicSpec::for_event::<OnIdentityEvents<UserCreatedEvent>>().partitions(PARTITIONS),
         );
     }
     loop {

@@ -41,8 +41,8 @@ use pegasus_events::{Event, KafkaConfig, PublishMetadata};
 use uuid::Uuid;
 
 use crate::domain::{self, Activity, User};
-use crate::general_topic::OnGeneralTopic;
 use crate::notify::{Notifier, ShipmentConfirmation};
+use event_contracts::general::{IdentityEvent, OnIdentityEvents};
 
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -296,7 +296,7 @@ macro_rules! backend {
 
             /// Enqueues `event`, and its copy for `identity-events` when that is on, in
             /// `tx`. The copy has its own id and names the first as its cause.
-            async fn enqueue<E: Event + Clone>(
+            async fn enqueue<E: IdentityEvent + Clone>(
                 &self,
                 tx: &mut sqlx::Transaction<'static, $db>,
                 event: &E,
@@ -307,7 +307,7 @@ macro_rules! backend {
                     let mut copy = metadata.clone();
                     copy.causation_id = Some(id.to_string());
                     self.outbox
-                        .enqueue_with(tx, &OnGeneralTopic(event.clone()), &copy)
+                        .enqueue_with(tx, &OnIdentityEvents(event.clone()), &copy)
                         .await?;
                 }
                 Ok(())

@@ -18,6 +18,10 @@
 //!
 //! The .NET spelling of a variable (`Jwt__Secret`, `Http__Port`) is read too, after the
 //! upper-case one.
+//!
+//! A service's own settings that switch something on by naming one topic (Identity's
+//! `IDENTITY_GENERAL_TOPIC`, Shipping's `SHIPPING_GENERAL_TOPIC` and
+//! `SHIPPING_USER_EVENTS_TOPIC`) are read by [`TopicSwitch`], with the same sources.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -235,6 +239,77 @@ impl ServiceSettings {
                 expiry,
             },
         })
+    }
+}
+
+/// A setting that switches something on by naming the one topic it concerns, such as
+/// Identity's `IDENTITY_GENERAL_TOPIC=identity-events`: off when unset or empty, on when
+/// it names [`TopicSwitch::topic`], refused otherwise. The topic cannot be chosen because
+/// pegasus-events binds each event type to its topic at compile time; naming it keeps the
+/// setting readable and a typo loud.
+///
+/// Read from the environment (`env`, then the .NET spelling `Section__Key`), else from
+/// appsettings.json at `Section:Key`. Not under `Kafka`: pegasus-events reads that section
+/// and refuses keys it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicSwitch {
+    /// The appsettings.json section, e.g. `Identity`.
+    pub section: &'static str,
+    /// The key in that section, e.g. `GeneralTopic`.
+    pub key: &'static str,
+    /// The environment variable, e.g. `IDENTITY_GENERAL_TOPIC`.
+    pub env: &'static str,
+    /// The one topic the setting may name, e.g. `identity-events`.
+    pub topic: &'static str,
+}
+
+impl TopicSwitch {
+    /// Whether the switch is on, from the parsed appsettings.json (if any) and an
+    /// environment lookup (`|name| std::env::var(name).ok()` in a service).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSetting`] naming the setting as found (`IDENTITY_GENERAL_TOPIC`,
+    /// `Identity:GeneralTopic`) when it names another topic or, in the file, is not a
+    /// string.
+    pub fn read(
+        &self,
+        file: Option<&Value>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<bool, Error> {
+        let dotnet = format!("{}__{}", self.section, self.key);
+        let from_env = [self.env, dotnet.as_str()]
+            .into_iter()
+            .find_map(|name| env(name).map(|value| (value, name.to_owned())));
+        let (value, setting) = match from_env {
+            Some(found) => found,
+            None => {
+                let setting = format!("{}:{}", self.section, self.key);
+                match file
+                    .and_then(|json| json.get(self.section))
+                    .and_then(|section| section.get(self.key))
+                {
+                    None | Some(Value::Null) => return Ok(false),
+                    Some(Value::String(value)) => (value.clone(), setting),
+                    Some(_) => return Err(self.refused(setting)),
+                }
+            }
+        };
+        match value.trim() {
+            "" => Ok(false),
+            named if named == self.topic => Ok(true),
+            _ => Err(self.refused(setting)),
+        }
+    }
+
+    fn refused(&self, setting: String) -> Error {
+        Error::invalid(
+            setting,
+            format!(
+                "must be {} or empty (event types are bound to their topics at compile time)",
+                self.topic
+            ),
+        )
     }
 }
 
@@ -478,6 +553,53 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains(SECRET),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_topic_switch_is_off_unless_it_names_its_topic_and_refuses_other_names() {
+        let switch = TopicSwitch {
+            section: "Identity",
+            key: "GeneralTopic",
+            env: "IDENTITY_GENERAL_TOPIC",
+            topic: "identity-events",
+        };
+        let none = |_: &str| None;
+        assert!(!switch.read(None, &none).expect("off when unset"));
+        let file = serde_json::json!({ "Identity": { "GeneralTopic": "identity-events" } });
+        assert!(switch.read(Some(&file), &none).expect("on from the file"));
+        let padded =
+            |name: &str| (name == "IDENTITY_GENERAL_TOPIC").then(|| " identity-events ".to_owned());
+        assert!(switch.read(None, &padded).expect("on from the environment"));
+        let dotnet =
+            |name: &str| (name == "Identity__GeneralTopic").then(|| "identity-events".to_owned());
+        assert!(switch
+            .read(None, &dotnet)
+            .expect("on from the .NET spelling"));
+        let empty = |_: &str| Some(String::new());
+        assert!(!switch
+            .read(Some(&file), &empty)
+            .expect("the environment wins"));
+        let other = |_: &str| Some("user-events".to_owned());
+        match switch.read(None, &other) {
+            Err(Error::InvalidSetting { setting, reason }) => {
+                assert_eq!(setting, "IDENTITY_GENERAL_TOPIC");
+                assert!(reason.contains("identity-events"), "{reason}");
+            }
+            result => panic!("{result:?}"),
+        }
+        for value in [
+            serde_json::json!(1),
+            serde_json::json!(true),
+            serde_json::json!([]),
+        ] {
+            let file = serde_json::json!({ "Identity": { "GeneralTopic": value } });
+            match switch.read(Some(&file), &none) {
+                Err(Error::InvalidSetting { setting, .. }) => {
+                    assert_eq!(setting, "Identity:GeneralTopic");
+                }
+                result => panic!("{value}: {result:?}"),
+            }
+        }
     }
 
     #[test]

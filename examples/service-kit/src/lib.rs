@@ -28,7 +28,7 @@ pub mod shutdown;
 
 pub use api_error::ApiError;
 pub use auth::{AuthenticatedUser, JwtKeys};
-pub use config::{JwtSettings, ServiceDefaults, ServiceSettings};
+pub use config::{JwtSettings, ServiceDefaults, ServiceSettings, TopicSwitch};
 pub use error::Error;
 pub use health::Readiness;
 pub use json::ApiJson;

@@ -11,7 +11,12 @@
 //!   change needs its user in the local copy of Identity's users and active (403
 //!   otherwise). That copy is fed by `identity.user.created|updated|deactivated` through
 //!   the inbox: each event is applied once, an older one never overwrites a newer one,
-//!   and a deactivated user stays deactivated.
+//!   and a deactivated user stays deactivated. With
+//!   `SHIPPING_USER_EVENTS_TOPIC=identity-events` the copy is fed by Identity's general
+//!   topic instead, one handler per event type on it.
+//! - **Optionally, every shipment event is on `shipping-events` too**
+//!   (`SHIPPING_GENERAL_TOPIC=shipping-events`): the copy is enqueued in the same
+//!   transaction, with the same key and payload (see [`service`]).
 //! - **Only the domain's status changes happen**: `Created → InTransit → Delivered`,
 //!   `Created | InTransit → Cancelled`; anything else is a 409.
 //!
@@ -26,5 +31,5 @@ pub mod service;
 pub mod store;
 
 pub use api::{router, AppState};
-pub use service::{run, run_on, run_on_created_topics, StartError, DEFAULTS};
+pub use service::{run, run_on, run_on_created_topics, ShippingSettings, StartError, DEFAULTS};
 pub use store::ShippingDb;

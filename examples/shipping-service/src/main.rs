@@ -11,12 +11,12 @@ use std::process::ExitCode;
 
 use pegasus_events::error::Report;
 use service_kit::logging::{self, LogFormat};
-use service_kit::ServiceSettings;
+use shipping_service::ShippingSettings;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     logging::init(LogFormat::from_env());
-    let settings = match ServiceSettings::load("appsettings.json", &shipping_service::DEFAULTS) {
+    let settings = match ShippingSettings::load("appsettings.json") {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {}", Report::new(&error));

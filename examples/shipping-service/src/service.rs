@@ -9,13 +9,23 @@
 //! answers the requests in flight, then the relay and the consumer get
 //! [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for its batch in
 //! flight to be acknowledged and marked; the consumer commits what it handled).
+//!
+//! Two settings of its own ([`ShippingSettings`]), both off by default and each naming
+//! the one topic it concerns (event types are bound to their topics at compile time):
+//!
+//! | appsettings.json | environment | value | effect |
+//! |------------------|-------------|-------|--------|
+//! | `Shipping:GeneralTopic` | `SHIPPING_GENERAL_TOPIC` | `shipping-events` | every shipment event is also enqueued for `shipping-events`, in the same transaction |
+//! | `Shipping:UserEventsTopic` | `SHIPPING_USER_EVENTS_TOPIC` | `identity-events` | the user cache reads Identity's general topic instead of its three user topics ([`UserEvents::GeneralTopic`]) |
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use event_contracts::general::{OnIdentityEvents, OnShippingEvents};
 use event_contracts::{
-    ShipmentCreatedEvent, ShipmentStatusChangedEvent, ShipmentUpdatedEvent, UserCreatedEvent,
-    UserDeactivatedEvent, UserUpdatedEvent,
+    topics, ShipmentCreatedEvent, ShipmentStatusChangedEvent, ShipmentUpdatedEvent,
+    UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
 };
 use pegasus_events::consumer::{ConsumerHealth, ConsumerStatus};
 use pegasus_events::error::Report;
@@ -23,12 +33,12 @@ use pegasus_events::outbox::RelaySettings;
 use pegasus_events::{KafkaConfig, TopicAdmin, TopicSpec};
 use service_kit::health::ReadyFlag;
 use service_kit::shutdown::{drain_task, CancellationToken, DEFAULT_DRAIN_BOUND};
-use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
+use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings, TopicSwitch};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
-use crate::store::{ShippingDb, StoreError};
+use crate::store::{ShippingDb, StoreError, UserEvents};
 
 /// The shipping service's defaults: client id `shipping-api`, `sqlite://shipping.db`, and
 /// port 5100, the design's.
@@ -44,6 +54,89 @@ pub const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
 
 /// Partitions of the topics the service creates, the design's three.
 const PARTITIONS: i32 = 3;
+
+/// The setting that copies every shipment event to `shipping-events`:
+/// `Shipping:GeneralTopic`, `SHIPPING_GENERAL_TOPIC`.
+pub const GENERAL_TOPIC: TopicSwitch = TopicSwitch {
+    section: "Shipping",
+    key: "GeneralTopic",
+    env: "SHIPPING_GENERAL_TOPIC",
+    topic: topics::SHIPPING_EVENTS,
+};
+
+/// The setting that makes the user cache read `identity-events` instead of Identity's
+/// three user topics: `Shipping:UserEventsTopic`, `SHIPPING_USER_EVENTS_TOPIC`.
+pub const USER_EVENTS_TOPIC: TopicSwitch = TopicSwitch {
+    section: "Shipping",
+    key: "UserEventsTopic",
+    env: "SHIPPING_USER_EVENTS_TOPIC",
+    topic: topics::IDENTITY_EVENTS,
+};
+
+/// The shipping service's settings: the shared ones and its own. A plain
+/// [`ServiceSettings`] converts with both of its own off, so callers that have only those
+/// run the service as before.
+#[derive(Clone, Debug)]
+pub struct ShippingSettings {
+    /// Kafka, database, HTTP and JWT ([`ServiceSettings`]).
+    pub service: ServiceSettings,
+    /// Whether every shipment event is also enqueued for `shipping-events`
+    /// ([`GENERAL_TOPIC`]).
+    pub general_topic: bool,
+    /// Where the user cache reads Identity's user events ([`USER_EVENTS_TOPIC`]).
+    pub user_events: UserEvents,
+}
+
+impl From<ServiceSettings> for ShippingSettings {
+    fn from(service: ServiceSettings) -> Self {
+        ShippingSettings {
+            service,
+            general_topic: false,
+            user_events: UserEvents::SpecificTopics,
+        }
+    }
+}
+
+impl ShippingSettings {
+    /// Reads `path` if it exists, then the process environment, and checks every value.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServiceSettings::load`], and [`service_kit::Error::InvalidSetting`] when
+    /// [`GENERAL_TOPIC`] or [`USER_EVENTS_TOPIC`] names another topic.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, service_kit::Error> {
+        let path = path.as_ref();
+        let service = ServiceSettings::load(path, &DEFAULTS)?;
+        // ServiceSettings::load read and checked the file already; only its value is
+        // needed here.
+        let file = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        Self::from_parts(service, file.as_ref(), &|name| std::env::var(name).ok())
+    }
+
+    /// The settings from `service`, the parsed appsettings.json (if any) and an
+    /// environment lookup.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShippingSettings::load`] for the service's own settings.
+    pub fn from_parts(
+        service: ServiceSettings,
+        file: Option<&serde_json::Value>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, service_kit::Error> {
+        Ok(ShippingSettings {
+            service,
+            general_topic: GENERAL_TOPIC.read(file, env)?,
+            user_events: if USER_EVENTS_TOPIC.read(file, env)? {
+                UserEvents::GeneralTopic
+            } else {
+                UserEvents::SpecificTopics
+            },
+        })
+    }
+}
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +155,16 @@ pub enum StartError {
 /// # Errors
 ///
 /// See [`run_on`]; and when the address cannot be bound.
-pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Result<(), StartError> {
-    let listener = TcpListener::bind(settings.http_address)
+pub async fn run(
+    settings: impl Into<ShippingSettings>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let settings = settings.into();
+    let address = settings.service.http_address;
+    let listener = TcpListener::bind(address)
         .await
         .map_err(|source| service_kit::Error::Http {
-            address: settings.http_address.to_string(),
+            address: address.to_string(),
             source,
         })?;
     run_on(listener, settings, shutdown).await
@@ -81,10 +179,10 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
 /// pegasus-events refuses the Kafka settings; nothing has been started then.
 pub async fn run_on(
     listener: TcpListener,
-    settings: ServiceSettings,
+    settings: impl Into<ShippingSettings>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    run_service(listener, settings, TopicCreation::Ensure, shutdown).await
+    run_service(listener, settings.into(), TopicCreation::Ensure, shutdown).await
 }
 
 /// [`run_on`] for a host that created every topic the service uses before starting it
@@ -98,10 +196,10 @@ pub async fn run_on(
 /// As [`run_on`].
 pub async fn run_on_created_topics(
     listener: TcpListener,
-    settings: ServiceSettings,
+    settings: impl Into<ShippingSettings>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    run_service(listener, settings, TopicCreation::Skip, shutdown).await
+    run_service(listener, settings.into(), TopicCreation::Skip, shutdown).await
 }
 
 /// Whether the service creates its topics before its relay and consumer start.
@@ -115,24 +213,45 @@ enum TopicCreation {
 
 async fn run_service(
     listener: TcpListener,
-    settings: ServiceSettings,
+    settings: ShippingSettings,
     topic_creation: TopicCreation,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     // Before any producer, consumer or relay exists: what they register earlier is lost.
     let metrics = service_kit::metrics::install_prometheus()?;
+    let ShippingSettings {
+        service: settings,
+        general_topic,
+        user_events,
+    } = settings;
     tracing::info!(
         database = %service_kit::config::redact_password(&settings.database_url),
         bootstrap_servers = %settings.kafka.bootstrap_servers,
         client_id = %settings.kafka.client_id,
         "starting shipping service"
     );
-    let db = ShippingDb::open(&settings.database_url, &settings.kafka).await?;
+    let db = ShippingDb::open(&settings.database_url, &settings.kafka)
+        .await?
+        .with_general_topic(general_topic);
     let kafka = settings.kafka.clone();
     let group_id = format!("{}-usercache-consumer", kafka.client_id);
     // Checked here, so a bad setting stops the start instead of a worker's every restart.
     db.relay(&kafka, relay_settings())?;
-    db.user_cache_consumer(kafka.clone(), group_id.clone())?;
+    db.user_cache_consumer(kafka.clone(), group_id.clone(), user_events)?;
+    if general_topic {
+        tracing::info!(
+            setting = GENERAL_TOPIC.env,
+            "every shipment event is also published to {}",
+            topics::SHIPPING_EVENTS
+        );
+    }
+    if user_events == UserEvents::GeneralTopic {
+        tracing::info!(
+            setting = USER_EVENTS_TOPIC.env,
+            "the user cache reads {}; records of other event types there are dead-lettered",
+            topics::IDENTITY_EVENTS
+        );
+    }
 
     let readiness = Readiness::new();
     let pinged = db.clone();
@@ -176,9 +295,13 @@ async fn run_service(
     let workers = shutdown.child_token();
     let (topics_ready, topics_created) = watch::channel(false);
     let topics = match topic_creation {
-        TopicCreation::Ensure => {
-            tokio::spawn(ensure_topics(kafka.clone(), workers.clone(), topics_ready))
-        }
+        TopicCreation::Ensure => tokio::spawn(ensure_topics(
+            kafka.clone(),
+            general_topic,
+            user_events,
+            workers.clone(),
+            topics_ready,
+        )),
         TopicCreation::Skip => {
             let _ = topics_ready.send(true);
             tokio::spawn(async {})
@@ -195,6 +318,7 @@ async fn run_service(
         db.clone(),
         kafka,
         group_id,
+        user_events,
         consumer_health,
         workers.clone(),
         topics_created,
@@ -248,17 +372,31 @@ fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStat
 /// right to create topics, say) is logged, and the workers start on whatever topics exist.
 async fn ensure_topics(
     kafka: KafkaConfig,
+    general_topic: bool,
+    user_events: UserEvents,
     shutdown: CancellationToken,
     topics_ready: watch::Sender<bool>,
 ) {
-    let specs = [
+    let mut specs = vec![
         TopicSpec::for_event::<ShipmentCreatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<ShipmentUpdatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<ShipmentStatusChangedEvent>().partitions(PARTITIONS),
-        TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
-        TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
-        TopicSpec::for_event::<UserDeactivatedEvent>().partitions(PARTITIONS),
     ];
+    if general_topic {
+        specs.push(
+            TopicSpec::for_event::<OnShippingEvents<ShipmentCreatedEvent>>().partitions(PARTITIONS),
+        );
+    }
+    match user_events {
+        UserEvents::SpecificTopics => specs.extend([
+            TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
+            TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
+            TopicSpec::for_event::<UserDeactivatedEvent>().partitions(PARTITIONS),
+        ]),
+        UserEvents::GeneralTopic => specs.push(
+            TopicSpec::for_event::<OnIdentityEvents<UserCreatedEvent>>().partitions(PARTITIONS),
+        ),
+    }
     loop {
         let admin = tokio::select! {
             admin = TopicAdmin::new(&kafka) => admin,
@@ -335,6 +473,7 @@ async fn run_consumer(
     db: ShippingDb,
     kafka: KafkaConfig,
     group_id: String,
+    user_events: UserEvents,
     health: Arc<Mutex<Option<ConsumerHealth>>>,
     shutdown: CancellationToken,
     mut topics_ready: watch::Receiver<bool>,
@@ -343,7 +482,7 @@ async fn run_consumer(
         return;
     }
     while !shutdown.is_cancelled() {
-        let result = match db.user_cache_consumer(kafka.clone(), group_id.clone()) {
+        let result = match db.user_cache_consumer(kafka.clone(), group_id.clone(), user_events) {
             Ok(consumer) => {
                 *health.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.health());
                 tracing::info!(group = %consumer.group_id(), "consuming Identity's user events");
@@ -365,5 +504,76 @@ async fn restart_delay(shutdown: &CancellationToken) {
     tokio::select! {
         () = tokio::time::sleep(WORKER_RESTART_DELAY) => {}
         () = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pegasus_events::Secret;
+    use serde_json::json;
+    use service_kit::JwtSettings;
+
+    use super::*;
+
+    fn service() -> ServiceSettings {
+        ServiceSettings {
+            kafka: KafkaConfig::new("127.0.0.1:9"),
+            database_url: DEFAULTS.database_url.to_owned(),
+            http_address: "127.0.0.1:0".parse().expect("address"),
+            jwt: JwtSettings {
+                secret: Secret::new("0123456789abcdef0123456789abcdef"),
+                issuer: "identity-api".into(),
+                audience: "pegasus-services".into(),
+                expiry: Duration::from_secs(60),
+            },
+        }
+    }
+
+    #[test]
+    fn both_settings_are_off_by_default_and_on_only_for_their_topic() {
+        let none = |_: &str| None;
+        let plain = ShippingSettings::from(service());
+        assert!(!plain.general_topic);
+        assert_eq!(plain.user_events, UserEvents::SpecificTopics);
+        let read = ShippingSettings::from_parts(service(), None, &none).expect("defaults");
+        assert!(!read.general_topic);
+        assert_eq!(read.user_events, UserEvents::SpecificTopics);
+
+        let file = json!({ "Shipping": {
+            "GeneralTopic": "shipping-events",
+            "UserEventsTopic": "identity-events",
+        } });
+        let read = ShippingSettings::from_parts(service(), Some(&file), &none).expect("on");
+        assert!(read.general_topic);
+        assert_eq!(read.user_events, UserEvents::GeneralTopic);
+
+        let env = |name: &str| match name {
+            "SHIPPING_GENERAL_TOPIC" => Some("shipping-events".to_owned()),
+            "SHIPPING_USER_EVENTS_TOPIC" => Some("identity-events".to_owned()),
+            _ => None,
+        };
+        let read = ShippingSettings::from_parts(service(), None, &env).expect("on");
+        assert!(read.general_topic);
+        assert_eq!(read.user_events, UserEvents::GeneralTopic);
+
+        // Each names its own topic; the other's is refused, naming the setting.
+        let swapped = |name: &str| match name {
+            "SHIPPING_USER_EVENTS_TOPIC" => Some("shipping-events".to_owned()),
+            _ => None,
+        };
+        match ShippingSettings::from_parts(service(), None, &swapped) {
+            Err(service_kit::Error::InvalidSetting { setting, reason }) => {
+                assert_eq!(setting, "SHIPPING_USER_EVENTS_TOPIC");
+                assert!(reason.contains("identity-events"), "{reason}");
+            }
+            result => panic!("{result:?}"),
+        }
+        let file = json!({ "Shipping": { "GeneralTopic": "identity-events" } });
+        match ShippingSettings::from_parts(service(), Some(&file), &none) {
+            Err(service_kit::Error::InvalidSetting { setting, .. }) => {
+                assert_eq!(setting, "Shipping:GeneralTopic");
+            }
+            result => panic!("{result:?}"),
+        }
     }
 }

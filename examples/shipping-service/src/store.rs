@@ -3,21 +3,24 @@
 //! each consumed event and its mark) commit in one transaction.
 //!
 //! - **A shipment change and its event are atomic**: the row is written and its event
-//!   enqueued in the outbox in the same transaction; a rollback leaves neither, a commit
-//!   both, and the relay publishes the event afterwards.
+//!   enqueued in the outbox (and its copy for `shipping-events`, when that is on, see
+//!   [`ShippingDb::with_general_topic`]) in the same transaction; a rollback leaves none,
+//!   a commit all, and the relay publishes them afterwards.
 //! - **Writes to one shipment are serialised**: SQLite write transactions begin
 //!   `IMMEDIATE` (the write lock is taken first, so a transaction never fails to upgrade
 //!   its read lock), and PostgreSQL reads the shipment `FOR UPDATE`; the status rule is
 //!   checked against the row as locked.
 //! - **The user cache never goes back in time**: an event older than the cached user
 //!   (lower `version`) changes nothing, and a deactivated user stays deactivated whatever
-//!   arrives later (see [`UserCache`]).
+//!   arrives later (see [`UserCache`]), whether the user events come from Identity's three
+//!   user topics or from its general topic `identity-events` ([`UserEvents`]).
 //!
 //! SQLite (the default) and PostgreSQL share every statement (`$1` parameters, `ON
 //! CONFLICT`, `CASE`, timestamps stored as RFC 3339 text); the `backend!` macro writes the
 //! code once for each, because pegasus-events' outbox and inbox are typed per database.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use event_contracts::general::{IdentityEvent, OnIdentityEvents, OnShippingEvents, ShippingEvent};
 use event_contracts::{
     ShipmentCreatedEvent, ShipmentStatus, ShipmentStatusChangedEvent, ShipmentUpdatedEvent,
     UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
@@ -208,9 +211,30 @@ fn applied(what: &str, user_id: &str, version: i64, rows: u64) {
 
 /// The inbox handler that keeps the user cache: each of Identity's user events is applied
 /// in the transaction that marks it processed, so it is applied once, however often it is
-/// delivered.
+/// delivered. A copy from `identity-events` ([`OnIdentityEvents`]) is applied as the event
+/// it wraps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UserCache;
+
+/// Where the user-cache consumer reads Identity's user events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UserEvents {
+    /// `identity.user.created`, `identity.user.updated` and `identity.user.deactivated`,
+    /// one event type per topic (the default).
+    #[default]
+    SpecificTopics,
+    /// Identity's general topic `identity-events` alone (Identity must publish there,
+    /// `IDENTITY_GENERAL_TOPIC`): one inbox handler per user event type on it, and the
+    /// consumer runtime hands each record to the handler of its `ce_type`. A record of
+    /// another type (say a `PasswordChangedEvent`) has no handler: the runtime
+    /// dead-letters it to `dlq-events` with reason `decode` at once and goes on with the
+    /// next record, so such types accumulate in the dead-letter topic.
+    ///
+    /// Switching an existing group over reads `identity-events` from the start (the group
+    /// has no offsets there yet); the copies have their own event ids, so the inbox does
+    /// not recognise them, but the cache ignores whatever is not newer than what it holds.
+    GeneralTopic,
+}
 
 /// Writes the methods and inbox handlers of one database kind.
 macro_rules! backend {
@@ -224,6 +248,7 @@ macro_rules! backend {
         pub struct $name {
             outbox: $outbox,
             marks: $marks,
+            general_topic: bool,
         }
 
         impl $name {
@@ -238,6 +263,25 @@ macro_rules! backend {
 
             async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
                 self.outbox.pool().begin_with($begin).await
+            }
+
+            /// Enqueues `event`, and its copy for `shipping-events` when that is on, in
+            /// `tx`. The copy has its own id and names the first as its cause.
+            async fn enqueue<E: ShippingEvent + Clone>(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event: &E,
+                metadata: &PublishMetadata,
+            ) -> Result<(), StoreError> {
+                let id = self.outbox.enqueue_with(tx, event, metadata).await?;
+                if self.general_topic {
+                    let mut copy = metadata.clone();
+                    copy.causation_id = Some(id.to_string());
+                    self.outbox
+                        .enqueue_with(tx, &OnShippingEvents(event.clone()), &copy)
+                        .await?;
+                }
+                Ok(())
             }
 
             async fn check_user(
@@ -293,7 +337,7 @@ macro_rules! backend {
                 .await
                 .map_err(unique_tracking_number)?;
                 // Same transaction: the event exists if and only if the shipment does.
-                self.outbox.enqueue_with(&mut tx, event, metadata).await?;
+                self.enqueue(&mut tx, event, metadata).await?;
                 tx.commit().await?;
                 Ok(Shipment {
                     id: event.shipment_id,
@@ -349,7 +393,7 @@ macro_rules! backend {
                     updated_by_user_id: user_id.to_owned(),
                     version: shipment.version,
                 };
-                self.outbox.enqueue_with(&mut tx, &event, metadata).await?;
+                self.enqueue(&mut tx, &event, metadata).await?;
                 tx.commit().await?;
                 Ok(shipment)
             }
@@ -390,7 +434,7 @@ macro_rules! backend {
                     changed_by_user_id: user_id.to_owned(),
                     version: shipment.version,
                 };
-                self.outbox.enqueue_with(&mut tx, &event, metadata).await?;
+                self.enqueue(&mut tx, &event, metadata).await?;
                 tx.commit().await?;
                 Ok((shipment, from))
             }
@@ -463,13 +507,38 @@ macro_rules! backend {
                 &self,
                 kafka: KafkaConfig,
                 group_id: String,
+                from: UserEvents,
             ) -> Result<EventConsumer, StoreError> {
-                Ok(EventConsumer::builder(kafka)
-                    .group_id(group_id)
-                    .handler::<UserCreatedEvent, _>(Inbox::new(self.marks.clone(), UserCache))
-                    .handler::<UserUpdatedEvent, _>(Inbox::new(self.marks.clone(), UserCache))
-                    .handler::<UserDeactivatedEvent, _>(Inbox::new(self.marks.clone(), UserCache))
-                    .build()?)
+                let consumer = EventConsumer::builder(kafka).group_id(group_id);
+                let inbox = || Inbox::new(self.marks.clone(), UserCache);
+                let consumer = match from {
+                    UserEvents::SpecificTopics => consumer
+                        .handler::<UserCreatedEvent, _>(inbox())
+                        .handler::<UserUpdatedEvent, _>(inbox())
+                        .handler::<UserDeactivatedEvent, _>(inbox()),
+                    // Three types on one topic: the runtime dispatches on `ce_type`.
+                    UserEvents::GeneralTopic => consumer
+                        .handler::<OnIdentityEvents<UserCreatedEvent>, _>(inbox())
+                        .handler::<OnIdentityEvents<UserUpdatedEvent>, _>(inbox())
+                        .handler::<OnIdentityEvents<UserDeactivatedEvent>, _>(inbox()),
+                };
+                Ok(consumer.build()?)
+            }
+        }
+
+        /// A copy from `identity-events` is the event it wraps: the same handler applies it.
+        impl<E> InboxHandler<OnIdentityEvents<E>, $db> for UserCache
+        where
+            E: IdentityEvent,
+            UserCache: InboxHandler<E, $db>,
+        {
+            async fn handle(
+                &self,
+                event: OnIdentityEvents<E>,
+                context: &EventContext<'_>,
+                tx: &mut sqlx::Transaction<'static, $db>,
+            ) -> Result<(), HandlerError> {
+                InboxHandler::<E, $db>::handle(self, event.0, context, tx).await
             }
         }
 
@@ -592,11 +661,19 @@ impl ShippingDb {
         let db = if url.starts_with("sqlite:") {
             let outbox = SqliteOutbox::connect(url, kafka).await?;
             let marks = SqliteIdempotencyStore::with_pool(outbox.pool().clone()).await?;
-            ShippingDb::Sqlite(SqliteShipping { outbox, marks })
+            ShippingDb::Sqlite(SqliteShipping {
+                outbox,
+                marks,
+                general_topic: false,
+            })
         } else {
             let outbox = PostgresOutbox::connect(url, kafka).await?;
             let marks = PostgresIdempotencyStore::with_pool(outbox.pool().clone()).await?;
-            ShippingDb::Postgres(PostgresShipping { outbox, marks })
+            ShippingDb::Postgres(PostgresShipping {
+                outbox,
+                marks,
+                general_topic: false,
+            })
         };
         db.create_tables().await?;
         Ok(db)
@@ -604,6 +681,24 @@ impl ShippingDb {
 
     async fn create_tables(&self) -> Result<(), StoreError> {
         on_backend!(self.create_tables().await)
+    }
+
+    /// This database with the copy for `shipping-events` on or off (off after
+    /// [`ShippingDb::open`]): when on, every shipment event is also enqueued as
+    /// [`OnShippingEvents`], in the same transaction, with the same key and payload, its own
+    /// event id, and the original's id as its causation id.
+    #[must_use]
+    pub fn with_general_topic(self, on: bool) -> Self {
+        match self {
+            ShippingDb::Sqlite(db) => ShippingDb::Sqlite(SqliteShipping {
+                general_topic: on,
+                ..db
+            }),
+            ShippingDb::Postgres(db) => ShippingDb::Postgres(PostgresShipping {
+                general_topic: on,
+                ..db
+            }),
+        }
     }
 
     /// Saves a new shipment and its `ShipmentCreatedEvent` in one transaction, if its
@@ -709,8 +804,9 @@ impl ShippingDb {
         on_backend!(self.relay(kafka, settings))
     }
 
-    /// The consumer of Identity's three user topics that keeps the user cache through the
-    /// inbox, as group `group_id`.
+    /// The consumer of Identity's user events, from its three user topics or its general
+    /// topic as `from` says, that keeps the user cache through the inbox, as group
+    /// `group_id`.
     ///
     /// # Errors
     ///
@@ -719,8 +815,9 @@ impl ShippingDb {
         &self,
         kafka: KafkaConfig,
         group_id: String,
+        from: UserEvents,
     ) -> Result<EventConsumer, StoreError> {
-        on_backend!(self.user_cache_consumer(kafka, group_id))
+        on_backend!(self.user_cache_consumer(kafka, group_id, from))
     }
 
     /// The PostgreSQL parts (outbox, inbox marks), for tests that drive the inbox

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use chrono::Utc;
+use event_contracts::general::{OnIdentityEvents, OnShippingEvents};
 use event_contracts::{
     ShipmentCreatedEvent, ShipmentStatusChangedEvent, UserCreatedEvent, UserDeactivatedEvent,
     UserUpdatedEvent,
@@ -30,6 +31,11 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 const SECRET: &str = "test-secret-test-secret-test-secret";
+
+/// An outbox row as the tests read it: (topic, key, payload, headers).
+type OutboxRow = (String, String, Vec<u8>, String);
+/// An outbox row as stored: the key may be absent.
+type StoredRow = (String, Option<Vec<u8>>, Vec<u8>, String);
 
 struct Harness {
     app: Router,
@@ -73,6 +79,12 @@ fn postgres_server() -> String {
 }
 
 async fn harness(database: Database) -> Harness {
+    harness_with(database, false).await
+}
+
+/// A harness whose database copies every shipment event to `shipping-events` when
+/// `general_topic` is on.
+async fn harness_with(database: Database, general_topic: bool) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = match database {
         Database::Postgres => fresh_postgres_database(&postgres_server()).await,
@@ -82,7 +94,8 @@ async fn harness(database: Database) -> Harness {
     let kafka = KafkaConfig::new("127.0.0.1:9").with_client_id("shipping-api");
     let db = ShippingDb::open(&url, &kafka)
         .await
-        .expect("database opened");
+        .expect("database opened")
+        .with_general_topic(general_topic);
     let keys = JwtKeys::new(&JwtSettings {
         secret: Secret::new(SECRET),
         issuer: "identity-api".into(),
@@ -217,6 +230,25 @@ impl Harness {
             .map(|(topic, key, payload)| {
                 let key = String::from_utf8(key.unwrap_or_default()).expect("UTF-8 key");
                 (topic, key, payload)
+            })
+            .collect()
+    }
+
+    /// The outbox rows with their headers: (topic, key, payload, headers as stored, a
+    /// JSON list of name-value pairs).
+    async fn outbox_with_headers(&self) -> Vec<OutboxRow> {
+        const ROWS: &str =
+            "SELECT topic, message_key, payload, headers FROM pegasus_outbox ORDER BY id";
+        let rows: Vec<StoredRow> = match (self.db.sqlite(), self.db.postgres()) {
+            (Some((outbox, _)), _) => sqlx::query_as(ROWS).fetch_all(outbox.pool()).await,
+            (_, Some((outbox, _))) => sqlx::query_as(ROWS).fetch_all(outbox.pool()).await,
+            (None, None) => unreachable!("a database of one kind or the other"),
+        }
+        .expect("outbox read");
+        rows.into_iter()
+            .map(|(topic, key, payload, headers)| {
+                let key = String::from_utf8(key.unwrap_or_default()).expect("UTF-8 key");
+                (topic, key, payload, headers)
             })
             .collect()
     }
@@ -703,6 +735,122 @@ async fn an_update_that_arrives_before_the_creation_wins(database: Database) {
     assert_eq!(h.create("cy", "TRACK1").await.0, StatusCode::CREATED);
 }
 
+async fn with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction(
+    database: Database,
+) {
+    let h = harness_with(database, true).await;
+    h.register("ada").await;
+    let token = h.token("ada");
+    let (status, created) = h.create("ada", "TRACK1").await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["shipment"]["id"].as_str().expect("id").to_owned();
+    let (status, body) = h
+        .call(
+            "PUT",
+            &format!("/api/shipments/{id}"),
+            Some(&token),
+            Some(json!({ "destination": "Oslo" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = h
+        .call(
+            "PUT",
+            &format!("/api/shipments/{id}/status"),
+            Some(&token),
+            Some(json!({ "status": "InTransit" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let rows = h.outbox_with_headers().await;
+    let topics: Vec<&str> = rows.iter().map(|(topic, ..)| topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "shipping.shipment.created",
+            "shipping-events",
+            "shipping.shipment.updated",
+            "shipping-events",
+            "shipping.shipment.status-changed",
+            "shipping-events"
+        ]
+    );
+    // Same key, same JSON, same ce_type; the copy has its own id and names the original
+    // as its cause.
+    assert!(rows.iter().all(|(_, key, ..)| key == &id));
+    let header = |headers: &str, name: &str| -> Option<String> {
+        let pairs: Vec<(String, String)> = serde_json::from_str(headers).expect("headers");
+        pairs
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    };
+    let types = [
+        "ShipmentCreatedEvent",
+        "ShipmentUpdatedEvent",
+        "ShipmentStatusChangedEvent",
+    ];
+    for (pair, expected_type) in rows.chunks(2).zip(types) {
+        let (original, copy) = (&pair[0], &pair[1]);
+        assert_eq!(original.2, copy.2, "{expected_type}: the same payload");
+        assert_eq!(
+            header(&original.3, "ce_type").as_deref(),
+            Some(expected_type)
+        );
+        assert_eq!(header(&copy.3, "ce_type").as_deref(), Some(expected_type));
+        assert_eq!(
+            header(&copy.3, "ce_schemaversion"),
+            header(&original.3, "ce_schemaversion")
+        );
+        let original_id = header(&original.3, "ce_id").expect("an id");
+        assert_ne!(header(&copy.3, "ce_id"), Some(original_id.clone()));
+        assert_eq!(header(&copy.3, "ce_causationid"), Some(original_id));
+    }
+    let copy: OnShippingEvents<ShipmentStatusChangedEvent> =
+        decode_payload(&rows[5].2).expect("the copy decodes");
+    assert_eq!(copy.0.new_status.as_str(), "InTransit");
+
+    // A refused change writes neither copy.
+    let (status, body) = h.create("ada", "TRACK1").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(h.outbox_with_headers().await.len(), 6);
+}
+
+async fn without_the_general_topic_nothing_goes_to_shipping_events(database: Database) {
+    let h = harness(database).await;
+    h.register("ada").await;
+    assert_eq!(h.create("ada", "TRACK1").await.0, StatusCode::CREATED);
+    let rows = h.outbox().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "shipping.shipment.created");
+}
+
+async fn user_events_copied_to_identity_events_keep_the_cache_like_the_originals(
+    database: Database,
+) {
+    let h = harness(database).await;
+    h.deliver(OnIdentityEvents(user_created("ada", 1)), Uuid::now_v7())
+        .await;
+    assert_eq!(h.create("ada", "TRACK1").await.0, StatusCode::CREATED);
+    h.deliver(OnIdentityEvents(user_updated("ada", 2)), Uuid::now_v7())
+        .await;
+    let ada = h.user("ada").await.expect("cached");
+    assert_eq!(ada.version, 2);
+    assert_eq!(ada.email.as_deref(), Some("ada+v2@example.com"));
+    assert!(ada.active);
+    // An older copy changes nothing; the deactivation is final.
+    h.deliver(OnIdentityEvents(user_updated("ada", 1)), Uuid::now_v7())
+        .await;
+    assert_eq!(h.user("ada").await.expect("cached").version, 2);
+    h.deliver(OnIdentityEvents(user_deactivated("ada", 3)), Uuid::now_v7())
+        .await;
+    let ada = h.user("ada").await.expect("cached");
+    assert_eq!((ada.active, ada.version), (false, 3));
+    let (status, body) = h.create("ada", "TRACK2").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+}
+
 async fn a_database_out_of_reach_is_a_503_json_error_not_a_500(database: Database) {
     let h = harness(database).await;
     h.register("ada").await;
@@ -766,5 +914,8 @@ on_both_databases!(
     the_user_cache_applies_each_event_once_and_never_goes_back,
     a_deactivation_that_arrives_first_is_not_undone_by_the_creation,
     an_update_that_arrives_before_the_creation_wins,
+    with_the_general_topic_each_event_is_enqueued_twice_in_one_transaction,
+    without_the_general_topic_nothing_goes_to_shipping_events,
+    user_events_copied_to_identity_events_keep_the_cache_like_the_originals,
     a_database_out_of_reach_is_a_503_json_error_not_a_500,
 );

@@ -4,6 +4,12 @@
 //! token within its drain bound. Once on SQLite, once on a new database on the PostgreSQL
 //! server under test.
 //!
+//! And the consumer of a mixed topic: with `user_events: UserEvents::GeneralTopic`
+//! (`SHIPPING_USER_EVENTS_TOPIC=identity-events`) the user cache reads Identity's three
+//! user events from `identity-events` alone, dispatched on `ce_type`, and a record of a
+//! type it has no handler for (`PasswordChangedEvent`) is dead-lettered with reason
+//! `decode` without stopping the records after it. Also on both databases.
+//!
 //! The broker and the server are the ones `scripts/test` starts, named by
 //! `PEGASUS_TEST_BOOTSTRAP` and `PEGASUS_TEST_POSTGRES_URL`; without them the tests fail
 //! (they never skip):
@@ -17,12 +23,20 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chrono::Utc;
-use event_contracts::{ShipmentCreatedEvent, UserCreatedEvent};
+use chrono::{DateTime, Utc};
+use event_contracts::general::OnIdentityEvents;
+use event_contracts::{
+    ShipmentCreatedEvent, UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
+};
 use pegasus_events::consumer::{EventConsumer, EventContext, EventHandler, HandlerError};
-use pegasus_events::{EventProducer, KafkaConfig, Secret};
+use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilter};
+use pegasus_events::wire::encode_payload;
+use pegasus_events::{Event, EventProducer, KafkaConfig, Secret};
+use serde::{Deserialize, Serialize};
 use service_kit::shutdown::CancellationToken;
 use service_kit::{JwtKeys, JwtSettings, ServiceSettings};
+use shipping_service::store::UserEvents;
+use shipping_service::{ShippingDb, ShippingSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -229,6 +243,219 @@ async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: 
     let (status, body) = http(address, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
     assert!(body.contains("kafka_events_published_total"), "{body}");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(25), service)
+        .await
+        .expect("stopped within the drain bounds")
+        .expect("not panicked")
+        .expect("no error");
+}
+
+/// An Identity event type Shipping has no handler for, on Identity's general topic.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[serde(rename_all = "camelCase")]
+#[event(
+    topic = "identity-events",
+    name = "PasswordChangedEvent",
+    free_form_topic
+)]
+struct PasswordChangedEvent {
+    #[event(key)]
+    user_id: String,
+    changed_at: DateTime<Utc>,
+}
+
+/// POSTs a shipment with `tracking` until the answer is `expected`, within [`STEP`]; any
+/// other answer than `expected` or `waiting_on` fails the test.
+async fn create_until(
+    address: SocketAddr,
+    token: &str,
+    tracking: &str,
+    expected: u16,
+    waiting_on: u16,
+) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (status, body) = http(
+            address,
+            "POST",
+            "/api/shipments",
+            Some(token),
+            Some(&format!(r#"{{"trackingNumber":"{tracking}"}}"#)),
+        )
+        .await;
+        if status == expected {
+            return;
+        }
+        assert!(
+            status == waiting_on && tokio::time::Instant::now() < deadline,
+            "expected {expected}, got {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_cache_reads_identity_events_and_dead_letters_other_types_on_sqlite() {
+    the_user_cache_reads_identity_events_and_dead_letters_other_types(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_cache_reads_identity_events_and_dead_letters_other_types_on_postgres() {
+    the_user_cache_reads_identity_events_and_dead_letters_other_types(true).await;
+}
+
+async fn the_user_cache_reads_identity_events_and_dead_letters_other_types(on_postgres: bool) {
+    let bootstrap = required("PEGASUS_TEST_BOOTSTRAP");
+    let run = Uuid::now_v7();
+    // A client id of its own: its consumer group reads identity-events from the start.
+    let kafka = KafkaConfig::new(bootstrap).with_client_id(format!("shipping-api-mixed-{run}"));
+    let group = format!("{}-usercache-consumer", kafka.client_id);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwt = JwtSettings {
+        secret: Secret::new("broker-test-secret-broker-test-secret"),
+        issuer: "identity-api".into(),
+        audience: "pegasus-services".into(),
+        expiry: Duration::from_secs(600),
+    };
+    let database_url = if on_postgres {
+        fresh_postgres_database(&required("PEGASUS_TEST_POSTGRES_URL")).await
+    } else {
+        format!("sqlite://{}", dir.path().join("shipping.db").display())
+    };
+    let settings = ShippingSettings {
+        service: ServiceSettings {
+            kafka: kafka.clone(),
+            database_url: database_url.clone(),
+            http_address: "127.0.0.1:0".parse().expect("address"),
+            jwt: jwt.clone(),
+        },
+        general_topic: false,
+        user_events: UserEvents::GeneralTopic,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bound");
+    let address = listener.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(shipping_service::run_on(
+        listener,
+        settings,
+        shutdown.clone(),
+    ));
+
+    // Identity's events on its general topic only, all keyed by the user, so one
+    // partition holds them in this order: the type Shipping has no handler for sits
+    // between two it must apply.
+    let user_id = format!("user-{run}");
+    let producer = EventProducer::new(&kafka).await.expect("producer");
+    producer
+        .publish(&OnIdentityEvents(UserCreatedEvent {
+            user_id: user_id.clone(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            created_at: Utc::now(),
+            version: 1,
+        }))
+        .await
+        .expect("created published");
+    let password_changed = PasswordChangedEvent {
+        user_id: user_id.clone(),
+        changed_at: Utc::now(),
+    };
+    let unhandled = producer
+        .publish(&password_changed)
+        .await
+        .expect("password change published");
+    producer
+        .publish(&OnIdentityEvents(UserUpdatedEvent {
+            user_id: user_id.clone(),
+            email: "ada@example.com".into(),
+            name: "Ada L.".into(),
+            updated_at: Utc::now(),
+            version: 2,
+        }))
+        .await
+        .expect("updated published");
+
+    // Created reached the cache: 403 until then, 201 after.
+    let token = JwtKeys::new(&jwt)
+        .issue(&user_id, "ada@example.com")
+        .expect("token");
+    create_until(address, &token, &format!("T{}", run.simple()), 201, 403).await;
+
+    // Deactivated, after the unhandled record in the same partition: 403 once applied.
+    producer
+        .publish(&OnIdentityEvents(UserDeactivatedEvent {
+            user_id: user_id.clone(),
+            deactivated_at: Utc::now(),
+            version: 3,
+        }))
+        .await
+        .expect("deactivated published");
+    create_until(address, &token, &format!("U{}", run.simple()), 403, 201).await;
+
+    // The cache holds all three user events: the update (after the unhandled record) too.
+    let cache = ShippingDb::open(&database_url, &kafka)
+        .await
+        .expect("database opened");
+    let user = cache.user(&user_id).await.expect("read").expect("cached");
+    assert_eq!(user.name.as_deref(), Some("Ada L."));
+    assert_eq!((user.active, user.version), (false, 3));
+
+    // The unhandled record is in the dead-letter topic, byte for byte, with reason
+    // `decode`, written by the user cache's group, tried once.
+    let queue = DeadLetterQueue::new(&kafka).expect("dead-letter queue");
+    let ours = ReplayFilter::new()
+        .original_topic("identity-events")
+        .consumer_group(group.clone())
+        .event_ids([unhandled.event_id]);
+    let deadline = tokio::time::Instant::now() + STEP;
+    let letters = loop {
+        let letters = queue.read(&ours).await.expect("dead letters read");
+        if !letters.is_empty() || tokio::time::Instant::now() >= deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.reason, DeadLetterReason::Decode);
+    assert_eq!(
+        letter.error,
+        "no handler for event type `PasswordChangedEvent` on topic `identity-events`"
+    );
+    assert_eq!(letter.attempts, 1);
+    assert_eq!(letter.original_partition, unhandled.partition);
+    assert_eq!(letter.original_offset, unhandled.offset);
+    assert_eq!(letter.record.topic, "identity-events");
+    assert_eq!(letter.record.key.as_deref(), Some(user_id.as_bytes()));
+    assert_eq!(
+        letter.record.header("ce_type"),
+        Some("PasswordChangedEvent")
+    );
+    let mut payload = Vec::new();
+    encode_payload(&password_changed, &mut payload).expect("encodes");
+    assert_eq!(letter.record.payload.as_deref(), Some(payload.as_slice()));
+
+    // None of the types it handles was dead-lettered by the group (the topic may hold
+    // other unhandled types from earlier runs; those are dead-lettered too).
+    let by_group = ReplayFilter::new()
+        .original_topic("identity-events")
+        .consumer_group(group);
+    let handled_types = [
+        UserCreatedEvent::NAME,
+        UserUpdatedEvent::NAME,
+        UserDeactivatedEvent::NAME,
+    ];
+    for letter in queue.read(&by_group).await.expect("dead letters read") {
+        let found = letter.record.header("ce_type");
+        assert!(
+            !found.is_some_and(|found| handled_types.contains(&found)),
+            "a handled type was dead-lettered: {letter:?}"
+        );
+    }
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(25), service)
