@@ -227,7 +227,8 @@ pub(crate) struct TopicReader {
 
 impl TopicReader {
     /// The current end of every partition of `topic`, which must exist (waits up to
-    /// [`STEP`] for its partitions to show in the broker's metadata).
+    /// [`STEP`] for its partitions to show in the broker's metadata and to have a
+    /// leader).
     pub(crate) async fn at_end(bootstrap: &str, topic: &'static str) -> TopicReader {
         let bootstrap = bootstrap.to_owned();
         let server = bootstrap.clone();
@@ -256,9 +257,18 @@ impl TopicReader {
             partitions
                 .into_iter()
                 .map(|partition| {
-                    let (_, high) = client
-                        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                        .expect("watermarks");
+                    // A topic created a moment ago shows its partitions in the metadata
+                    // before they have a leader: ask again until one answers.
+                    let high = loop {
+                        match client.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                            Ok((_, high)) => break high,
+                            Err(error) => assert!(
+                                std::time::Instant::now() < deadline,
+                                "watermarks of {topic} [{partition}]: {error}"
+                            ),
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    };
                     (partition, high)
                 })
                 .collect()
