@@ -36,6 +36,7 @@ pub mod store;
 
 pub use api::{router, AppState};
 pub use service::{
-    run, run_on, run_with, run_with_created_topics, IdentitySettings, StartError, DEFAULTS,
+    run, run_on, run_process, run_with, run_with_created_topics, IdentitySettings, StartError,
+    DEFAULTS,
 };
 pub use store::IdentityDb;

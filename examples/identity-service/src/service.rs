@@ -95,6 +95,28 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
+/// The service as a process, what its binary runs: logs to stdout (`LOG_FORMAT`),
+/// settings from `appsettings.json` in the working directory (if there is one) and the
+/// environment, then the service until SIGTERM or Ctrl-C. A bad setting or a failed start
+/// is printed to stderr and ends it with a failure code.
+pub async fn run_process() -> std::process::ExitCode {
+    service_kit::logging::init(service_kit::logging::LogFormat::from_env());
+    let settings = match IdentitySettings::load("appsettings.json") {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {}", Report::new(&error));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(settings, service_kit::shutdown::on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", Report::new(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Binds `settings.service.http_address` and runs the service until `shutdown` is
 /// cancelled, confirming shipments to the log ([`LogNotifier`]).
 ///

@@ -31,5 +31,7 @@ pub mod service;
 pub mod store;
 
 pub use api::{router, AppState};
-pub use service::{run, run_on, run_on_created_topics, ShippingSettings, StartError, DEFAULTS};
+pub use service::{
+    run, run_on, run_on_created_topics, run_process, ShippingSettings, StartError, DEFAULTS,
+};
 pub use store::ShippingDb;
