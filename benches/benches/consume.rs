@@ -28,7 +28,9 @@ use pegasus_events::consumer::{
     ConsumerSettings, EventConsumer, EventContext, EventHandler, HandlerError,
 };
 use pegasus_events::{Event, EventProducer, KafkaConfig, TopicAdmin, TopicSpec};
-use pegasus_events_benches::{all_allocations, bootstrap, median, spread, CountingAllocator};
+use pegasus_events_benches::{
+    all_allocations, bootstrap, median, process_cpu_time, spread, CountingAllocator,
+};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -89,15 +91,41 @@ async fn fill(config: &KafkaConfig, count: u64) {
     }
 }
 
-/// What a runtime round's handler counts: the records, and the time and allocation count
-/// after the first and the last of them, taken by the handler itself, as the raw loop
+/// A point of a round: when, the allocations so far, and the process's CPU time so far.
+type Mark = (Instant, u64, Duration);
+
+fn mark() -> Mark {
+    (Instant::now(), all_allocations(), process_cpu_time())
+}
+
+/// What one round measured, per record, from its first record handled to its last.
+struct Figures {
+    rate: f64,
+    allocations: f64,
+    /// CPU time of the whole process (librdkafka's threads included) per record, in µs.
+    cpu_micros: f64,
+}
+
+impl Figures {
+    fn between(from: Mark, to: Mark, handled: u64) -> Figures {
+        let handled = handled as f64;
+        Figures {
+            rate: handled / (to.0 - from.0).as_secs_f64(),
+            allocations: (to.1 - from.1) as f64 / handled,
+            cpu_micros: to.2.saturating_sub(from.2).as_secs_f64() * 1e6 / handled,
+        }
+    }
+}
+
+/// What a runtime round's handler counts: the records, and the time, allocation count and
+/// CPU time after the first and the last of them, taken by the handler itself, as the raw loop
 /// takes its own (no watcher polling a counter, whose timer would wake the runtime's
 /// threads a thousand times a second).
 struct Marks {
     count: u64,
     seen: AtomicU64,
-    first: std::sync::OnceLock<(Instant, u64)>,
-    last: std::sync::OnceLock<(Instant, u64)>,
+    first: std::sync::OnceLock<Mark>,
+    last: std::sync::OnceLock<Mark>,
     done: tokio::sync::Notify,
 }
 
@@ -108,21 +136,20 @@ impl EventHandler<ConsumeSample> for Count {
         let marks = &self.0;
         let n = marks.seen.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 1 {
-            let _ = marks.first.set((Instant::now(), all_allocations()));
+            let _ = marks.first.set(mark());
         }
         if n == marks.count {
-            let _ = marks.last.set((Instant::now(), all_allocations()));
+            let _ = marks.last.set(mark());
             marks.done.notify_one();
         }
         Ok(())
     }
 }
 
-/// Reads `count` records with the runtime; returns (records/s, allocations per record),
-/// from the first record handled to the last, as the raw loop measures: the group join
-/// before and the consumer's shutdown after (final commit, leaving the group) are not
-/// timed.
-async fn runtime_round(config: &KafkaConfig, count: u64) -> (f64, f64) {
+/// Reads `count` records with the runtime; returns its figures from the first record
+/// handled to the last, as the raw loop measures: the group join before and the
+/// consumer's shutdown after (final commit, leaving the group) are not counted.
+async fn runtime_round(config: &KafkaConfig, count: u64) -> Figures {
     let marks = Arc::new(Marks {
         count,
         seen: AtomicU64::new(0),
@@ -144,16 +171,12 @@ async fn runtime_round(config: &KafkaConfig, count: u64) -> (f64, f64) {
         .run_until(async move { watched.done.notified().await })
         .await
         .expect("runtime ran");
-    let (&(from, allocs_before), &(to, allocs_after)) = marks
+    let (&from, &to) = marks
         .first
         .get()
         .zip(marks.last.get())
         .expect("every record arrived");
-    let handled = (count - 1) as f64;
-    (
-        handled / (to - from).as_secs_f64(),
-        (allocs_after - allocs_before) as f64 / handled,
-    )
+    Figures::between(from, to, count - 1)
 }
 
 /// A handler that takes `SLOW_HANDLER` per record, like one that calls a database.
@@ -195,7 +218,7 @@ async fn slow_round(config: &KafkaConfig, how_long: Duration) -> u64 {
 /// With `read_headers`, it also reads the `ce_id` and `ce_type` headers, as any consumer of
 /// CloudEvents must to know which event it got (librdkafka parses headers lazily, on first
 /// access, so a loop that never looks at them skips that work).
-async fn raw_round(config: &KafkaConfig, count: u64, read_headers: bool) -> (f64, f64) {
+async fn raw_round(config: &KafkaConfig, count: u64, read_headers: bool) -> Figures {
     let defaults = ConsumerSettings::default();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
@@ -249,14 +272,10 @@ async fn raw_round(config: &KafkaConfig, count: u64, read_headers: bool) -> (f64
         consumer.store_offset_from_message(&message).expect("store");
         seen += 1;
         if started.is_none() {
-            started = Some((Instant::now(), all_allocations()));
+            started = Some(mark());
         }
     }
-    let (at, allocs) = started.expect("records arrived");
-    (
-        (count - 1) as f64 / at.elapsed().as_secs_f64(),
-        (all_allocations() - allocs) as f64 / (count - 1) as f64,
-    )
+    Figures::between(started.expect("records arrived"), mark(), count - 1)
 }
 
 /// The three ways a round reads the backlog.
@@ -347,17 +366,19 @@ fn main() {
 
         let mut rates = [Vec::new(), Vec::new(), Vec::new()];
         let mut allocs = [Vec::new(), Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
         for round in 0..rounds {
             // Rotate which side goes first, so drift in the broker's speed spreads evenly.
             for i in 0..sides.len() {
                 let side = sides[(i + round) % sides.len()];
-                let (rate, allocations) = match side {
+                let figures = match side {
                     Side::Runtime => runtime_round(&config, per_round).await,
                     Side::Raw => raw_round(&config, per_round, false).await,
                     Side::RawHeaders => raw_round(&config, per_round, true).await,
                 };
-                rates[side as usize].push(rate);
-                allocs[side as usize].push(allocations);
+                rates[side as usize].push(figures.rate);
+                allocs[side as usize].push(figures.allocations);
+                cpu[side as usize].push(figures.cpu_micros);
             }
         }
         println!(
@@ -366,9 +387,10 @@ fn main() {
         );
         for side in &sides {
             println!(
-                "  {:<52}: {:>10.0} records/s (median)",
+                "  {:<52}: {:>10.0} records/s, {:.3} us CPU per record (medians)",
                 side.description(),
-                median(rates[*side as usize].clone())
+                median(rates[*side as usize].clone()),
+                median(cpu[*side as usize].clone())
             );
         }
         if sides.len() < Side::ALL.len() {
@@ -383,6 +405,16 @@ fn main() {
         println!("  throughput ratio runtime/raw: {ratio:.3}; runtime/raw-with-headers: {header_ratio:.3} (medians of {rounds} paired rounds)");
         println!("  paired ratios runtime/raw: {}", spread(ratios));
         println!("  paired ratios runtime/raw-with-headers: {}", spread(header_ratios));
+        // CPU per record (the whole process: poll thread, workers, librdkafka's threads)
+        // moves less with the machine's load than records per second.
+        let cpu_ratios = |baseline: &[f64]| -> Vec<f64> {
+            cpu[Side::Runtime as usize].iter().zip(baseline).map(|(a, b)| a / b).collect()
+        };
+        println!(
+            "  CPU per record, paired ratios runtime/raw: {}; runtime/raw-with-headers: {}",
+            spread(cpu_ratios(&cpu[Side::Raw as usize])),
+            spread(cpu_ratios(&cpu[Side::RawHeaders as usize]))
+        );
         let runtime_allocs = median(allocs[Side::Runtime as usize].clone());
         let raw_allocs = median(allocs[Side::Raw as usize].clone())
             .min(median(allocs[Side::RawHeaders as usize].clone()));
@@ -410,7 +442,7 @@ fn main() {
             // Reset the peak so it covers the drain alone (Linux: "5" clears VmHWM).
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let before = status_kib("VmRSS:");
-            let (rate, _) = runtime_round(&config, backlog).await;
+            let rate = runtime_round(&config, backlog).await.rate;
             println!(
                 "  backlog of {backlog}: drained at {rate:.0} records/s; RSS before {} MiB, peak {} MiB",
                 before / 1024,

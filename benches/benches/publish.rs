@@ -19,6 +19,7 @@
 //! Run with `scripts/bench` (starts a broker), or `cargo bench -p pegasus-events-benches
 //! --bench publish` with `PEGASUS_BENCH_BOOTSTRAP` (or `PEGASUS_TEST_BOOTSTRAP`) set.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a short smoke run.
+//! `ONLY=typed` (or `raw`, `no-headers`) runs one side alone, for a profile.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,17 @@ enum Side {
 }
 
 const SIDES: [Side; 3] = [Side::Typed, Side::Raw, Side::NoHeaders];
+
+impl Side {
+    /// Its name for `ONLY`.
+    fn name(self) -> &'static str {
+        match self {
+            Side::Typed => "typed",
+            Side::Raw => "raw",
+            Side::NoHeaders => "no-headers",
+        }
+    }
+}
 
 fn encode(side: Side, event: &ShipmentCreated) -> RawRecord {
     match side {
@@ -220,6 +232,28 @@ fn main() {
         let raw = raw_producer(&config);
         let no_headers = raw_producer(&config);
         let events: Vec<ShipmentCreated> = (0..events_per_round).map(sample).collect();
+
+        // ONLY=typed, raw or no-headers runs that side alone, for a profile (`perf record`):
+        // its rounds, then the run stops before the ratios.
+        if let Ok(only) = std::env::var("ONLY") {
+            let Some(side) = SIDES.into_iter().find(|side| side.name() == only) else {
+                eprintln!("publish bench: ONLY must be one of typed, raw, no-headers");
+                std::process::exit(2);
+            };
+            let measured: Vec<Round> = {
+                let mut measured = Vec::new();
+                for _ in 0..rounds {
+                    measured.push(round(side, &typed, &raw, &no_headers, &events).await);
+                }
+                measured
+            };
+            println!(
+                "publish bench, {only} alone: {events_per_round} events x {rounds} rounds; CPU per event {:.2} us, {:.0} events/s (medians)",
+                median(measured.iter().map(|r| r.cpu_micros).collect()),
+                median(measured.iter().map(|r| r.rate).collect()),
+            );
+            std::process::exit(0);
+        }
 
         // Warm up all three (connections, metadata, producer ids) and the broker's JIT.
         for _ in 0..if full { 2 } else { 1 } {

@@ -35,6 +35,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -48,6 +49,7 @@ use crate::config::{client_error, KafkaConfig};
 use crate::connection::{check_brokers, ClientWatch, WatchedProducer, Watching};
 use crate::error::Error;
 use crate::event::Event;
+use crate::metrics::PublishMetrics;
 use crate::telemetry::{self, spans};
 use crate::wire::ByteHeaders;
 use crate::wire::{self, OutgoingHeaders, PublishMetadata};
@@ -188,10 +190,10 @@ impl From<PublishError> for Error {
 pub struct EventProducer {
     producer: WatchedProducer,
     watch: ClientWatch,
-    source: std::sync::Arc<str>,
+    source: Arc<str>,
     /// `messaging.client.id` of the send spans.
-    client_id: std::sync::Arc<str>,
-    metrics: std::sync::Arc<crate::metrics::ProducerMetrics>,
+    client_id: Arc<str>,
+    metrics: Arc<crate::metrics::ProducerMetrics>,
     delivery_timeout: Duration,
     base_event_fields: bool,
 }
@@ -231,7 +233,7 @@ impl EventProducer {
             watch,
             source: config.source().into(),
             client_id: config.client_id.as_str().into(),
-            metrics: std::sync::Arc::new(crate::metrics::ProducerMetrics::new(config.source())),
+            metrics: Arc::new(crate::metrics::ProducerMetrics::new(config.source())),
             delivery_timeout: config.producer.delivery_timeout,
             base_event_fields: config.producer.base_event_fields,
         })
@@ -244,7 +246,9 @@ impl EventProducer {
 
     /// Publishes `event` and waits for the broker's acknowledgement.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Delivery, PublishError> {
-        let pending = self.enqueue(event, None).await?;
+        let pending = self
+            .enqueue(event, None, self.metrics.topic(E::TOPIC))
+            .await?;
         pending.acknowledged(self).await
     }
 
@@ -255,7 +259,9 @@ impl EventProducer {
         event: &E,
         metadata: &PublishMetadata,
     ) -> Result<Delivery, PublishError> {
-        let pending = self.enqueue(event, Some(metadata)).await?;
+        let pending = self
+            .enqueue(event, Some(metadata), self.metrics.topic(E::TOPIC))
+            .await?;
         pending.acknowledged(self).await
     }
 
@@ -266,8 +272,10 @@ impl EventProducer {
         events: impl IntoIterator<Item = &'e E>,
     ) -> Vec<Result<Delivery, PublishError>> {
         let mut pending = Vec::new();
+        // Every event of the batch goes to `E::TOPIC`: its metric handles are looked up once.
+        let metrics = self.metrics.topic(E::TOPIC);
         for event in events {
-            pending.push(self.enqueue(event, None).await);
+            pending.push(self.enqueue(event, None, Arc::clone(&metrics)).await);
         }
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
@@ -316,6 +324,7 @@ impl EventProducer {
         &self,
         event: &E,
         metadata: Option<&PublishMetadata>,
+        metrics: Arc<PublishMetrics>,
     ) -> Result<Pending<'static>, PublishError> {
         let mut payload = Vec::with_capacity(256);
         let resolved = wire::encode_event(
@@ -376,7 +385,7 @@ impl EventProducer {
             event_id,
             delivery,
             span,
-            metrics: self.metrics.topic(E::TOPIC),
+            metrics,
             enqueued,
         })
     }
@@ -437,7 +446,7 @@ struct Pending<'t> {
     /// The publish's `send` span, open until the acknowledgement.
     span: Span,
     /// The topic's metric handles, and when the record was handed to librdkafka.
-    metrics: std::sync::Arc<crate::metrics::PublishMetrics>,
+    metrics: Arc<PublishMetrics>,
     enqueued: Instant,
 }
 

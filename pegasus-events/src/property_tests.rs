@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::consumer::dispatch::{Env, Mixed, Outcome, Record, RecordHandler, Typed};
+use crate::consumer::dispatch::{Env, Held, Mixed, Outcome, Record, RecordHandler, Typed};
 use crate::consumer::{ConsumerSettings, EventContext, EventHandler, HandlerError, RetryPolicy};
 use crate::error::Error;
 use crate::wire::with_raw_header;
@@ -205,10 +205,13 @@ proptest! {
             .collect(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let held = Held::Owned(&message);
+        let headers = held.contract_headers();
+        let record = Record { message: held, headers: &headers };
         let (single, several) = runtime.block_on(async {
             (
-                typed.handle(Record::Owned(&message), 1, &env).await,
-                mixed.handle(Record::Owned(&message), 1, &env).await,
+                typed.handle(record, 1, &env).await,
+                mixed.handle(record, 1, &env).await,
             )
         });
         assert_handled_or_undecodable(single)?;

@@ -23,97 +23,78 @@ use super::retry::RetryPolicy;
 use crate::error::Error;
 use crate::event::Event;
 use crate::idempotency::DynIdempotencyStore;
-use crate::wire::{self, Decoded};
+use crate::wire::{self, Decoded, FoundHeaders};
 
-/// The values of a record's trace headers and its `ce_id`, as bytes.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct TraceHeaders<'a> {
-    pub(crate) traceparent: Option<&'a [u8]>,
-    pub(crate) tracestate: Option<&'a [u8]>,
-    pub(crate) id: Option<&'a [u8]>,
-}
-
-/// A record as the worker holds it: borrowed from its partition queue, or (rarely) owned,
-/// when librdkafka returned it on the consumer's main queue before the partition was split.
+/// A record's message as the worker holds it: borrowed from its partition queue, or
+/// (rarely) owned, when librdkafka returned it on the consumer's main queue before the
+/// partition was split.
 #[derive(Clone, Copy)]
-pub(crate) enum Record<'a> {
+pub(crate) enum Held<'a> {
     Borrowed(&'a BorrowedMessage<'a>),
     Owned(&'a OwnedMessage),
 }
 
+impl<'a> Held<'a> {
+    /// The contract's headers of the message, found in one pass over its headers (names
+    /// compared as bytes, so one that is not UTF-8 never panics; the last of a repeated
+    /// name counts). The worker reads them once per record, for its `process` span and for
+    /// decoding: each pass costs a string length and a comparison per header.
+    pub(crate) fn contract_headers(self) -> FoundHeaders<'a> {
+        match self {
+            Held::Borrowed(m) => FoundHeaders::read(m),
+            Held::Owned(m) => FoundHeaders::read(m),
+        }
+    }
+}
+
+/// A record as a handler sees it: its message and the contract headers read off it.
+#[derive(Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub(crate) message: Held<'a>,
+    pub(crate) headers: &'a FoundHeaders<'a>,
+}
+
 impl<'a> Record<'a> {
     pub(crate) fn topic(&self) -> &'a str {
-        match self {
-            Record::Borrowed(m) => m.topic(),
-            Record::Owned(m) => m.topic(),
+        match self.message {
+            Held::Borrowed(m) => m.topic(),
+            Held::Owned(m) => m.topic(),
         }
     }
 
     pub(crate) fn partition(&self) -> i32 {
-        match self {
-            Record::Borrowed(m) => m.partition(),
-            Record::Owned(m) => m.partition(),
+        match self.message {
+            Held::Borrowed(m) => m.partition(),
+            Held::Owned(m) => m.partition(),
         }
     }
 
     pub(crate) fn offset(&self) -> i64 {
-        match self {
-            Record::Borrowed(m) => m.offset(),
-            Record::Owned(m) => m.offset(),
+        match self.message {
+            Held::Borrowed(m) => m.offset(),
+            Held::Owned(m) => m.offset(),
         }
-    }
-
-    /// The headers the `process` span reads (`traceparent`, `tracestate`, `ce_id`),
-    /// found in one pass over the record's headers (names compared as bytes, so one that
-    /// is not UTF-8 never panics); the first of each name counts.
-    pub(crate) fn trace_headers(&self) -> TraceHeaders<'a> {
-        use crate::wire::{header, ByteHeaders, HeaderBytes};
-        let mut found = TraceHeaders::default();
-        let mut take = |h: HeaderBytes<'a>| {
-            let slot = match h.name {
-                name if name == header::TRACEPARENT.as_bytes() => &mut found.traceparent,
-                name if name == header::TRACESTATE.as_bytes() => &mut found.tracestate,
-                name if name == header::ID.as_bytes() => &mut found.id,
-                _ => return,
-            };
-            if slot.is_none() {
-                *slot = h.value;
-            }
-        };
-        match self {
-            Record::Borrowed(m) => m
-                .headers()
-                .into_iter()
-                .flat_map(|h| h.iter_bytes())
-                .for_each(&mut take),
-            Record::Owned(m) => m
-                .headers()
-                .into_iter()
-                .flat_map(|h| h.iter_bytes())
-                .for_each(&mut take),
-        }
-        found
     }
 
     pub(crate) fn key(&self) -> Option<&'a str> {
-        let key = match self {
-            Record::Borrowed(m) => m.key(),
-            Record::Owned(m) => m.key(),
+        let key = match self.message {
+            Held::Borrowed(m) => m.key(),
+            Held::Owned(m) => m.key(),
         };
         key.and_then(|k| std::str::from_utf8(k).ok())
     }
 
     fn decode<E: Event>(&self) -> Result<Decoded<'a, E>, Error> {
-        match self {
-            Record::Borrowed(m) => wire::decode::<E, _>(*m),
-            Record::Owned(m) => wire::decode::<E, _>(*m),
+        match self.message {
+            Held::Borrowed(m) => wire::decode_found::<E, _>(m, self.headers),
+            Held::Owned(m) => wire::decode_found::<E, _>(m, self.headers),
         }
     }
 
     fn event_type(&self) -> Result<Option<std::borrow::Cow<'a, str>>, Error> {
-        match self {
-            Record::Borrowed(m) => wire::event_type(*m),
-            Record::Owned(m) => wire::event_type(*m),
+        match self.message {
+            Held::Borrowed(m) => wire::event_type_found(m, self.headers),
+            Held::Owned(m) => wire::event_type_found(m, self.headers),
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tracing::{Instrument, Span};
 
-use super::dispatch::{panic_message, Env, Outcome, Record, RecordHandler};
+use super::dispatch::{panic_message, Env, Held, Outcome, Record, RecordHandler};
 use super::handler::FailureKind;
 use super::retry::RetryPolicy;
 use super::{ConsumerSettings, RuntimeContext};
@@ -313,13 +313,13 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
         }
         // Strays are older than anything in the split queue: handle them first.
         if let Ok(message) = strays.try_recv() {
-            worker.process(Record::Owned(&message)).await;
+            worker.process(Held::Owned(&message)).await;
             continue;
         }
         let polled = queue.as_ref().and_then(|q| q.poll(Duration::ZERO));
         match polled {
             Some(Ok(message)) => {
-                worker.process(Record::Borrowed(&message)).await;
+                worker.process(Held::Borrowed(&message)).await;
                 // A full queue never makes this loop wait; spend tokio's cooperative
                 // budget so other tasks on the runtime still get their turn.
                 tokio::task::coop::consume_budget().await;
@@ -343,7 +343,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
                     () = ready.notified() => {}
                     () = state.wake.notified() => {}
                     stray = strays.recv() => match stray {
-                        Some(message) => worker.process(Record::Owned(&message)).await,
+                        Some(message) => worker.process(Held::Owned(&message)).await,
                         None if queue.is_none() => break,
                         None => {}
                     },
@@ -376,13 +376,25 @@ struct Worker<'w, R> {
 
 impl<R: RecordHandler> Worker<'_, R> {
     /// Handles one record and, once it is done, stores its offset for the commit.
-    async fn process(&self, record: Record<'_>) {
+    async fn process(&self, message: Held<'_>) {
         if !self.state.start() {
             return;
         }
         let _in_flight = self.state.metrics.taken();
+        let headers = message.contract_headers();
+        let record = Record {
+            message,
+            headers: &headers,
+        };
         let span = self.process_span(record);
-        let done = self.handle_until_done(record).instrument(span).await;
+        let handling = self.handle_until_done(record);
+        // Without a subscriber the span is disabled; entering and leaving it on every poll
+        // would be work for nothing.
+        let done = if span.is_disabled() {
+            handling.await
+        } else {
+            handling.instrument(span).await
+        };
         self.state.finish(|| {
             if done {
                 self.store_offset(record);
@@ -391,13 +403,13 @@ impl<R: RecordHandler> Worker<'_, R> {
     }
 
     /// The record's `process` span, a child of its trace context; `Span::none()` when no
-    /// subscriber listens. The trace headers are read and checked for every record,
-    /// listened to or not, so a malformed one is always counted
-    /// (`kafka_trace_context_invalid_total`): that is one pass over the headers and, when
-    /// there is a `traceparent`, parsing its 55 bytes, with no allocation.
+    /// subscriber listens. The trace headers are checked for every record, listened to or
+    /// not, so a malformed one is always counted (`kafka_trace_context_invalid_total`):
+    /// they come from the record's one pass over its headers ([`Held::contract_headers`]),
+    /// and a `traceparent` costs parsing its 55 bytes, with no allocation.
     fn process_span(&self, record: Record<'_>) -> Span {
         let topic = record.topic();
-        let headers = record.trace_headers();
+        let headers = record.headers;
         let wire = telemetry::WireTrace::read(headers.traceparent, headers.tracestate, topic);
         if !spans::process_enabled() {
             return Span::none();
@@ -418,10 +430,10 @@ impl<R: RecordHandler> Worker<'_, R> {
 
     /// Stores the offset after `record` for the background commit.
     fn store_offset(&self, record: Record<'_>) {
-        let stored = match record {
-            Record::Borrowed(message) => self.consumer.store_offset_from_message(message),
+        let stored = match record.message {
+            Held::Borrowed(message) => self.consumer.store_offset_from_message(message),
             // rd_kafka_offset_store stores offset + 1, the next record to read.
-            Record::Owned(message) => {
+            Held::Owned(message) => {
                 self.consumer
                     .store_offset(message.topic(), message.partition(), message.offset())
             }
@@ -635,14 +647,14 @@ impl<R: RecordHandler> Worker<'_, R> {
         };
         let mut failures = 0u32;
         loop {
-            let written = match record {
-                Record::Borrowed(message) => {
+            let written = match record.message {
+                Held::Borrowed(message) => {
                     self.env
                         .dead_letters
                         .write(&message.detach(), &failure)
                         .await
                 }
-                Record::Owned(message) => self.env.dead_letters.write(message, &failure).await,
+                Held::Owned(message) => self.env.dead_letters.write(message, &failure).await,
             };
             match written {
                 Ok((partition, offset)) => {

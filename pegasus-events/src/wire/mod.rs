@@ -63,7 +63,8 @@ pub use metadata::{Decoded, EventMetadata, WireForm};
 pub(crate) use outgoing::encode_event;
 pub use outgoing::{OutgoingHeaders, PublishMetadata};
 
-use read::{required, FoundHeaders};
+use read::required;
+pub(crate) use read::FoundHeaders;
 
 /// The CloudEvents version written and read.
 pub const SPEC_VERSION: &str = "1.0";
@@ -81,7 +82,14 @@ where
     M: Message,
     M::Headers: ByteHeaders,
 {
-    let found = FoundHeaders::read(message);
+    event_type_found(message, &FoundHeaders::read(message))
+}
+
+/// [`event_type`] with the record's headers already read.
+pub(crate) fn event_type_found<'a, M: Message>(
+    message: &'a M,
+    found: &FoundHeaders<'a>,
+) -> Result<Option<Cow<'a, str>>> {
     if is_structured(found.content_type) {
         let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
         let envelope: structured::StructuredEnvelope<'_> = serde_json::from_slice(payload)
@@ -119,12 +127,20 @@ where
     M: Message,
     M::Headers: ByteHeaders,
 {
-    let found = FoundHeaders::read(message);
+    decode_found(message, &FoundHeaders::read(message))
+}
+
+/// [`decode`] with the record's headers already read (the consumer reads them once per
+/// record, for its trace context and for decoding).
+pub(crate) fn decode_found<'a, E: Event, M: Message>(
+    message: &'a M,
+    found: &FoundHeaders<'a>,
+) -> Result<Decoded<'a, E>> {
     if is_structured(found.content_type) {
         return structured::decode_structured(message);
     }
     if found.spec_version.is_some() {
-        return binary::decode_binary(message, &found);
+        return binary::decode_binary(message, found);
     }
-    plain::decode_plain(message, &found)
+    plain::decode_plain(message, found)
 }

@@ -30,24 +30,24 @@ pub(super) mod name {
 
 /// The headers of the contract found on a record (the last one wins when a name repeats).
 #[derive(Default)]
-pub(super) struct FoundHeaders<'a> {
-    pub(super) spec_version: Option<&'a [u8]>,
-    pub(super) id: Option<&'a [u8]>,
-    pub(super) source: Option<&'a [u8]>,
-    pub(super) event_type: Option<&'a [u8]>,
-    pub(super) time: Option<&'a [u8]>,
-    pub(super) content_type: Option<&'a [u8]>,
-    pub(super) schema_version: Option<&'a [u8]>,
-    pub(super) partition_key: Option<&'a [u8]>,
-    pub(super) subject: Option<&'a [u8]>,
-    pub(super) correlation_id: Option<&'a [u8]>,
-    pub(super) causation_id: Option<&'a [u8]>,
-    pub(super) traceparent: Option<&'a [u8]>,
-    pub(super) tracestate: Option<&'a [u8]>,
+pub(crate) struct FoundHeaders<'a> {
+    pub(crate) spec_version: Option<&'a [u8]>,
+    pub(crate) id: Option<&'a [u8]>,
+    pub(crate) source: Option<&'a [u8]>,
+    pub(crate) event_type: Option<&'a [u8]>,
+    pub(crate) time: Option<&'a [u8]>,
+    pub(crate) content_type: Option<&'a [u8]>,
+    pub(crate) schema_version: Option<&'a [u8]>,
+    pub(crate) partition_key: Option<&'a [u8]>,
+    pub(crate) subject: Option<&'a [u8]>,
+    pub(crate) correlation_id: Option<&'a [u8]>,
+    pub(crate) causation_id: Option<&'a [u8]>,
+    pub(crate) traceparent: Option<&'a [u8]>,
+    pub(crate) tracestate: Option<&'a [u8]>,
 }
 
 impl<'a> FoundHeaders<'a> {
-    pub(super) fn read<M>(message: &'a M) -> Self
+    pub(crate) fn read<M>(message: &'a M) -> Self
     where
         M: Message,
         M::Headers: ByteHeaders,
