@@ -38,6 +38,7 @@ use pegasus_events::idempotency::{
 };
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{Event, KafkaConfig, PublishMetadata};
+use service_kit::logging::Traced;
 use uuid::Uuid;
 
 use crate::domain::{self, Activity, User};
@@ -497,7 +498,9 @@ macro_rules! backend {
                 group_id: String,
                 notifier: Arc<N>,
             ) -> Result<EventConsumer, StoreError> {
-                let handler = Logged(Inbox::new(self.marks.clone(), ActivityLog::new(notifier)));
+                // The design's log lines, each with the shipment request's trace id.
+                let handler =
+                    Traced(Logged(Inbox::new(self.marks.clone(), ActivityLog::new(notifier))));
                 Ok(EventConsumer::builder(kafka)
                     .group_id(group_id)
                     .handler::<ShipmentCreatedEvent, _>(handler)

@@ -29,6 +29,8 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: no such resource.
     NotFound(String),
+    /// 405: the path is served, but not with this method.
+    MethodNotAllowed,
     /// 409: the request conflicts with the resource's state.
     Conflict(String),
     /// 413: the body is larger than the service accepts.
@@ -87,6 +89,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -110,6 +114,19 @@ impl ApiError {
             ApiError::Internal(_) => "internal_error",
         }
     }
+}
+
+/// The answer for a path no route serves (`Router::fallback`): a 404 with a JSON body like
+/// every other error (axum's own has an empty body).
+pub async fn no_route() -> ApiError {
+    ApiError::NotFound("no route serves this path".to_owned())
+}
+
+/// The answer for a served path with a method it does not take
+/// (`Router::method_not_allowed_fallback`): a 405 with a JSON body; axum adds the `Allow`
+/// header.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 impl std::fmt::Display for ApiError {
@@ -128,6 +145,9 @@ impl std::fmt::Display for ApiError {
             ApiError::UnsupportedMediaType => {
                 f.write_str("the request body must be JSON (Content-Type: application/json)")
             }
+            ApiError::MethodNotAllowed => f.write_str(
+                "this path does not accept this method (the Allow header lists those it does)",
+            ),
             ApiError::Internal(_) => f.write_str("internal error"),
         }
     }

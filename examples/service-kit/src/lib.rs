@@ -26,7 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 
-pub use api_error::ApiError;
+pub use api_error::{method_not_allowed, no_route, ApiError};
 pub use auth::{AuthenticatedUser, JwtKeys};
 pub use config::{JwtSettings, ServiceDefaults, ServiceSettings, TopicSwitch};
 pub use error::Error;

@@ -4,6 +4,10 @@
 //! and handlers can hand it to the events they publish ([`RequestTrace::traceparent`]),
 //! so the trace goes on in the consuming service.
 //!
+//! Events get the same: a consumer's handler wrapped in [`Traced`] runs in an `event` span
+//! carrying the trace id of the record's `traceparent`, which the publishing service wrote
+//! from its request's trace, so one trace id finds a flow's lines in both services.
+//!
 //! Output: `LOG_FORMAT=json` writes one JSON object per line (the trace id under `span`);
 //! anything else the compact text form (`request{trace_id=...}: ...`). `RUST_LOG` filters,
 //! `info` by default.
@@ -15,6 +19,8 @@ use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use pegasus_events::consumer::{EventContext, EventHandler, HandlerError};
+use pegasus_events::Event;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
@@ -151,6 +157,45 @@ pub async fn trace_requests(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// A consumer's handler run in an `event` span that carries a trace id, as
+/// [`trace_requests`] does for a request: every line logged while the event is handled
+/// (by the handler, the inbox, a notifier) carries it.
+///
+/// The trace id is that of the record's `traceparent` when it is valid; else the
+/// correlation id when that is a trace id (32 lowercase hex digits); else the event id's 32
+/// hex digits, a stand-in that still finds every line of that event.
+#[derive(Clone, Debug)]
+pub struct Traced<H>(pub H);
+
+impl<E: Event, H: EventHandler<E>> EventHandler<E> for Traced<H> {
+    async fn handle(&self, event: E, context: &EventContext<'_>) -> Result<(), HandlerError> {
+        let span = tracing::info_span!(
+            "event",
+            trace_id = %event_trace_id(context),
+            topic = context.topic,
+        );
+        self.0.handle(event, context).instrument(span).await
+    }
+}
+
+/// The trace id an event's log lines carry ([`Traced`]).
+pub fn event_trace_id(context: &EventContext<'_>) -> String {
+    let from_traceparent = context
+        .metadata
+        .traceparent
+        .as_deref()
+        .and_then(RequestTrace::trace_id_of);
+    let from_correlation = || {
+        context.correlation_id().filter(|id| {
+            id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+    };
+    match from_traceparent.or_else(from_correlation) {
+        Some(trace_id) => trace_id.to_owned(),
+        None => context.event_id().simple().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -160,6 +205,52 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[test]
+    fn an_events_lines_carry_its_traceparents_trace_id_else_a_trace_id_correlation_else_its_id() {
+        let event_id = uuid::Uuid::from_u128(0x0190a4b2_7c1e_7000_8000_000000000001);
+        let metadata = |traceparent: Option<&str>, correlation: Option<&str>| {
+            pegasus_events::wire::EventMetadata {
+                id: event_id,
+                source: "shipping-api".into(),
+                event_type: "ShipmentCreatedEvent".into(),
+                time: chrono::DateTime::UNIX_EPOCH,
+                schema_version: 1,
+                partition_key: None,
+                subject: None,
+                correlation_id: correlation.map(|c| c.to_owned().into()),
+                causation_id: None,
+                traceparent: traceparent.map(|t| t.to_owned().into()),
+                tracestate: None,
+                form: pegasus_events::wire::WireForm::Binary,
+            }
+        };
+        let trace_id = |traceparent, correlation| {
+            event_trace_id(&EventContext {
+                metadata: metadata(traceparent, correlation),
+                topic: "shipping.shipment.created",
+                partition: 0,
+                offset: 7,
+                key: None,
+                attempt: 1,
+                group_id: "identity-api-shipmentcreated-consumer",
+            })
+        };
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let other = "0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(
+            trace_id(Some(traceparent), Some(other)),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // A malformed traceparent is not continued; a correlation id that is a trace id is.
+        assert_eq!(trace_id(Some("00-zz-yy-01"), Some(other)), other);
+        // Neither: the event id, 32 hex digits like a trace id.
+        assert_eq!(
+            trace_id(None, Some("order-42")),
+            "0190a4b27c1e70008000000000000001"
+        );
+        assert_eq!(trace_id(None, None), "0190a4b27c1e70008000000000000001");
+    }
 
     #[test]
     fn only_valid_traceparents_are_continued() {

@@ -12,7 +12,10 @@
 //!   [`SHIPMENTS`];
 //! - **each shipment is logged exactly once** in the shared activity log: as many entries
 //!   as shipments, for exactly the created shipment ids, no event id or shipment twice,
-//!   still so after [`QUIET`].
+//!   still so after [`QUIET`];
+//! - **under its request's trace id**: each `Processing shipment created: ...` line of
+//!   either Identity carries the trace id Shipping's `shipment created` line for that
+//!   tracking number carried (the request's, through the event's `traceparent`).
 //!
 //! The topic `shipping.shipment.created` is first given the three partitions the services
 //! declare if it has fewer (a broker may hold it from a client's auto-creation, with one,
@@ -27,7 +30,7 @@
 //! cargo test -p services-e2e --test shared_group -- --nocapture
 //! ```
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use event_contracts::topics;
@@ -77,8 +80,27 @@ fn processed(process: &ServiceProcess) -> (HashSet<String>, BTreeSet<i64>) {
     (tracking, partitions)
 }
 
+/// The trace id of each line of `lines` whose message starts with `prefix`, by what follows
+/// the prefix (or by the line's `tracking` field when `prefix` is the whole message).
+fn trace_ids(lines: &[Value], prefix: &str) -> Vec<(String, Option<String>)> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let message = line["fields"]["message"].as_str()?;
+            let rest = message.strip_prefix(prefix)?;
+            let subject = if rest.is_empty() {
+                line["fields"]["tracking"].as_str()?
+            } else {
+                rest
+            };
+            let trace_id = line["span"]["trace_id"].as_str().map(str::to_owned);
+            Some((subject.to_owned(), trace_id))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_identity_processes_in_one_consumer_group_split_the_partitions_and_log_each_shipment_exactly_once(
+async fn two_identity_processes_in_one_consumer_group_split_the_partitions_and_log_each_shipment_exactly_once_under_its_requests_trace_id(
 ) {
     let started = Instant::now();
     // Declared first: dropped last, it prints the children's logs when the test fails.
@@ -157,6 +179,34 @@ async fn two_identity_processes_in_one_consumer_group_split_the_partitions_and_l
     );
     let union: HashSet<String> = by_first.union(&by_second).cloned().collect();
     assert_eq!(union, all, "together they processed every shipment");
+
+    // Each shipment's consumer lines carry the trace id of the request that created it,
+    // as Shipping logged it: one trace id finds the flow in both services.
+    let requested: HashMap<String, Option<String>> =
+        trace_ids(&shipping.log_lines(), "shipment created")
+            .into_iter()
+            .collect();
+    let mut consumed = trace_ids(&first.log_lines(), "Processing shipment created: ");
+    consumed.extend(trace_ids(
+        &second.log_lines(),
+        "Processing shipment created: ",
+    ));
+    let consumed: Vec<_> = consumed
+        .into_iter()
+        .filter(|(tracking, _)| all.contains(tracking))
+        .collect();
+    assert!(consumed.len() >= SHIPMENTS, "every shipment's line read");
+    for (tracking, trace_id) in &consumed {
+        let request_trace = requested.get(tracking).cloned().flatten();
+        assert!(
+            trace_id.as_ref().is_some_and(|id| id.len() == 32),
+            "{tracking}: the consumer's line has a trace id: {trace_id:?}"
+        );
+        assert_eq!(
+            trace_id, &request_trace,
+            "{tracking}: the consumer's trace id is the creating request's"
+        );
+    }
     let first_assigned = assigned(&first.log_lines());
     let second_assigned = assigned(&second.log_lines());
     assert!(!first_assigned.is_empty() && !second_assigned.is_empty());

@@ -15,9 +15,10 @@ use axum::{Json, Router};
 use event_contracts::{topics, ShipmentCreatedEvent, ShipmentStatus};
 use pegasus_events::PublishMetadata;
 use serde::{Deserialize, Serialize};
+
 use service_kit::json::body_limit;
 use service_kit::logging::{trace_requests, RequestTrace};
-use service_kit::{ApiError, ApiJson, AuthenticatedUser, JwtKeys};
+use service_kit::{method_not_allowed, no_route, ApiError, ApiJson, AuthenticatedUser, JwtKeys};
 use uuid::Uuid;
 
 use crate::domain::{self, Shipment};
@@ -45,8 +46,9 @@ impl FromRef<AppState> for JwtKeys {
     }
 }
 
-/// The API routes with their request tracing and body limit, and a JSON 404 for any other
-/// path (health and metrics are added by [`crate::service`]).
+/// The API routes with their request tracing and body limit, a JSON 404 for any other
+/// path and a JSON 405 for a method a path does not take (health and metrics are added by
+/// [`crate::service`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/shipments", get(list_shipments).post(create_shipment))
@@ -56,15 +58,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/shipments/{id}/status", put(change_status))
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(body_limit())
         .layer(axum::middleware::from_fn(trace_requests))
-}
-
-/// Any path no route serves: a 404 with a JSON body like every other error (axum's own
-/// answer has an empty body).
-async fn no_route() -> ApiError {
-    ApiError::NotFound("no route serves this path".to_owned())
 }
 
 impl From<StoreError> for ApiError {

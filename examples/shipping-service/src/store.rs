@@ -31,6 +31,7 @@ use pegasus_events::idempotency::{
 };
 use pegasus_events::outbox::{OutboxRelay, PostgresOutbox, RelaySettings, SqliteOutbox};
 use pegasus_events::{KafkaConfig, PublishMetadata};
+use service_kit::logging::Traced;
 use uuid::Uuid;
 
 use crate::domain::{self, Shipment};
@@ -510,7 +511,9 @@ macro_rules! backend {
                 from: UserEvents,
             ) -> Result<EventConsumer, StoreError> {
                 let consumer = EventConsumer::builder(kafka).group_id(group_id);
-                let inbox = || Inbox::new(self.marks.clone(), UserCache);
+                // In an `event` span with the publishing request's trace id, so the cache's
+                // log lines carry it.
+                let inbox = || Traced(Inbox::new(self.marks.clone(), UserCache));
                 let consumer = match from {
                     UserEvents::SpecificTopics => consumer
                         .handler::<UserCreatedEvent, _>(inbox())

@@ -624,6 +624,50 @@ async fn updating_details_publishes_an_updated_event(database: Database) {
     assert_eq!(rows[1].0, "shipping.shipment.updated");
 }
 
+async fn an_unknown_path_is_a_json_404_and_a_wrong_method_a_json_405_naming_the_allowed(
+    database: Database,
+) {
+    let h = harness(database).await;
+    h.register("ada").await;
+    let token = h.token("ada");
+    let (status, body) = h.call("GET", "/api/parcels", Some(&token), None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let response = h
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("DELETE")
+                .uri("/api/shipments")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let allow = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let body: Value = serde_json::from_slice(&bytes).expect("a JSON body");
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    let mut allowed: Vec<&str> = allow.split(',').map(str::trim).collect();
+    allowed.sort_unstable();
+    assert_eq!(allowed, ["GET", "HEAD", "POST"], "Allow: {allow}");
+}
+
 async fn reading_unknown_ids_and_paging(database: Database) {
     let h = harness(database).await;
     h.register("ada").await;
@@ -911,6 +955,7 @@ on_both_databases!(
     cancelling_is_allowed_before_delivery_only,
     updating_details_publishes_an_updated_event,
     reading_unknown_ids_and_paging,
+    an_unknown_path_is_a_json_404_and_a_wrong_method_a_json_405_naming_the_allowed,
     the_user_cache_applies_each_event_once_and_never_goes_back,
     a_deactivation_that_arrives_first_is_not_undone_by_the_creation,
     an_update_that_arrives_before_the_creation_wins,
