@@ -47,6 +47,8 @@
 //! cores shared by the client, the services, the broker and PostgreSQL are what bound these
 //! figures when the machine is busy throughout.
 //!
+//! `PEGASUS_BENCH_CLIENTS=<n>` sets the throughput step's clients (an experiment's knob).
+//!
 //! Run with `scripts/bench` (starts a broker and PostgreSQL), or `cargo bench -p
 //! services-e2e --bench load` with `PEGASUS_BENCH_BOOTSTRAP` and
 //! `PEGASUS_BENCH_POSTGRES_URL` (or the `PEGASUS_TEST_` ones) set; without them it fails,
@@ -156,11 +158,29 @@ struct Latency {
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let plan = if full { FULL } else { SMOKE };
+    let mut plan = if full { FULL } else { SMOKE };
+    // A knob for experiments: does the rate move with the clients (a bound of the services'
+    // own concurrency) or not (the CPU, a lock)?
+    if let Some(clients) = std::env::var("PEGASUS_BENCH_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+    {
+        plan.clients = clients;
+    }
     // Read first: a missing variable fails the run before the first setup starts.
     let bootstrap = env_var(&["PEGASUS_BENCH_BOOTSTRAP", "PEGASUS_TEST_BOOTSTRAP"]);
     let postgres = env_var(&["PEGASUS_BENCH_POSTGRES_URL", "PEGASUS_TEST_POSTGRES_URL"]);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The figures are absolute, so whatever else keeps the machine busy moves them: say
+    // how busy it was before anything of the bench ran.
+    let quiet = cpu_ticks(&[]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_ticks(&[]).since(&quiet, 1);
+    println!(
+        "machine before the bench: {:.0} % busy (other processes)",
+        before.busy * 100.0
+    );
     println!(
         "load bench ({} mode, {cores} cores): throughput {} clients (one user and one keep-alive \
          connection each, closed loop) x {} shipments in all; latency one user, one shipment \
@@ -529,6 +549,8 @@ fn print_table(plan: Plan, all: &[Figures]) {
 /// processes' and this one's (user and system, every thread), read at one moment.
 struct Ticks {
     busy: u64,
+    /// Idle with a disk write or read outstanding: SQLite's and PostgreSQL's syncs.
+    iowait: u64,
     all: u64,
     services: u64,
     client: u64,
@@ -538,6 +560,7 @@ struct Ticks {
 /// over an interval.
 struct CpuShare {
     busy: f64,
+    iowait: f64,
     services_micros: f64,
     client_micros: f64,
     rest_micros: f64,
@@ -547,9 +570,10 @@ impl std::fmt::Display for CpuShare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "machine {:.0} % busy; CPU per shipment: services {:.0} µs, client {:.0} µs, \
-             the rest (broker, PostgreSQL, kernel, anything else) {:.0} µs",
+            "machine {:.0} % busy, {:.0} % in I/O wait; CPU per shipment: services {:.0} µs, \
+             client {:.0} µs, the rest (broker, PostgreSQL, kernel, anything else) {:.0} µs",
             self.busy * 100.0,
+            self.iowait * 100.0,
             self.services_micros,
             self.client_micros,
             self.rest_micros
@@ -574,6 +598,7 @@ fn cpu_ticks(pids: &[u32]) -> Ticks {
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     Ticks {
         busy: all - idle,
+        iowait: fields.get(4).copied().unwrap_or(0),
         all,
         services: pids.iter().map(|pid| process_ticks(*pid)).sum(),
         client: process_ticks(std::process::id()),
@@ -608,6 +633,7 @@ impl Ticks {
         let per_shipment = |ticks: u64| ticks as f64 * TICK_MICROS / shipments.max(1) as f64;
         CpuShare {
             busy: busy as f64 / all as f64,
+            iowait: self.iowait.saturating_sub(earlier.iowait) as f64 / all as f64,
             services_micros: per_shipment(services),
             client_micros: per_shipment(client),
             rest_micros: per_shipment(rest),
