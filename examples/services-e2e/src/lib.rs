@@ -14,6 +14,11 @@
 //! - Every child is killed with SIGKILL and waited for when its [`ServiceProcess`] is
 //!   dropped, so no path out of a test, a failed assertion included, leaves one running.
 //! - Every wait is bounded: an HTTP exchange by [`STEP`], a poll by the bound it is given.
+//!
+//! The load bench (`benches/load.rs`) uses the same harness, on the servers it is given
+//! ([`Stage::with_servers`]), with a client that keeps its connection open
+//! ([`KeepAlive`]), and starts the demo (both services and the embedded broker in one
+//! process) as a child too ([`DemoProcess`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -24,11 +29,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use pegasus_events::Secret;
 use serde_json::{json, Value};
 use service_kit::auth::Claims;
 use service_kit::{JwtKeys, JwtSettings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use uuid::Uuid;
 
 /// How long one step may take: an HTTP exchange, a child's start, a group join.
@@ -117,12 +123,29 @@ impl Stage {
     /// A stage for the binaries at `identity_binary` and `shipping_binary` (a test passes
     /// `env!("CARGO_BIN_EXE_identity")` and `env!("CARGO_BIN_EXE_shipping")`).
     pub fn new(identity_binary: &str, shipping_binary: &str) -> Stage {
+        Stage::with_servers(
+            identity_binary,
+            shipping_binary,
+            required("PEGASUS_TEST_BOOTSTRAP"),
+            required("PEGASUS_TEST_POSTGRES_URL"),
+        )
+    }
+
+    /// A stage on the broker at `bootstrap` and the PostgreSQL server at `postgres` (a URL
+    /// with a database the stage may connect to and create databases from), for a caller
+    /// that reads them from variables of its own (the load bench: `PEGASUS_BENCH_*`).
+    pub fn with_servers(
+        identity_binary: &str,
+        shipping_binary: &str,
+        bootstrap: String,
+        postgres: String,
+    ) -> Stage {
         let run = Uuid::now_v7();
         Stage {
             identity_binary: identity_binary.into(),
             shipping_binary: shipping_binary.into(),
-            bootstrap: required("PEGASUS_TEST_BOOTSTRAP"),
-            postgres: required("PEGASUS_TEST_POSTGRES_URL"),
+            bootstrap,
+            postgres,
             secret: format!("e2e-{}", Uuid::new_v4().simple()),
             run,
             dir: tempfile::Builder::new()
@@ -375,6 +398,11 @@ impl ServiceProcess {
         self.address.expect("known once started")
     }
 
+    /// Its process id (the load bench reads its CPU time from `/proc`).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it with SIGKILL (`Child::kill` on Unix), waits for it, and checks it died of
     /// that signal: it had no chance to drain, commit or mark anything.
     pub fn sigkill(mut self) {
@@ -424,6 +452,117 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The demo as a child process (this crate's `demo` binary, `pegasus_demo::run_process`):
+/// Identity, Shipping and the embedded broker in one process, each service on SQLite, with
+/// the demo's defaults. Killed (SIGKILL) and waited for when dropped; its log's tail is
+/// printed then if a panic is under way.
+pub struct DemoProcess {
+    child: Child,
+    log: PathBuf,
+    identity: SocketAddr,
+    shipping: SocketAddr,
+    /// The log and the databases (`--data-dir`), removed once the child is gone: a killed
+    /// demo cannot remove a data directory of its own. Dropped after `drop` killed it.
+    _dir: tempfile::TempDir,
+}
+
+impl DemoProcess {
+    /// Starts the demo binary at `binary` (`env!("CARGO_BIN_EXE_demo")`) on ports the
+    /// system chooses, with none of the caller's environment (so the embedded broker and
+    /// SQLite, whatever the shell exports, and the demo's default log level, `info`), and
+    /// returns once it printed both services' addresses (within [`STEP`]).
+    pub async fn start(binary: &str) -> DemoProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("services-e2e-demo-")
+            .tempdir()
+            .expect("temp dir");
+        let log = dir.path().join("demo.log");
+        let file = File::create(&log).expect("log file created");
+        let child = Command::new(binary)
+            .args(["--shipping-port", "0", "--identity-port", "0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env_clear()
+            .current_dir(dir.path())
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("the demo process starts");
+        let mut demo = DemoProcess {
+            child,
+            log,
+            identity: SocketAddr::from(([0, 0, 0, 0], 0)),
+            shipping: SocketAddr::from(([0, 0, 0, 0], 0)),
+            _dir: dir,
+        };
+        (demo.identity, demo.shipping) = demo.wait_for_addresses().await;
+        demo
+    }
+
+    /// Where Identity listens.
+    pub fn identity(&self) -> SocketAddr {
+        self.identity
+    }
+
+    /// Where Shipping listens.
+    pub fn shipping(&self) -> SocketAddr {
+        self.shipping
+    }
+
+    /// Its process id (the load bench reads its CPU time from `/proc`).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls its log for the demo's line "Identity on http://..., Shipping on http://...,
+    /// databases in ..." and returns both addresses; fails if the process ends first or
+    /// after [`STEP`].
+    async fn wait_for_addresses(&mut self) -> (SocketAddr, SocketAddr) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let found = File::open(&self.log).ok().and_then(|file| {
+                BufReader::new(file)
+                    .lines()
+                    .map_while(Result::ok)
+                    .find_map(|line| {
+                        let rest = line.strip_prefix("Identity on http://")?;
+                        let (identity, rest) = rest.split_once(", Shipping on http://")?;
+                        let (shipping, _) = rest.split_once(", databases in ")?;
+                        Some((identity.parse().ok()?, shipping.parse().ok()?))
+                    })
+            });
+            if let Some(addresses) = found {
+                return addresses;
+            }
+            if let Some(status) = self.child.try_wait().expect("status read") {
+                panic!(
+                    "the demo ended ({status}) before listening:\n{}",
+                    tail(&self.log, TAIL_LINES).join("\n")
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the demo did not print its addresses within {STEP:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- last {TAIL_LINES} lines of the demo's log ----");
+            for line in tail(&self.log, TAIL_LINES) {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -514,23 +653,12 @@ async fn exchange_unbounded(
             answer.len()
         ));
     };
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("no status line in {head:?}"))?;
-    let mut content_type = None;
-    let mut length = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-type") {
-                content_type = Some(value.trim().to_owned());
-            } else if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<usize>().ok();
-            }
-        }
-    }
+    let Head {
+        status,
+        content_type,
+        length,
+        ..
+    } = read_head(head)?;
     if let Some(length) = length {
         if content.len() < length {
             return Err(format!(
@@ -544,6 +672,162 @@ async fn exchange_unbounded(
         content_type,
         body: serde_json::from_str(content).unwrap_or(Value::Null),
     })
+}
+
+/// What an answer's head says.
+struct Head {
+    status: u16,
+    content_type: Option<String>,
+    /// `Content-Length`, if given.
+    length: Option<usize>,
+    /// `Connection: close`: the server closes the connection after this answer.
+    closes: bool,
+}
+
+/// The status line and the headers that matter here, from an answer's head (without the
+/// blank line that ends it).
+fn read_head(head: &str) -> Result<Head, String> {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status line in {head:?}"))?;
+    let mut fields = Head {
+        status,
+        content_type: None,
+        length: None,
+        closes: false,
+    };
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-type") {
+                fields.content_type = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                fields.length = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("connection") {
+                fields.closes = value.eq_ignore_ascii_case("close");
+            }
+        }
+    }
+    Ok(fields)
+}
+
+/// The bytes of a JSON request with `token` as bearer token, on a connection kept open.
+fn json_request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    request.into_bytes()
+}
+
+/// An HTTP/1.1 connection kept open from one exchange to the next, for a client that sends
+/// many requests in a row (the load bench's), so that what it measures is the services'
+/// work rather than a TCP handshake per request. The connection is opened at the first
+/// exchange, and again after an answer that closed it or a failed exchange. Answers must
+/// give their length in `Content-Length`, as the services' JSON answers do.
+pub struct KeepAlive {
+    address: SocketAddr,
+    stream: Option<AsyncBufReader<tokio::net::TcpStream>>,
+}
+
+impl KeepAlive {
+    /// A client of the service at `address`; nothing is connected yet.
+    pub fn new(address: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            address,
+            stream: None,
+        }
+    }
+
+    /// A JSON exchange with `token` as bearer token, as [`call`] makes, on this connection,
+    /// within [`STEP`]. Nothing is sent again after a failure: a POST may have been handled.
+    ///
+    /// # Errors
+    ///
+    /// The transport failure, in words (the connection is then dropped).
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
+        let request = json_request(method, path, token, body);
+        let answer = tokio::time::timeout(STEP, self.exchange(&request))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer to {method} {path} within {STEP:?}")));
+        if answer.is_err() {
+            // Where the stream stands after a failure is unknown: the next exchange opens
+            // a new connection.
+            self.stream = None;
+        }
+        answer
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> Result<Answer, String> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let stream = tokio::net::TcpStream::connect(self.address)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                // Requests are small and sent whole: no reason to wait for more to batch.
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| format!("nodelay: {e}"))?;
+                self.stream.insert(AsyncBufReader::new(stream))
+            }
+        };
+        stream
+            .get_mut()
+            .write_all(request)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let read = stream
+                .read_line(&mut line)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if read == 0 {
+                return Err(format!("connection closed after {head:?}"));
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let head = read_head(&head)?;
+        let length = head
+            .length
+            .ok_or_else(|| format!("a {} answer without Content-Length", head.status))?;
+        let mut content = vec![0; length];
+        stream
+            .read_exact(&mut content)
+            .await
+            .map_err(|e| format!("answer cut short: {e}"))?;
+        if head.closes {
+            self.stream = None;
+        }
+        Ok(Answer {
+            status: head.status,
+            content_type: head.content_type,
+            body: serde_json::from_slice(&content).unwrap_or(Value::Null),
+        })
+    }
 }
 
 /// A JSON exchange with `token` as bearer token; fails on a transport failure.
@@ -596,11 +880,16 @@ where
 /// Waits until `process` answers 200 on `/health/ready` (database, broker, consumer and
 /// relay up), within `bound`.
 pub async fn until_ready(process: &ServiceProcess, bound: Duration) {
-    let address = process.address();
     let what = format!("{} ready", process.service.name());
+    until_ready_at(process.address(), &what, bound).await;
+}
+
+/// Waits until the service at `address` answers 200 on `/health/ready`, within `bound`;
+/// `what` names it in the failure.
+pub async fn until_ready_at(address: SocketAddr, what: &str, bound: Duration) {
     until(
         bound,
-        &what,
+        what,
         || async move { exchange(address, "GET", "/health/ready", &[], b"").await },
         |answer| matches!(answer, Ok(answer) if answer.status == 200),
     )
@@ -705,13 +994,17 @@ pub async fn stored_shipments(shipping: SocketAddr, token: &str) -> (Vec<Uuid>, 
     unreachable!("pages are read until the total")
 }
 
-/// One entry of an activity log: its event id and its shipment id.
+/// One entry of an activity log: its event id, its shipment id, and when Identity recorded
+/// it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// The `ce_id` it was recorded from.
     pub event_id: Uuid,
     /// The shipment it is about.
     pub shipment_id: Uuid,
+    /// `recordedAt`: Identity's wall clock (microseconds) when its handler wrote the
+    /// entry, in the transaction that made it visible.
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// `user`'s activity log as Identity at `identity` serves it.
@@ -732,6 +1025,11 @@ pub async fn activity(identity: SocketAddr, user: &User) -> Vec<Entry> {
         .map(|item| Entry {
             event_id: id(item, "eventId"),
             shipment_id: id(item, "shipmentId"),
+            recorded_at: item["recordedAt"]
+                .as_str()
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.with_timezone(&Utc))
+                .unwrap_or_else(|| panic!("a recordedAt in {item}")),
         })
         .collect()
 }
