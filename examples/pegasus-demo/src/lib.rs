@@ -19,7 +19,7 @@
 //!   else a random one for this run, never printed). The token printed at the start is a
 //!   real one: the demo registers its user through Identity's HTTP API and signs in.
 //! - **`--scenario` exits 0 only when every step of the flow was observed** over HTTP
-//!   ([`scenario`]), each wait bounded.
+//!   (the `scenario` module), each wait bounded.
 //! - **SIGTERM or Ctrl-C stops everything gracefully**: both services stop accepting,
 //!   answer what is in flight and drain their relays and consumers within their bounds;
 //!   the embedded broker is dropped last, once no client uses it.
