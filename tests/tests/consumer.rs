@@ -211,6 +211,74 @@ async fn two_consumers_in_one_group_split_the_partitions_and_see_every_event_exa
     assert_eq!(all, expected, "every event exactly once across the group");
 }
 
+/// Waits (at most [`TEST_DEADLINE`]) until `holds()`.
+async fn until_health(what: &str, holds: impl Fn() -> bool) {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        while !holds() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {TEST_DEADLINE:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_when_a_member_joined_its_group_and_how_many_partitions_it_holds_across_rebalances(
+) {
+    create_topic::<Shared>(3).await;
+    let group = unique("health");
+    let member = || {
+        EventConsumer::builder(config("health-test"))
+            .group_id(&group)
+            .settings(fast_settings())
+            .handler::<Shared, _>(collector("none"))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (member(), member());
+    let (first_health, second_health) = (first.health(), second.health());
+    assert!(!first_health.has_joined_group(), "not before run");
+    assert_eq!(first_health.assigned_partitions(), 0);
+
+    let (stop_first, first_stops) = tokio::sync::oneshot::channel::<()>();
+    let first_run = tokio::spawn(run_with_signal(first, async {
+        let _ = first_stops.await;
+    }));
+    until_health("the first member holds all three partitions", || {
+        first_health.has_joined_group() && first_health.assigned_partitions() == 3
+    })
+    .await;
+
+    let (stop_second, second_stops) = tokio::sync::oneshot::channel::<()>();
+    let second_run = tokio::spawn(run_with_signal(second, async {
+        let _ = second_stops.await;
+    }));
+    until_health("the two members split the three partitions", || {
+        let (a, b) = (
+            first_health.assigned_partitions(),
+            second_health.assigned_partitions(),
+        );
+        second_health.has_joined_group() && a >= 1 && b >= 1 && a + b == 3
+    })
+    .await;
+
+    // The second leaves: its health says so at once, and the first takes all back.
+    let _ = stop_second.send(());
+    second_run.await.expect("the second member's task");
+    assert!(!second_health.has_joined_group(), "not after run returned");
+    assert_eq!(second_health.assigned_partitions(), 0);
+    until_health("the first member holds all three partitions again", || {
+        first_health.assigned_partitions() == 3
+    })
+    .await;
+    assert!(first_health.has_joined_group());
+
+    let _ = stop_first.send(());
+    first_run.await.expect("the first member's task");
+    assert!(!first_health.has_joined_group());
+    assert_eq!(first_health.assigned_partitions(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_group_receives_every_event_as_well() {
     create_topic::<Shared>(3).await;

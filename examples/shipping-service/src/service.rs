@@ -301,11 +301,17 @@ async fn run_service(
         }
     });
     let watched = Arc::clone(&consumer_health);
+    // Ready once the consumer runs and its group gave it an assignment (an empty one
+    // too: an instance beyond the topic's partitions stands by, healthy).
     readiness.add_check("user cache consumer", move || {
         let status = current_status(&watched);
+        let joined = joined_group(&watched);
         async move {
             match status {
-                Some(ConsumerStatus::Running) => Ok(()),
+                Some(ConsumerStatus::Running) if joined => Ok(()),
+                Some(ConsumerStatus::Running) => {
+                    Err("has not joined its consumer group yet".to_owned())
+                }
                 _ => Err("not running".to_owned()),
             }
         }
@@ -383,6 +389,15 @@ fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStat
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
         .map(ConsumerHealth::status)
+}
+
+/// Whether the consumer has its assignment from the group (see `current_status`).
+fn joined_group(health: &Mutex<Option<ConsumerHealth>>) -> bool {
+    health
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(ConsumerHealth::has_joined_group)
 }
 
 /// Creates the service's topics and the ones it reads (3 partitions), leaving existing

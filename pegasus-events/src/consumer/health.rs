@@ -1,6 +1,6 @@
 //! A consumer's health, for a service's readiness check.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,12 +36,24 @@ pub enum ConsumerStatus {
 pub struct ConsumerHealth {
     watch: ClientWatch,
     phase: Arc<AtomicU8>,
+    assignment: Arc<Assignment>,
+}
+
+/// What the consumer's group gave it, updated after each rebalance.
+#[derive(Default)]
+pub(super) struct Assignment {
+    /// Whether any assignment arrived since `run` was called.
+    joined: AtomicBool,
+    /// The partitions this consumer handles now.
+    partitions: AtomicUsize,
 }
 
 impl std::fmt::Debug for ConsumerHealth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("ConsumerHealth")
-            .field(&self.status())
+        f.debug_struct("ConsumerHealth")
+            .field("status", &self.status())
+            .field("joined_group", &self.has_joined_group())
+            .field("assigned_partitions", &self.assigned_partitions())
             .finish()
     }
 }
@@ -51,7 +63,17 @@ impl ConsumerHealth {
         ConsumerHealth {
             watch,
             phase: Arc::new(AtomicU8::new(STARTING)),
+            assignment: Arc::default(),
         }
+    }
+
+    /// Records the partitions this consumer handles after a rebalance (an empty assignment
+    /// too: it has joined its group).
+    pub(super) fn assigned(&self, partitions: usize) {
+        self.assignment
+            .partitions
+            .store(partitions, Ordering::Release);
+        self.assignment.joined.store(true, Ordering::Release);
     }
 
     /// The consumer's watch, which its librdkafka callbacks report to.
@@ -65,6 +87,8 @@ impl ConsumerHealth {
 
     pub(super) fn stopped(&self) {
         self.phase.store(STOPPED, Ordering::Release);
+        self.assignment.partitions.store(0, Ordering::Release);
+        self.assignment.joined.store(false, Ordering::Release);
     }
 
     /// What the consumer is doing now.
@@ -80,8 +104,23 @@ impl ConsumerHealth {
     }
 
     /// Whether the consumer is running with its brokers reachable: the answer for a
-    /// readiness check.
+    /// liveness or readiness check that does not wait for the group.
     pub fn is_ready(&self) -> bool {
         self.status() == ConsumerStatus::Running
+    }
+
+    /// Whether the consumer has joined its group since `run` was called: its group
+    /// coordinator gave it an assignment. An empty assignment counts: a member beyond the
+    /// topics' partition count gets none and stands by, healthy, until a rebalance needs
+    /// it. `false` again once `run` returned. A readiness check that should wait for the
+    /// group asks this beside [`ConsumerHealth::is_ready`].
+    pub fn has_joined_group(&self) -> bool {
+        self.assignment.joined.load(Ordering::Acquire)
+    }
+
+    /// How many partitions this consumer handles now (after the last rebalance; 0 before
+    /// the first and after `run` returned).
+    pub fn assigned_partitions(&self) -> usize {
+        self.assignment.partitions.load(Ordering::Acquire)
     }
 }

@@ -582,6 +582,7 @@ impl EventConsumer {
         });
         let shared = Arc::new(Shared {
             watch: health.watch().clone(),
+            health: health.clone(),
             metrics: crate::metrics::ConsumerMetrics::new(Arc::clone(&group_id)),
             group_id,
             routes,
@@ -769,6 +770,8 @@ pub async fn shutdown_signal() {
 struct Shared {
     /// Records why brokers cannot be reached, logs outages and librdkafka's lines.
     watch: ClientWatch,
+    /// What `EventConsumer::health` reports; told the assignment after each rebalance.
+    health: ConsumerHealth,
     /// The consumer's metric handles; the lag gauges are set from librdkafka's statistics.
     metrics: crate::metrics::ConsumerMetrics,
     group_id: Arc<str>,
@@ -1021,10 +1024,15 @@ impl ConsumerContext for RuntimeContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(assigned) => match self.consumer.get().and_then(Weak::upgrade) {
-                Some(consumer) => self.shared.start_workers(&consumer, assigned),
+                Some(consumer) => {
+                    self.shared.start_workers(&consumer, assigned);
+                    // The workers are the partitions handled now, whether the assignment
+                    // was the whole set (eager) or an addition (cooperative).
+                    self.shared.health.assigned(self.shared.workers().len());
+                }
                 None => tracing::error!("consumer handle missing during assignment"),
             },
-            Rebalance::Revoke(_) => {}
+            Rebalance::Revoke(_) => self.shared.health.assigned(self.shared.workers().len()),
             Rebalance::Error(error) => {
                 tracing::warn!(group = %self.shared.group_id, %error, "rebalance failed")
             }
