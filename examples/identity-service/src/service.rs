@@ -9,24 +9,26 @@
 //! server stops accepting and answers the requests in flight, then the relay and the
 //! consumer get [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for
 //! its batch in flight to be acknowledged and marked; the consumer commits what it
-//! handled).
+//! handled). That wiring is [`service_kit::workers`]'; this module says which topics,
+//! which relay and which consumer.
+//!
+//! [`DEFAULT_DRAIN_BOUND`]: service_kit::shutdown::DEFAULT_DRAIN_BOUND
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_contracts::{
     topics, ShipmentCreatedEvent, UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
 };
-use pegasus_events::consumer::{ConsumerHealth, ConsumerStatus};
+use pegasus_events::consumer::EventConsumer;
 use pegasus_events::error::Report;
 use pegasus_events::outbox::RelaySettings;
-use pegasus_events::{KafkaConfig, TopicAdmin, TopicSpec};
-use service_kit::health::ReadyFlag;
-use service_kit::shutdown::{drain_task, CancellationToken, DEFAULT_DRAIN_BOUND};
+use pegasus_events::{KafkaConfig, TopicSpec};
+use service_kit::shutdown::CancellationToken;
+use service_kit::workers::{TopicCreation, WorkerSpec, Workers};
 use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::general_topic::{general_topic_setting, GENERAL_TOPIC_ENV};
@@ -44,8 +46,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     http_port: 5101,
 };
 
-/// How long a relay or consumer that failed waits before it is started again.
-pub const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
+pub use service_kit::workers::WORKER_RESTART_DELAY;
 
 /// Partitions of the topics the service creates, the design's three.
 const PARTITIONS: i32 = 3;
@@ -163,14 +164,8 @@ pub async fn run_with<N: Notifier>(
     notifier: N,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    run_service(
-        listener,
-        settings,
-        notifier,
-        TopicCreation::Ensure,
-        shutdown,
-    )
-    .await
+    let topic_creation = TopicCreation::Ensure(topic_specs(settings.general_topic));
+    run_service(listener, settings, notifier, topic_creation, shutdown).await
 }
 
 /// [`run_with`] for a host that created every topic the service uses before starting it
@@ -189,15 +184,6 @@ pub async fn run_with_created_topics<N: Notifier>(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     run_service(listener, settings, notifier, TopicCreation::Skip, shutdown).await
-}
-
-/// Whether the service creates its topics before its relay and consumer start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TopicCreation {
-    /// Creates those missing ([`ensure_topics`]).
-    Ensure,
-    /// The host created them ([`run_with_created_topics`]).
-    Skip,
 }
 
 async fn run_service<N: Notifier>(
@@ -239,71 +225,32 @@ async fn run_service<N: Notifier>(
                 .map_err(|_| "the database does not answer".to_owned())
         }
     });
-    let consumer_health: Arc<Mutex<Option<ConsumerHealth>>> = Arc::default();
-    let watched = Arc::clone(&consumer_health);
-    readiness.add_check("broker", move || {
-        let status = current_status(&watched);
-        async move {
-            match status {
-                Some(ConsumerStatus::BrokersUnreachable { down_for, .. }) => Err(format!(
-                    "no broker has answered for {} s",
-                    down_for.as_secs()
-                )),
-                Some(ConsumerStatus::Running) => Ok(()),
-                _ => Err("not reached yet".to_owned()),
-            }
-        }
-    });
-    let watched = Arc::clone(&consumer_health);
-    // Ready once the consumer runs and its group gave it an assignment (an empty one
-    // too: an instance beyond the topic's partitions stands by, healthy).
-    readiness.add_check("shipment consumer", move || {
-        let status = current_status(&watched);
-        let joined = joined_group(&watched);
-        async move {
-            match status {
-                Some(ConsumerStatus::Running) if joined => Ok(()),
-                Some(ConsumerStatus::Running) => {
-                    Err("has not joined its consumer group yet".to_owned())
-                }
-                _ => Err("not running".to_owned()),
-            }
-        }
-    });
-    let relay_running = readiness.flag("outbox relay");
-
-    // The workers stop with the caller's token, or when the server ends by itself, without
-    // cancelling the caller's token (other services of the process may share it).
-    let workers = shutdown.child_token();
-    let (topics_ready, topics_created) = watch::channel(false);
-    let topics = match topic_creation {
-        TopicCreation::Ensure => tokio::spawn(ensure_topics(
-            kafka.clone(),
-            general_topic,
-            workers.clone(),
-            topics_ready,
-        )),
-        TopicCreation::Skip => {
-            let _ = topics_ready.send(true);
-            tokio::spawn(async {})
-        }
-    };
-    let relay = tokio::spawn(run_relay(
-        db.clone(),
-        kafka.clone(),
-        relay_running,
-        workers.clone(),
-        topics_created.clone(),
-    ));
-    let consumer = tokio::spawn(run_consumer(
-        db.clone(),
-        kafka,
-        group_id,
-        notifier,
-        consumer_health,
-        workers.clone(),
-        topics_created,
-    ));
+    let relay_db = db.clone();
+    let consumer_db = db.clone();
+    let workers = Workers::start(
+        WorkerSpec {
+            kafka,
+            topics: topic_creation,
+            relay: move |kafka: &KafkaConfig| relay_db.relay(kafka, relay_settings()),
+            consumer: move |kafka: &KafkaConfig| {
+                consumer_db.shipment_consumer(
+                    kafka.clone(),
+                    group_id.clone(),
+                    Arc::clone(&notifier),
+                )
+            },
+            consumer_name: "shipment consumer",
+            on_consumer_start: |consumer: &EventConsumer| {
+                tracing::info!(
+                    group = %consumer.group_id(),
+                    "Started consuming from topic: {}",
+                    topics::SHIPMENT_CREATED
+                );
+            },
+        },
+        &readiness,
+        &shutdown,
+    );
 
     let app = api::router(AppState {
         db,
@@ -316,13 +263,8 @@ async fn run_service<N: Notifier>(
         Err(_) => tracing::info!("identity service listening"),
     }
     let served = service_kit::shutdown::serve(listener, app, shutdown).await;
-    workers.cancel();
     tracing::info!("HTTP server stopped; draining the outbox relay and the consumer");
-    let _ = tokio::join!(
-        drain_task("outbox relay", DEFAULT_DRAIN_BOUND, relay),
-        drain_task("shipment consumer", DEFAULT_DRAIN_BOUND, consumer),
-        drain_task("topic creation", DEFAULT_DRAIN_BOUND, topics),
-    );
+    workers.drain().await;
     tracing::info!("identity service stopped");
     Ok(served?)
 }
@@ -336,36 +278,9 @@ fn relay_settings() -> RelaySettings {
     }
 }
 
-fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStatus> {
-    health
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(ConsumerHealth::status)
-}
-
-/// Whether the consumer has its assignment from the group (see `current_status`).
-fn joined_group(health: &Mutex<Option<ConsumerHealth>>) -> bool {
-    health
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(ConsumerHealth::has_joined_group)
-}
-
-/// Creates the service's topics and the ones it reads (3 partitions), leaving existing
-/// ones alone, and then lets the relay and the consumer start (`topics_ready`): a consumer
-/// subscribed to a topic that does not exist yet sees it only at its next metadata refresh
-/// (librdkafka's every 5 minutes), and a topic the broker creates on a first publish gets
-/// the broker's default partition count instead of the design's. While no broker answers
-/// it tries again every [`WORKER_RESTART_DELAY`]; a broker that answers but refuses (no
-/// right to create topics, say) is logged, and the workers start on whatever topics exist.
-async fn ensure_topics(
-    kafka: KafkaConfig,
-    general_topic: bool,
-    shutdown: CancellationToken,
-    topics_ready: watch::Sender<bool>,
-) {
+/// The topics the service writes and the one it reads, [`PARTITIONS`] each: its three
+/// user topics, `identity-events` with `general_topic`, and `shipping.shipment.created`.
+fn topic_specs(general_topic: bool) -> Vec<TopicSpec> {
     let mut specs = vec![
         TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
@@ -377,113 +292,5 @@ async fn ensure_topics(
             TopicSpec::for_event::<OnIdentityEvents<UserCreatedEvent>>().partitions(PARTITIONS),
         );
     }
-    loop {
-        let admin = tokio::select! {
-            admin = TopicAdmin::new(&kafka) => admin,
-            () = shutdown.cancelled() => return,
-        };
-        match admin {
-            Ok(admin) => {
-                tokio::select! {
-                    created = admin.ensure_topics(&specs) => if let Err(error) = created {
-                        tracing::warn!(error = %Report::new(&error), "could not create the topics; starting on the topics that exist");
-                    },
-                    () = shutdown.cancelled() => return,
-                }
-                let _ = topics_ready.send(true);
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(error = %Report::new(&error), "cannot create the topics yet; trying again");
-                restart_delay(&shutdown).await;
-                if shutdown.is_cancelled() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Waits until the topics were created (see [`ensure_topics`]); `false` if the service is
-/// stopping first.
-async fn topics_created(
-    topics_ready: &mut watch::Receiver<bool>,
-    shutdown: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        created = topics_ready.wait_for(|created| *created) => created.is_ok(),
-        () = shutdown.cancelled() => false,
-    }
-}
-
-/// Runs the outbox relay until shutdown, starting it again after a failure.
-async fn run_relay(
-    db: IdentityDb,
-    kafka: KafkaConfig,
-    running: ReadyFlag,
-    shutdown: CancellationToken,
-    mut topics_ready: watch::Receiver<bool>,
-) {
-    if !topics_created(&mut topics_ready, &shutdown).await {
-        return;
-    }
-    while !shutdown.is_cancelled() {
-        let result = match db.relay(&kafka, relay_settings()) {
-            Ok(relay) => {
-                running.set(true);
-                let result = relay.run_until(shutdown.clone().cancelled_owned()).await;
-                running.set(false);
-                result.map_err(StoreError::from)
-            }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::error!(error = %Report::new(&error), "outbox relay stopped; starting it again");
-            restart_delay(&shutdown).await;
-        }
-    }
-}
-
-/// Runs the shipment consumer until shutdown, starting it again after a failure.
-async fn run_consumer<N: Notifier>(
-    db: IdentityDb,
-    kafka: KafkaConfig,
-    group_id: String,
-    notifier: Arc<N>,
-    health: Arc<Mutex<Option<ConsumerHealth>>>,
-    shutdown: CancellationToken,
-    mut topics_ready: watch::Receiver<bool>,
-) {
-    if !topics_created(&mut topics_ready, &shutdown).await {
-        return;
-    }
-    while !shutdown.is_cancelled() {
-        let result =
-            match db.shipment_consumer(kafka.clone(), group_id.clone(), Arc::clone(&notifier)) {
-                Ok(consumer) => {
-                    *health.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.health());
-                    tracing::info!(
-                        group = %consumer.group_id(),
-                        "Started consuming from topic: {}",
-                        topics::SHIPMENT_CREATED
-                    );
-                    consumer
-                        .run_until(shutdown.clone().cancelled_owned())
-                        .await
-                        .map_err(StoreError::from)
-                }
-                Err(error) => Err(error),
-            };
-        if let Err(error) = result {
-            tracing::error!(error = %Report::new(&error), "shipment consumer stopped; starting it again");
-            restart_delay(&shutdown).await;
-        }
-    }
-}
-
-async fn restart_delay(shutdown: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep(WORKER_RESTART_DELAY) => {}
-        () = shutdown.cancelled() => {}
-    }
+    specs
 }

@@ -27,6 +27,7 @@ use pegasus_events::{Event, EventMetadata, KafkaConfig, Secret, WireForm};
 use serde_json::{json, Value};
 use service_kit::auth::Claims;
 use service_kit::{JwtKeys, JwtSettings};
+use test_support::Database;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -70,47 +71,13 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-/// The database a test runs on.
-#[derive(Clone, Copy, Debug)]
-enum Database {
-    Sqlite,
-    Postgres,
-}
-
-/// A new, empty database on the PostgreSQL server under test (`PEGASUS_TEST_POSTGRES_URL`,
-/// as every test of this workspace finds it); its URL.
-async fn fresh_postgres_database() -> String {
-    let server_url = match std::env::var("PEGASUS_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "PEGASUS_TEST_POSTGRES_URL is not set: run the tests with `scripts/test`, or start \
-             a server with `scripts/postgres start` and export the URL it prints"
-        ),
-    };
-    let name = format!("identity_test_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&server_url)
-        .await
-        .expect("PostgreSQL server reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("database created");
-    admin.close().await;
-    let server = server_url.split('?').next().unwrap_or(&server_url);
-    let (server, _) = server.rsplit_once('/').expect("a URL with a database");
-    format!("{server}/{name}")
-}
-
 async fn harness(database: Database) -> Harness {
     harness_with(database, false).await
 }
 
 async fn harness_with(database: Database, general_topic: bool) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match database {
-        Database::Postgres => fresh_postgres_database().await,
-        Database::Sqlite => format!("sqlite://{}", dir.path().join("identity.db").display()),
-    };
+    let url = database.fresh("identity", dir.path()).await;
     // Opening the outbox needs no broker; nothing here publishes.
     let kafka = KafkaConfig::new("127.0.0.1:9").with_client_id("identity-api");
     let db = IdentityDb::open(&url, &kafka, general_topic)

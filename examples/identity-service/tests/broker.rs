@@ -27,8 +27,6 @@
 //! cargo test -p identity-service --test broker
 //! ```
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -40,7 +38,9 @@ use pegasus_events::{EventProducer, KafkaConfig, PublishMetadata, Secret};
 use serde_json::json;
 use service_kit::shutdown::{CancellationToken, DEFAULT_DRAIN_BOUND};
 use service_kit::{JwtSettings, ServiceSettings};
-use support::{event_ids, http, required, until, Database, TopicReader};
+use test_support::{
+    call, event_ids, required, until, Answer, Database, TopicReader, CONTRACT_HEADERS, STEP,
+};
 use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -103,7 +103,7 @@ async fn users_published_without_secrets_shipment_sent_twice_logged_once_stops_i
     // Registered and signed in over HTTP.
     let users = TopicReader::at_end(&bootstrap, topics::USER_CREATED).await;
     let email = format!("ada-{}@example.com", run.simple());
-    let (status, body) = http(
+    let Answer { status, body, .. } = call(
         address,
         "POST",
         "/api/users",
@@ -113,7 +113,7 @@ async fn users_published_without_secrets_shipment_sent_twice_logged_once_stops_i
     .await;
     assert_eq!(status, 201, "{body}");
     let user_id = body["user"]["id"].as_str().expect("a user id").to_owned();
-    let (status, body) = http(
+    let Answer { status, body, .. } = call(
         address,
         "POST",
         "/api/auth/token",
@@ -129,36 +129,15 @@ async fn users_published_without_secrets_shipment_sent_twice_logged_once_stops_i
     let records = users.records_with_key(&user_id, QUIET).await;
     assert_eq!(records.len(), 1, "{records:?}");
     let record = &records[0];
-    assert_eq!(
-        record.header_names(),
-        [
-            header::SPEC_VERSION,
-            header::ID,
-            header::SOURCE,
-            header::TYPE,
-            header::TIME,
-            header::CONTENT_TYPE,
-            header::SCHEMA_VERSION,
-            header::PARTITION_KEY,
-            header::SUBJECT,
-            header::CORRELATION_ID,
-            header::TRACEPARENT,
-        ]
-    );
+    assert_eq!(record.header_names(), CONTRACT_HEADERS);
     assert_eq!(record.header(header::TYPE), Some("UserCreatedEvent"));
     assert_eq!(record.header(header::SOURCE), Some("identity-api"));
     assert_eq!(record.header(header::SUBJECT), Some(user_id.as_str()));
-    let value = record.json();
-    let fields: BTreeSet<&str> = value
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
     assert_eq!(
-        fields,
-        BTreeSet::from(["userId", "email", "name", "createdAt", "version"])
+        record.fields(),
+        BTreeSet::from(["userId", "email", "name", "createdAt", "version"].map(String::from))
     );
+    let value = record.json();
     assert_eq!(value["userId"], user_id.as_str());
     assert_eq!(value["email"], email.as_str());
     assert_eq!(value["version"], 1);
@@ -198,11 +177,13 @@ async fn users_published_without_secrets_shipment_sent_twice_logged_once_stops_i
     assert!(copies[0].1 < copies[1].1, "{copies:?}");
     let activity = |token: String, user_id: String| async move {
         let path = format!("/api/users/{user_id}/activity");
-        let (status, body) = http(address, "GET", &path, Some(&token), None).await;
+        let Answer { status, body, .. } = call(address, "GET", &path, Some(&token), None).await;
         assert_eq!(status, 200, "{body}");
         body["items"].as_array().expect("items").clone()
     };
     let items = until(
+        STEP,
+        "the shipment in the activity log",
         || activity(token.clone(), user_id.clone()),
         |items| !items.is_empty(),
     )
@@ -225,6 +206,8 @@ async fn users_published_without_secrets_shipment_sent_twice_logged_once_stops_i
         .expect("published")
         .event_id;
     let items = until(
+        STEP,
+        "the later shipment event in the activity log",
         || activity(token.clone(), user_id.clone()),
         |items| event_ids(items).contains(&later),
     )

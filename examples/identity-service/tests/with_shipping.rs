@@ -16,8 +16,8 @@
 //!   `ce_subject` = the shipment id, `ce_correlationid` = the trace id the request came
 //!   with, `traceparent` continuing that trace, in that order and nothing else; the value is
 //!   the event as serde writes it, camelCase, with the contract's six fields (no
-//!   `destination` when none was given), and the user's email appears in the record only
-//!   as `createdByEmail`;
+//!   `destination` when none was given), the user's email appears in the record only as
+//!   `createdByEmail`, and the password nowhere (`test_support::assert_contract_record`);
 //! - **a deactivated user is refused**: after deactivating themself in Identity, the user,
 //!   whose token is still valid, gets 403 from Shipping once the `UserDeactivatedEvent`
 //!   arrived;
@@ -27,6 +27,9 @@
 //! that its consumer group is new; `ce_source` is still the design's `identity-api` and
 //! `shipping-api` (`KafkaConfig::source_service`). Every wait is bounded ([`STEP`] per
 //! step) and both services are stopped on every path out of a test.
+//!
+//! `services-e2e`'s `flow` test proves the same with each service a separate process on
+//! PostgreSQL, and checks the user's own records on the contract too.
 //!
 //! The broker and the server are the ones `scripts/test` starts, named by
 //! `PEGASUS_TEST_BOOTSTRAP` and `PEGASUS_TEST_POSTGRES_URL`; without them the tests fail
@@ -38,20 +41,19 @@
 //! cargo test -p identity-service --test with_shipping
 //! ```
 
-mod support;
-
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
-use event_contracts::{topics, ShipmentCreatedEvent};
+use chrono::Utc;
+use event_contracts::{topics, ShipmentCreatedEvent, ShipmentStatus};
 use identity_service::IdentitySettings;
-use pegasus_events::wire::{header, CONTENT_TYPE_JSON, SPEC_VERSION};
 use pegasus_events::{Event, KafkaConfig, Secret};
 use serde_json::json;
 use service_kit::shutdown::{CancellationToken, DEFAULT_DRAIN_BOUND};
 use service_kit::{JwtSettings, ServiceSettings};
-use support::{event_ids, http, http_with_headers, required, until, Database, TopicReader, STEP};
+use test_support::{
+    assert_contract_record, call, call_with, event_ids, required, until, Answer, Database,
+    Expected, TopicReader, SHIPMENT_CREATED_FIELDS, STEP,
+};
 use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -133,7 +135,7 @@ async fn create_shipment_flow(database: Database) {
 
     // Registered in Identity, signed in.
     let email = format!("grace-{}@example.com", run.simple());
-    let (status, body) = http(
+    let Answer { status, body, .. } = call(
         identity_address,
         "POST",
         "/api/users",
@@ -143,7 +145,7 @@ async fn create_shipment_flow(database: Database) {
     .await;
     assert_eq!(status, 201, "{body}");
     let user_id = body["user"]["id"].as_str().expect("a user id").to_owned();
-    let (status, body) = http(
+    let Answer { status, body, .. } = call(
         identity_address,
         "POST",
         "/api/auth/token",
@@ -166,8 +168,8 @@ async fn create_shipment_flow(database: Database) {
     let tracking = format!("T{}", run.simple());
     let deadline = tokio::time::Instant::now() + STEP;
     let (created, sent_from, sent_until) = loop {
-        let sent_from = Utc::now().trunc_subsecs(3);
-        let (status, body) = http_with_headers(
+        let sent_from = Utc::now();
+        let Answer { status, body, .. } = call_with(
             shipping_address,
             "POST",
             "/api/shipments",
@@ -201,11 +203,18 @@ async fn create_shipment_flow(database: Database) {
     // Identity logs it once.
     let activity = || async {
         let path = format!("/api/users/{user_id}/activity");
-        let (status, body) = http(identity_address, "GET", &path, Some(&token), None).await;
+        let Answer { status, body, .. } =
+            call(identity_address, "GET", &path, Some(&token), None).await;
         assert_eq!(status, 200, "{body}");
         body["items"].as_array().expect("items").clone()
     };
-    let items = until(activity, |items| !items.is_empty()).await;
+    let items = until(
+        STEP,
+        "the shipment in the activity log",
+        activity,
+        |items| !items.is_empty(),
+    )
+    .await;
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["shipmentId"], shipment_id.to_string());
     assert_eq!(items[0]["trackingNumber"], tracking.as_str());
@@ -219,118 +228,31 @@ async fn create_shipment_flow(database: Database) {
         .records_with_key(&shipment_id.to_string(), QUIET)
         .await;
     assert_eq!(records.len(), 1, "{records:?}");
-    let record = &records[0];
-    assert_eq!(
-        record.key.as_deref(),
-        Some(shipment_id.to_string().as_bytes())
+    let record = assert_contract_record::<ShipmentCreatedEvent>(
+        &records[0],
+        &Expected {
+            source: "shipping-api",
+            key: &shipment_id.to_string(),
+            trace_id: &trace_id,
+            sent: sent_from,
+            answered: sent_until,
+            fields: &SHIPMENT_CREATED_FIELDS,
+            only_as: &[(email.as_str(), "createdByEmail")],
+            nowhere: &[PASSWORD],
+        },
     );
-    assert_eq!(
-        record.header_names(),
-        [
-            header::SPEC_VERSION,
-            header::ID,
-            header::SOURCE,
-            header::TYPE,
-            header::TIME,
-            header::CONTENT_TYPE,
-            header::SCHEMA_VERSION,
-            header::PARTITION_KEY,
-            header::SUBJECT,
-            header::CORRELATION_ID,
-            header::TRACEPARENT,
-        ]
-    );
-    assert!(
-        record.headers.iter().all(|(_, value)| value.is_some()),
-        "a null header value: {record:?}"
-    );
-    assert_eq!(record.header(header::SPEC_VERSION), Some(SPEC_VERSION));
-    let ce_id = record.header(header::ID).expect("ce_id");
-    let id = Uuid::parse_str(ce_id).expect("a UUID");
-    assert_eq!(ce_id, id.hyphenated().to_string(), "lowercase, hyphenated");
-    assert_eq!(id.get_version_num(), 7);
-    assert_eq!(id, logged_id, "Identity logged the record's ce_id");
-    assert_eq!(record.header(header::SOURCE), Some("shipping-api"));
-    assert_eq!(
-        record.header(header::TYPE),
-        Some(ShipmentCreatedEvent::NAME)
-    );
-    let time = record.header(header::TIME).expect("ce_time");
-    assert_eq!(time.len(), 24, "{time}");
-    assert!(
-        time.as_bytes()[19] == b'.' && time.ends_with('Z'),
-        "milliseconds and Z: {time}"
-    );
-    let time: DateTime<Utc> = time.parse().expect("RFC 3339");
-    assert!(
-        sent_from <= time && time <= sent_until,
-        "{time} during the request ({sent_from} to {sent_until})"
-    );
-    assert_eq!(record.header(header::CONTENT_TYPE), Some(CONTENT_TYPE_JSON));
-    assert_eq!(record.header(header::SCHEMA_VERSION), Some("1"));
-    let shipment_text = shipment_id.to_string();
-    assert_eq!(
-        record.header(header::PARTITION_KEY),
-        Some(shipment_text.as_str())
-    );
-    assert_eq!(record.header(header::SUBJECT), Some(shipment_text.as_str()));
-    assert_eq!(
-        record.header(header::CORRELATION_ID),
-        Some(trace_id.as_str())
-    );
-    let continued = record.header(header::TRACEPARENT).expect("traceparent");
-    let parts: Vec<&str> = continued.split('-').collect();
-    assert_eq!(parts.len(), 4, "{continued}");
-    assert_eq!(
-        (parts[0], parts[1], parts[3]),
-        ("00", trace_id.as_str(), "01")
-    );
-    assert!(
-        parts[2].len() == 16
-            && parts[2]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "{continued}"
-    );
-
-    // The value: the event exactly as serde writes it, camelCase, the contract's fields.
-    let value = record.value.as_deref().expect("a value");
-    let event: ShipmentCreatedEvent = serde_json::from_slice(value).expect("the event");
-    assert_eq!(serde_json::to_vec(&event).expect("JSON"), value);
-    let json = record.json();
-    let fields: BTreeSet<&str> = json
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(
-        fields,
-        BTreeSet::from([
-            "shipmentId",
-            "trackingNumber",
-            "status",
-            "createdAt",
-            "createdByUserId",
-            "createdByEmail",
-        ])
-    );
-    assert_eq!(json["shipmentId"], shipment_text.as_str());
-    assert_eq!(json["trackingNumber"], tracking.as_str());
-    assert_eq!(json["status"], "Created");
-    assert_eq!(json["createdByUserId"], user_id.as_str());
-    assert_eq!(json["createdByEmail"], email.as_str());
-    let text = record.all_text();
-    assert_eq!(
-        text.matches(email.as_str()).count(),
-        1,
-        "the email only as createdByEmail: {text}"
-    );
-    assert!(!text.contains(PASSWORD), "the password is in the record");
+    assert_eq!(record.id, logged_id, "Identity logged the record's ce_id");
+    let event = record.event;
+    assert_eq!(event.shipment_id, shipment_id);
+    assert_eq!(event.tracking_number, tracking);
+    assert_eq!(event.status, ShipmentStatus::Created);
+    assert_eq!(event.created_by_user_id, user_id);
+    assert_eq!(event.created_by_email, email);
+    assert_eq!(event.destination, None);
 
     // Deactivated in Identity: refused by Shipping once the event arrived, the token still
     // being valid.
-    let (status, body) = http(
+    let Answer { status, body, .. } = call(
         identity_address,
         "POST",
         &format!("/api/users/{user_id}/deactivate"),
@@ -342,7 +264,7 @@ async fn create_shipment_flow(database: Database) {
     assert_eq!(body["user"]["active"], false, "{body}");
     let deadline = tokio::time::Instant::now() + STEP;
     for attempt in 0.. {
-        let (status, body) = http(
+        let Answer { status, body, .. } = call(
             shipping_address,
             "POST",
             "/api/shipments",

@@ -15,6 +15,9 @@
 //! - **Shutdown is bounded**: on SIGTERM or Ctrl-C the server stops accepting, finishes the
 //!   requests in flight, and the caller drains its relay and consumers within a bound
 //!   ([`shutdown`]).
+//! - **Workers wired once**: the topics created before the outbox relay and the consumer
+//!   start, both restarted after a failure, reported to readiness and drained within a
+//!   bound; a service names its topics, its relay and its consumer ([`workers`]).
 
 mod api_error;
 pub mod auth;
@@ -25,6 +28,7 @@ pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod workers;
 
 pub use api_error::{method_not_allowed, no_route, ApiError};
 pub use auth::{AuthenticatedUser, JwtKeys};

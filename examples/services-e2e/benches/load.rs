@@ -65,9 +65,10 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use services_e2e::{
-    activity, call, first_shipment, register, shipment_id, until, until_ready, until_ready_at,
-    DemoProcess, Entry, KeepAlive, Service, Stage, User, CATCH_UP, STEP,
+    activity, first_shipment, register, shipment_id, until_ready, until_ready_at, DemoProcess,
+    Entry, Service, Stage, User, CATCH_UP,
 };
+use test_support::{call, until, KeepAlive, STEP};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 

@@ -1,8 +1,11 @@
 //! What the end-to-end tests of this crate share: the Identity and Shipping services
 //! started as child processes (this crate's `identity` and `shipping` binaries) against
 //! the broker of `PEGASUS_TEST_BOOTSTRAP`, each on a fresh database of the PostgreSQL
-//! server of `PEGASUS_TEST_POSTGRES_URL`; a minimal HTTP client over a `TcpStream`; and
-//! bounded polls. Without the two variables the tests fail, they never skip.
+//! server of `PEGASUS_TEST_POSTGRES_URL`, and what the tests do with them over HTTP
+//! (register a user, create shipments, read an activity log). Without the two variables
+//! the tests fail, they never skip. The HTTP client, the bounded polls, the fresh
+//! databases and the raw topic reader are the `test-support` crate's, which the services'
+//! own tests use too.
 //!
 //! - A child's address is learnt from its own log: it is started with `HTTP_PORT=0` and
 //!   `LOG_FORMAT=json`, and the test reads the address of its `"... service listening"`
@@ -13,12 +16,13 @@
 //!   [`TAIL_LINES`] lines of every child's log are printed.
 //! - Every child is killed with SIGKILL and waited for when its [`ServiceProcess`] is
 //!   dropped, so no path out of a test, a failed assertion included, leaves one running.
-//! - Every wait is bounded: an HTTP exchange by [`STEP`], a poll by the bound it is given.
+//! - Every wait is bounded: an HTTP exchange and a child's start by [`STEP`], a poll by
+//!   the bound it is given.
 //!
 //! The load bench (`benches/load.rs`) uses the same harness, on the servers it is given
 //! ([`Stage::with_servers`]), with a client that keeps its connection open
-//! ([`KeepAlive`]), and starts the demo (both services and the embedded broker in one
-//! process) as a child too ([`DemoProcess`]).
+//! ([`test_support::KeepAlive`]), and starts the demo (both services and the embedded
+//! broker in one process) as a child too ([`DemoProcess`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -34,11 +38,8 @@ use pegasus_events::Secret;
 use serde_json::{json, Value};
 use service_kit::auth::Claims;
 use service_kit::{JwtKeys, JwtSettings};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use test_support::{call, exchange, fresh_postgres_database, required, until, STEP};
 use uuid::Uuid;
-
-/// How long one step may take: an HTTP exchange, a child's start, a group join.
-pub const STEP: Duration = Duration::from_secs(60);
 
 /// How long Identity may take to log a flow's shipments. Its consumer group is new in
 /// every run, so it reads `shipping.shipment.created` from the beginning, the events of
@@ -54,18 +55,6 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// The JWT issuer and audience both services use (their defaults).
 const ISSUER: &str = "identity-api";
 const AUDIENCE: &str = "pegasus-services";
-
-/// `name`'s value; the test fails without it.
-pub fn required(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value,
-        _ => panic!(
-            "{name} is not set: start a broker and a PostgreSQL server (`scripts/kafka start`, \
-             `scripts/postgres start`) and export PEGASUS_TEST_BOOTSTRAP and \
-             PEGASUS_TEST_POSTGRES_URL"
-        ),
-    }
-}
 
 /// One of the two services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,23 +150,19 @@ impl Stage {
         self.run
     }
 
+    /// The broker the children use: for a test's own clients (a
+    /// [`test_support::TopicReader`] of what they publish).
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
     /// A new instance of `service`: a new, empty PostgreSQL database and a client id of
     /// this run (so its consumer groups are new). `label` tells instances apart.
     pub async fn instance(&self, service: Service, label: &str) -> Instance {
-        let name = format!("{}_e2e_{}", service.name(), Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&self.postgres)
-            .await
-            .expect("PostgreSQL server reachable");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("database created");
-        admin.close().await;
-        let server = self.postgres.split('?').next().unwrap_or(&self.postgres);
-        let (server, _) = server.rsplit_once('/').expect("a URL with a database");
+        let prefix = format!("{}_e2e", service.name());
         Instance {
             service,
-            database_url: format!("{server}/{name}"),
+            database_url: fresh_postgres_database(&self.postgres, &prefix).await,
             client_id: format!("{}-{label}-{}", service.source(), self.run.simple()),
         }
     }
@@ -585,296 +570,6 @@ pub fn messages_after<'a>(lines: &'a [Value], prefix: &str) -> Vec<&'a str> {
         .iter()
         .filter_map(|line| line["fields"]["message"].as_str()?.strip_prefix(prefix))
         .collect()
-}
-
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Answer {
-    /// The status code.
-    pub status: u16,
-    /// The `Content-Type` header, if any.
-    pub content_type: Option<String>,
-    /// The body parsed as JSON; `Value::Null` when empty or not JSON.
-    pub body: Value,
-}
-
-/// One HTTP/1.1 exchange on a new connection (`Connection: close`): `headers` and `body`
-/// as given (a `Content-Length` is added), within [`STEP`]. An `Err` is a transport
-/// failure: no connection, or the connection closed before a whole answer (as when the
-/// service is killed).
-///
-/// # Errors
-///
-/// The transport failure, in words.
-pub async fn exchange(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Answer, String> {
-    tokio::time::timeout(
-        STEP,
-        exchange_unbounded(address, method, path, headers, body),
-    )
-    .await
-    .unwrap_or_else(|_| Err(format!("no answer to {method} {path} within {STEP:?}")))
-}
-
-async fn exchange_unbounded(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    // A server may answer (413) and close before reading all of a large body: a failed
-    // write is not yet a failed exchange, the answer may be there to read.
-    let written = stream.write_all(&bytes).await;
-    let mut answer = Vec::new();
-    let read = stream.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer);
-    let Some((head, content)) = text.split_once("\r\n\r\n") else {
-        return Err(format!(
-            "no whole answer (write: {written:?}, read: {read:?}, {} bytes)",
-            answer.len()
-        ));
-    };
-    let Head {
-        status,
-        content_type,
-        length,
-        ..
-    } = read_head(head)?;
-    if let Some(length) = length {
-        if content.len() < length {
-            return Err(format!(
-                "answer cut short: {} of {length} bytes",
-                content.len()
-            ));
-        }
-    }
-    Ok(Answer {
-        status,
-        content_type,
-        body: serde_json::from_str(content).unwrap_or(Value::Null),
-    })
-}
-
-/// What an answer's head says.
-struct Head {
-    status: u16,
-    content_type: Option<String>,
-    /// `Content-Length`, if given.
-    length: Option<usize>,
-    /// `Connection: close`: the server closes the connection after this answer.
-    closes: bool,
-}
-
-/// The status line and the headers that matter here, from an answer's head (without the
-/// blank line that ends it).
-fn read_head(head: &str) -> Result<Head, String> {
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("no status line in {head:?}"))?;
-    let mut fields = Head {
-        status,
-        content_type: None,
-        length: None,
-        closes: false,
-    };
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-type") {
-                fields.content_type = Some(value.to_owned());
-            } else if name.eq_ignore_ascii_case("content-length") {
-                fields.length = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("connection") {
-                fields.closes = value.eq_ignore_ascii_case("close");
-            }
-        }
-    }
-    Ok(fields)
-}
-
-/// The bytes of a JSON request with `token` as bearer token, on a connection kept open.
-fn json_request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    request.push_str("\r\n");
-    request.push_str(&body);
-    request.into_bytes()
-}
-
-/// An HTTP/1.1 connection kept open from one exchange to the next, for a client that sends
-/// many requests in a row (the load bench's), so that what it measures is the services'
-/// work rather than a TCP handshake per request. The connection is opened at the first
-/// exchange, and again after an answer that closed it or a failed exchange. Answers must
-/// give their length in `Content-Length`, as the services' JSON answers do.
-pub struct KeepAlive {
-    address: SocketAddr,
-    stream: Option<AsyncBufReader<tokio::net::TcpStream>>,
-}
-
-impl KeepAlive {
-    /// A client of the service at `address`; nothing is connected yet.
-    pub fn new(address: SocketAddr) -> KeepAlive {
-        KeepAlive {
-            address,
-            stream: None,
-        }
-    }
-
-    /// A JSON exchange with `token` as bearer token, as [`call`] makes, on this connection,
-    /// within [`STEP`]. Nothing is sent again after a failure: a POST may have been handled.
-    ///
-    /// # Errors
-    ///
-    /// The transport failure, in words (the connection is then dropped).
-    pub async fn call(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<Answer, String> {
-        let request = json_request(method, path, token, body);
-        let answer = tokio::time::timeout(STEP, self.exchange(&request))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer to {method} {path} within {STEP:?}")));
-        if answer.is_err() {
-            // Where the stream stands after a failure is unknown: the next exchange opens
-            // a new connection.
-            self.stream = None;
-        }
-        answer
-    }
-
-    async fn exchange(&mut self, request: &[u8]) -> Result<Answer, String> {
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => {
-                let stream = tokio::net::TcpStream::connect(self.address)
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                // Requests are small and sent whole: no reason to wait for more to batch.
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| format!("nodelay: {e}"))?;
-                self.stream.insert(AsyncBufReader::new(stream))
-            }
-        };
-        stream
-            .get_mut()
-            .write_all(request)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            let read = stream
-                .read_line(&mut line)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if read == 0 {
-                return Err(format!("connection closed after {head:?}"));
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let head = read_head(&head)?;
-        let length = head
-            .length
-            .ok_or_else(|| format!("a {} answer without Content-Length", head.status))?;
-        let mut content = vec![0; length];
-        stream
-            .read_exact(&mut content)
-            .await
-            .map_err(|e| format!("answer cut short: {e}"))?;
-        if head.closes {
-            self.stream = None;
-        }
-        Ok(Answer {
-            status: head.status,
-            content_type: head.content_type,
-            body: serde_json::from_slice(&content).unwrap_or(Value::Null),
-        })
-    }
-}
-
-/// A JSON exchange with `token` as bearer token; fails on a transport failure.
-pub async fn call(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Answer {
-    let authorization = token.map(|token| format!("Bearer {token}"));
-    let mut headers: Vec<(&str, &str)> = authorization
-        .iter()
-        .map(|value| ("Authorization", value.as_str()))
-        .collect();
-    let body = body.map(Value::to_string).unwrap_or_default();
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    exchange(address, method, path, &headers, body.as_bytes())
-        .await
-        .unwrap_or_else(|failure| panic!("{method} {path}: {failure}"))
-}
-
-/// Calls `read` every 200 ms until `done` holds for what it returns; fails after `bound`.
-pub async fn until<T, F, Fut>(
-    bound: Duration,
-    what: &str,
-    mut read: F,
-    done: impl Fn(&T) -> bool,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let deadline = tokio::time::Instant::now() + bound;
-    loop {
-        let value = read().await;
-        if done(&value) {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not reached within {bound:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Waits until `process` answers 200 on `/health/ready` (database, broker, consumer and

@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use services_e2e::{
-    activity, call, exchange, first_shipment, register, settled_activity, shipment_id,
-    stored_shipments, until, until_ready, Service, Stage, CATCH_UP, STEP,
+    activity, first_shipment, register, settled_activity, shipment_id, stored_shipments,
+    until_ready, Service, Stage, CATCH_UP,
 };
+use test_support::{call, exchange, until, STEP};
 use uuid::Uuid;
 
 /// Shipments the valid client creates.

@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 use event_contracts::topics;
 use serde_json::{json, Value};
 use services_e2e::{
-    call, first_shipment, messages_after, register, settled_activity, shipment_id, until,
-    until_ready, Service, ServiceProcess, Stage, CATCH_UP, STEP,
+    first_shipment, messages_after, register, settled_activity, shipment_id, until_ready, Service,
+    ServiceProcess, Stage, CATCH_UP,
 };
+use test_support::{call, until, STEP};
 use uuid::Uuid;
 
 /// The partitions of `shipping.shipment.created`, as the services declare it.

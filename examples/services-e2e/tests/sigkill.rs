@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use services_e2e::{
-    activity, exchange, first_shipment, messages_after, register, settled_activity, shipment_id,
-    stored_shipments, until, until_ready, Service, ServiceProcess, Stage, CATCH_UP, STEP,
+    activity, first_shipment, messages_after, register, settled_activity, shipment_id,
+    stored_shipments, until_ready, Service, ServiceProcess, Stage, CATCH_UP,
 };
+use test_support::{exchange, until, STEP};
 use uuid::Uuid;
 
 /// Shipments acknowledged with `201` in the whole flow.

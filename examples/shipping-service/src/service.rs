@@ -8,7 +8,11 @@
 //! `/health/ready` says 503 until they run. On shutdown the server stops accepting and
 //! answers the requests in flight, then the relay and the consumer get
 //! [`DEFAULT_DRAIN_BOUND`] each to finish what they hold (the relay waits for its batch in
-//! flight to be acknowledged and marked; the consumer commits what it handled).
+//! flight to be acknowledged and marked; the consumer commits what it handled). That
+//! wiring is [`service_kit::workers`]'; this module says which topics, which relay and
+//! which consumer.
+//!
+//! [`DEFAULT_DRAIN_BOUND`]: service_kit::shutdown::DEFAULT_DRAIN_BOUND
 //!
 //! Two settings of its own ([`ShippingSettings`]), both off by default and each naming
 //! the one topic it concerns (event types are bound to their topics at compile time):
@@ -19,7 +23,6 @@
 //! | `Shipping:UserEventsTopic` | `SHIPPING_USER_EVENTS_TOPIC` | `identity-events` | the user cache reads Identity's general topic instead of its three user topics ([`UserEvents::GeneralTopic`]) |
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_contracts::general::{OnIdentityEvents, OnShippingEvents};
@@ -27,15 +30,14 @@ use event_contracts::{
     topics, ShipmentCreatedEvent, ShipmentStatusChangedEvent, ShipmentUpdatedEvent,
     UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
 };
-use pegasus_events::consumer::{ConsumerHealth, ConsumerStatus};
+use pegasus_events::consumer::EventConsumer;
 use pegasus_events::error::Report;
 use pegasus_events::outbox::RelaySettings;
-use pegasus_events::{KafkaConfig, TopicAdmin, TopicSpec};
-use service_kit::health::ReadyFlag;
-use service_kit::shutdown::{drain_task, CancellationToken, DEFAULT_DRAIN_BOUND};
+use pegasus_events::{KafkaConfig, TopicSpec};
+use service_kit::shutdown::CancellationToken;
+use service_kit::workers::{TopicCreation, WorkerSpec, Workers};
 use service_kit::{JwtKeys, Readiness, ServiceDefaults, ServiceSettings, TopicSwitch};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::store::{ShippingDb, StoreError, UserEvents};
@@ -49,8 +51,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     http_port: 5100,
 };
 
-/// How long a relay or consumer that failed waits before it is started again.
-pub const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
+pub use service_kit::workers::WORKER_RESTART_DELAY;
 
 /// Partitions of the topics the service creates, the design's three.
 const PARTITIONS: i32 = 3;
@@ -204,7 +205,9 @@ pub async fn run_on(
     settings: impl Into<ShippingSettings>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    run_service(listener, settings.into(), TopicCreation::Ensure, shutdown).await
+    let settings = settings.into();
+    let topic_creation = TopicCreation::Ensure(topic_specs(&settings));
+    run_service(listener, settings, topic_creation, shutdown).await
 }
 
 /// [`run_on`] for a host that created every topic the service uses before starting it
@@ -222,15 +225,6 @@ pub async fn run_on_created_topics(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     run_service(listener, settings.into(), TopicCreation::Skip, shutdown).await
-}
-
-/// Whether the service creates its topics before its relay and consumer start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TopicCreation {
-    /// Creates those missing ([`ensure_topics`]).
-    Ensure,
-    /// The host created them ([`run_on_created_topics`]).
-    Skip,
 }
 
 async fn run_service(
@@ -285,72 +279,24 @@ async fn run_service(
                 .map_err(|_| "the database does not answer".to_owned())
         }
     });
-    let consumer_health: Arc<Mutex<Option<ConsumerHealth>>> = Arc::default();
-    let watched = Arc::clone(&consumer_health);
-    readiness.add_check("broker", move || {
-        let status = current_status(&watched);
-        async move {
-            match status {
-                Some(ConsumerStatus::BrokersUnreachable { down_for, .. }) => Err(format!(
-                    "no broker has answered for {} s",
-                    down_for.as_secs()
-                )),
-                Some(ConsumerStatus::Running) => Ok(()),
-                _ => Err("not reached yet".to_owned()),
-            }
-        }
-    });
-    let watched = Arc::clone(&consumer_health);
-    // Ready once the consumer runs and its group gave it an assignment (an empty one
-    // too: an instance beyond the topic's partitions stands by, healthy).
-    readiness.add_check("user cache consumer", move || {
-        let status = current_status(&watched);
-        let joined = joined_group(&watched);
-        async move {
-            match status {
-                Some(ConsumerStatus::Running) if joined => Ok(()),
-                Some(ConsumerStatus::Running) => {
-                    Err("has not joined its consumer group yet".to_owned())
-                }
-                _ => Err("not running".to_owned()),
-            }
-        }
-    });
-    let relay_running = readiness.flag("outbox relay");
-
-    // The workers stop with the caller's token, or when the server ends by itself, without
-    // cancelling the caller's token (other services of the process may share it).
-    let workers = shutdown.child_token();
-    let (topics_ready, topics_created) = watch::channel(false);
-    let topics = match topic_creation {
-        TopicCreation::Ensure => tokio::spawn(ensure_topics(
-            kafka.clone(),
-            general_topic,
-            user_events,
-            workers.clone(),
-            topics_ready,
-        )),
-        TopicCreation::Skip => {
-            let _ = topics_ready.send(true);
-            tokio::spawn(async {})
-        }
-    };
-    let relay = tokio::spawn(run_relay(
-        db.clone(),
-        kafka.clone(),
-        relay_running,
-        workers.clone(),
-        topics_created.clone(),
-    ));
-    let consumer = tokio::spawn(run_consumer(
-        db.clone(),
-        kafka,
-        group_id,
-        user_events,
-        consumer_health,
-        workers.clone(),
-        topics_created,
-    ));
+    let relay_db = db.clone();
+    let consumer_db = db.clone();
+    let workers = Workers::start(
+        WorkerSpec {
+            kafka,
+            topics: topic_creation,
+            relay: move |kafka: &KafkaConfig| relay_db.relay(kafka, relay_settings()),
+            consumer: move |kafka: &KafkaConfig| {
+                consumer_db.user_cache_consumer(kafka.clone(), group_id.clone(), user_events)
+            },
+            consumer_name: "user cache consumer",
+            on_consumer_start: |consumer: &EventConsumer| {
+                tracing::info!(group = %consumer.group_id(), "consuming Identity's user events");
+            },
+        },
+        &readiness,
+        &shutdown,
+    );
 
     let app = api::router(AppState {
         db,
@@ -363,13 +309,8 @@ async fn run_service(
         Err(_) => tracing::info!("shipping service listening"),
     }
     let served = service_kit::shutdown::serve(listener, app, shutdown).await;
-    workers.cancel();
     tracing::info!("HTTP server stopped; draining the outbox relay and the consumer");
-    let _ = tokio::join!(
-        drain_task("outbox relay", DEFAULT_DRAIN_BOUND, relay),
-        drain_task("user cache consumer", DEFAULT_DRAIN_BOUND, consumer),
-        drain_task("topic creation", DEFAULT_DRAIN_BOUND, topics),
-    );
+    workers.drain().await;
     tracing::info!("shipping service stopped");
     Ok(served?)
 }
@@ -383,48 +324,21 @@ fn relay_settings() -> RelaySettings {
     }
 }
 
-fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStatus> {
-    health
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(ConsumerHealth::status)
-}
-
-/// Whether the consumer has its assignment from the group (see `current_status`).
-fn joined_group(health: &Mutex<Option<ConsumerHealth>>) -> bool {
-    health
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(ConsumerHealth::has_joined_group)
-}
-
-/// Creates the service's topics and the ones it reads (3 partitions), leaving existing
-/// ones alone, and then lets the relay and the consumer start (`topics_ready`): a consumer
-/// subscribed to a topic that does not exist yet sees it only at its next metadata refresh
-/// (librdkafka's every 5 minutes), and a topic the broker creates on a first publish gets
-/// the broker's default partition count instead of the design's. While no broker answers
-/// it tries again every [`WORKER_RESTART_DELAY`]; a broker that answers but refuses (no
-/// right to create topics, say) is logged, and the workers start on whatever topics exist.
-async fn ensure_topics(
-    kafka: KafkaConfig,
-    general_topic: bool,
-    user_events: UserEvents,
-    shutdown: CancellationToken,
-    topics_ready: watch::Sender<bool>,
-) {
+/// The topics the service writes and the ones it reads, [`PARTITIONS`] each: its three
+/// shipment topics, `shipping-events` with `general_topic`, and Identity's topics it reads
+/// (the three user topics, or `identity-events`).
+fn topic_specs(settings: &ShippingSettings) -> Vec<TopicSpec> {
     let mut specs = vec![
         TopicSpec::for_event::<ShipmentCreatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<ShipmentUpdatedEvent>().partitions(PARTITIONS),
         TopicSpec::for_event::<ShipmentStatusChangedEvent>().partitions(PARTITIONS),
     ];
-    if general_topic {
+    if settings.general_topic {
         specs.push(
             TopicSpec::for_event::<OnShippingEvents<ShipmentCreatedEvent>>().partitions(PARTITIONS),
         );
     }
-    match user_events {
+    match settings.user_events {
         UserEvents::SpecificTopics => specs.extend([
             TopicSpec::for_event::<UserCreatedEvent>().partitions(PARTITIONS),
             TopicSpec::for_event::<UserUpdatedEvent>().partitions(PARTITIONS),
@@ -434,114 +348,7 @@ async fn ensure_topics(
             TopicSpec::for_event::<OnIdentityEvents<UserCreatedEvent>>().partitions(PARTITIONS),
         ),
     }
-    loop {
-        let admin = tokio::select! {
-            admin = TopicAdmin::new(&kafka) => admin,
-            () = shutdown.cancelled() => return,
-        };
-        match admin {
-            Ok(admin) => {
-                tokio::select! {
-                    created = admin.ensure_topics(&specs) => if let Err(error) = created {
-                        tracing::warn!(error = %Report::new(&error), "could not create the topics; starting on the topics that exist");
-                    },
-                    () = shutdown.cancelled() => return,
-                }
-                let _ = topics_ready.send(true);
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(error = %Report::new(&error), "cannot create the topics yet; trying again");
-                restart_delay(&shutdown).await;
-                if shutdown.is_cancelled() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Waits until the topics were created (see [`ensure_topics`]); `false` if the service is
-/// stopping first.
-async fn topics_created(
-    topics_ready: &mut watch::Receiver<bool>,
-    shutdown: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        created = topics_ready.wait_for(|created| *created) => created.is_ok(),
-        () = shutdown.cancelled() => false,
-    }
-}
-
-/// Runs the outbox relay until shutdown, starting it again after a failure.
-async fn run_relay(
-    db: ShippingDb,
-    kafka: KafkaConfig,
-    running: ReadyFlag,
-    shutdown: CancellationToken,
-    mut topics_ready: watch::Receiver<bool>,
-) {
-    if !topics_created(&mut topics_ready, &shutdown).await {
-        return;
-    }
-    while !shutdown.is_cancelled() {
-        let result = match db.relay(&kafka, relay_settings()) {
-            Ok(relay) => {
-                // Raised while the relay's task runs. pegasus-events exposes no relay
-                // health; a relay that cannot reach a broker at its start fails within the
-                // connect timeout and lowers the flag, and the "broker" check covers the
-                // broker meanwhile.
-                running.set(true);
-                let result = relay.run_until(shutdown.clone().cancelled_owned()).await;
-                running.set(false);
-                result.map_err(StoreError::from)
-            }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::error!(error = %Report::new(&error), "outbox relay stopped; starting it again");
-            restart_delay(&shutdown).await;
-        }
-    }
-}
-
-/// Runs the user-cache consumer until shutdown, starting it again after a failure.
-async fn run_consumer(
-    db: ShippingDb,
-    kafka: KafkaConfig,
-    group_id: String,
-    user_events: UserEvents,
-    health: Arc<Mutex<Option<ConsumerHealth>>>,
-    shutdown: CancellationToken,
-    mut topics_ready: watch::Receiver<bool>,
-) {
-    if !topics_created(&mut topics_ready, &shutdown).await {
-        return;
-    }
-    while !shutdown.is_cancelled() {
-        let result = match db.user_cache_consumer(kafka.clone(), group_id.clone(), user_events) {
-            Ok(consumer) => {
-                *health.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.health());
-                tracing::info!(group = %consumer.group_id(), "consuming Identity's user events");
-                consumer
-                    .run_until(shutdown.clone().cancelled_owned())
-                    .await
-                    .map_err(StoreError::from)
-            }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::error!(error = %Report::new(&error), "user cache consumer stopped; starting it again");
-            restart_delay(&shutdown).await;
-        }
-    }
-}
-
-async fn restart_delay(shutdown: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep(WORKER_RESTART_DELAY) => {}
-        () = shutdown.cancelled() => {}
-    }
+    specs
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use service_kit::auth::Claims;
 use service_kit::{JwtKeys, JwtSettings};
 use shipping_service::store::{CachedUser, UserCache};
 use shipping_service::{AppState, ShippingDb};
+use test_support::Database;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -44,40 +45,6 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-/// A new, empty PostgreSQL database on the server at `server_url`; its URL.
-async fn fresh_postgres_database(server_url: &str) -> String {
-    let name = format!("shipping_test_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(server_url)
-        .await
-        .expect("PostgreSQL server reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("database created");
-    admin.close().await;
-    let server = server_url.split('?').next().unwrap_or(server_url);
-    let (server, _) = server.rsplit_once('/').expect("a URL with a database");
-    format!("{server}/{name}")
-}
-
-/// The database a test runs on.
-#[derive(Clone, Copy, Debug)]
-enum Database {
-    Sqlite,
-    Postgres,
-}
-
-/// The PostgreSQL server under test, as every test of this workspace finds it.
-fn postgres_server() -> String {
-    match std::env::var("PEGASUS_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "PEGASUS_TEST_POSTGRES_URL is not set: run the tests with `scripts/test`, or start \
-             a server with `scripts/postgres start` and export the URL it prints"
-        ),
-    }
-}
-
 async fn harness(database: Database) -> Harness {
     harness_with(database, false).await
 }
@@ -86,10 +53,7 @@ async fn harness(database: Database) -> Harness {
 /// `general_topic` is on.
 async fn harness_with(database: Database, general_topic: bool) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match database {
-        Database::Postgres => fresh_postgres_database(&postgres_server()).await,
-        Database::Sqlite => format!("sqlite://{}", dir.path().join("shipping.db").display()),
-    };
+    let url = database.fresh("shipping", dir.path()).await;
     // Opening the outbox needs no broker; nothing here publishes.
     let kafka = KafkaConfig::new("127.0.0.1:9").with_client_id("shipping-api");
     let db = ShippingDb::open(&url, &kafka)

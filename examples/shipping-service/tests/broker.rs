@@ -33,77 +33,14 @@ use pegasus_events::dead_letter::{DeadLetterQueue, DeadLetterReason, ReplayFilte
 use pegasus_events::wire::encode_payload;
 use pegasus_events::{Event, EventProducer, KafkaConfig, Secret};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use service_kit::shutdown::CancellationToken;
 use service_kit::{JwtKeys, JwtSettings, ServiceSettings};
 use shipping_service::store::UserEvents;
 use shipping_service::{ShippingDb, ShippingSettings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use test_support::{call, required, until, Answer, Database, STEP};
 use tokio::sync::mpsc;
 use uuid::Uuid;
-
-/// How long each step may take, group joins included.
-const STEP: Duration = Duration::from_secs(60);
-
-/// A minimal HTTP/1.1 call (no client crate in this workspace): status and body.
-async fn http(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connected");
-    let body = body.unwrap_or("");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: shipping\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("request sent");
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .await
-        .expect("answer read");
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// A new, empty PostgreSQL database on the server at `server_url`; its URL.
-async fn fresh_postgres_database(server_url: &str) -> String {
-    let name = format!("shipping_test_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(server_url)
-        .await
-        .expect("PostgreSQL server reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("database created");
-    admin.close().await;
-    let server = server_url.split('?').next().unwrap_or(server_url);
-    let (server, _) = server.rsplit_once('/').expect("a URL with a database");
-    format!("{server}/{name}")
-}
 
 /// Passes each created shipment's id to the test.
 struct Seen(mpsc::UnboundedSender<Uuid>);
@@ -119,25 +56,17 @@ impl EventHandler<ShipmentCreatedEvent> for Seen {
     }
 }
 
-/// `name`'s value; the test fails without it.
-fn required(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value,
-        _ => panic!("{name} is not set: run the tests with `scripts/test` (see this file's doc)"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_user_creates_a_shipment_whose_event_is_published_on_sqlite() {
-    a_cached_user_creates_a_shipment_whose_event_is_published(false).await;
+    a_cached_user_creates_a_shipment_whose_event_is_published(Database::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_user_creates_a_shipment_whose_event_is_published_on_postgres() {
-    a_cached_user_creates_a_shipment_whose_event_is_published(true).await;
+    a_cached_user_creates_a_shipment_whose_event_is_published(Database::Postgres).await;
 }
 
-async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: bool) {
+async fn a_cached_user_creates_a_shipment_whose_event_is_published(database: Database) {
     let bootstrap = required("PEGASUS_TEST_BOOTSTRAP");
     let run = Uuid::now_v7();
     // A client id of its own: its consumer group reads Identity's topics from the start.
@@ -151,11 +80,7 @@ async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: 
     };
     let settings = ServiceSettings {
         kafka: kafka.clone(),
-        database_url: if on_postgres {
-            fresh_postgres_database(&required("PEGASUS_TEST_POSTGRES_URL")).await
-        } else {
-            format!("sqlite://{}", dir.path().join("shipping.db").display())
-        },
+        database_url: database.fresh("shipping", dir.path()).await,
         http_address: "127.0.0.1:0".parse().expect("address"),
         jwt: jwt.clone(),
     };
@@ -191,12 +116,12 @@ async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: 
     let tracking = format!("T{}", run.simple());
     let deadline = tokio::time::Instant::now() + STEP;
     let created = loop {
-        let (status, body) = http(
+        let Answer { status, body, .. } = call(
             address,
             "POST",
             "/api/shipments",
             Some(&token),
-            Some(&format!(r#"{{"trackingNumber":"{tracking}"}}"#)),
+            Some(&json!({ "trackingNumber": tracking })),
         )
         .await;
         match status {
@@ -207,7 +132,6 @@ async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: 
             _ => panic!("{status}: {body}"),
         }
     };
-    let created: serde_json::Value = serde_json::from_str(&created).expect("JSON");
     let shipment_id: Uuid = created["shipment"]["id"]
         .as_str()
         .and_then(|id| id.parse().ok())
@@ -238,11 +162,15 @@ async fn a_cached_user_creates_a_shipment_whose_event_is_published(on_postgres: 
         .expect("watcher stopped");
 
     // Ready by now: database, broker, consumer and relay.
-    let (status, body) = http(address, "GET", "/health/ready", None, None).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = http(address, "GET", "/metrics", None, None).await;
-    assert_eq!(status, 200);
-    assert!(body.contains("kafka_events_published_total"), "{body}");
+    let ready = call(address, "GET", "/health/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let metrics = call(address, "GET", "/metrics", None, None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text.contains("kafka_events_published_total"),
+        "{}",
+        metrics.text
+    );
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(25), service)
@@ -277,12 +205,12 @@ async fn create_until(
 ) {
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
-        let (status, body) = http(
+        let Answer { status, body, .. } = call(
             address,
             "POST",
             "/api/shipments",
             Some(token),
-            Some(&format!(r#"{{"trackingNumber":"{tracking}"}}"#)),
+            Some(&json!({ "trackingNumber": tracking })),
         )
         .await;
         if status == expected {
@@ -298,15 +226,15 @@ async fn create_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_cache_reads_identity_events_and_dead_letters_other_types_on_sqlite() {
-    the_user_cache_reads_identity_events_and_dead_letters_other_types(false).await;
+    the_user_cache_reads_identity_events_and_dead_letters_other_types(Database::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_cache_reads_identity_events_and_dead_letters_other_types_on_postgres() {
-    the_user_cache_reads_identity_events_and_dead_letters_other_types(true).await;
+    the_user_cache_reads_identity_events_and_dead_letters_other_types(Database::Postgres).await;
 }
 
-async fn the_user_cache_reads_identity_events_and_dead_letters_other_types(on_postgres: bool) {
+async fn the_user_cache_reads_identity_events_and_dead_letters_other_types(database: Database) {
     let bootstrap = required("PEGASUS_TEST_BOOTSTRAP");
     let run = Uuid::now_v7();
     // A client id of its own: its consumer group reads identity-events from the start.
@@ -319,11 +247,7 @@ async fn the_user_cache_reads_identity_events_and_dead_letters_other_types(on_po
         audience: "pegasus-services".into(),
         expiry: Duration::from_secs(600),
     };
-    let database_url = if on_postgres {
-        fresh_postgres_database(&required("PEGASUS_TEST_POSTGRES_URL")).await
-    } else {
-        format!("sqlite://{}", dir.path().join("shipping.db").display())
-    };
+    let database_url = database.fresh("shipping", dir.path()).await;
     let settings = ShippingSettings {
         service: ServiceSettings {
             kafka: kafka.clone(),
@@ -411,14 +335,13 @@ async fn the_user_cache_reads_identity_events_and_dead_letters_other_types(on_po
         .original_topic("identity-events")
         .consumer_group(group.clone())
         .event_ids([unhandled.event_id]);
-    let deadline = tokio::time::Instant::now() + STEP;
-    let letters = loop {
-        let letters = queue.read(&ours).await.expect("dead letters read");
-        if !letters.is_empty() || tokio::time::Instant::now() >= deadline {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let letters = until(
+        STEP,
+        "the unhandled record dead-lettered",
+        || async { queue.read(&ours).await.expect("dead letters read") },
+        |letters| !letters.is_empty(),
+    )
+    .await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!(letter.reason, DeadLetterReason::Decode);
