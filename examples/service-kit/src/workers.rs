@@ -14,7 +14,7 @@
 //! - **Restarted after a failure**, logged at ERROR with the cause, until the service
 //!   stops.
 //! - **Readiness**: `broker` (the consumer reaches a broker), the consumer's own check
-//!   (it runs) and `outbox relay` (its task runs; pegasus-events exposes no relay health,
+//!   (it runs and its group gave it an assignment) and `outbox relay` (its task runs; pegasus-events exposes no relay health,
 //!   and a relay that cannot reach a broker at its start fails within the connect timeout
 //!   and lowers the flag, while the `broker` check covers the broker meanwhile).
 //! - **Drained within a bound**: [`Workers::drain`] stops them and waits for each at most
