@@ -83,15 +83,10 @@ impl RequestTrace {
         let trace_id = parts.next()?;
         let parent_id = parts.next()?;
         let flags = parts.next()?;
-        let hex = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        let all_zero = |part: &str| part.bytes().all(|b| b == b'0');
         let valid = hex(version, 2)
             && version != "ff"
             && (version != "00" || parts.next().is_none())
-            && hex(trace_id, 32)
-            && !all_zero(trace_id)
+            && is_trace_id(trace_id)
             && hex(parent_id, 16)
             && !all_zero(parent_id)
             && hex(flags, 2);
@@ -162,7 +157,7 @@ pub async fn trace_requests(mut request: Request, next: Next) -> Response {
 /// (by the handler, the inbox, a notifier) carries it.
 ///
 /// The trace id is that of the record's `traceparent` when it is valid; else the
-/// correlation id when that is a trace id (32 lowercase hex digits); else the event id's 32
+/// correlation id when that is a trace id (32 lowercase hex digits, not all zero); else the event id's 32
 /// hex digits, a stand-in that still finds every line of that event.
 #[derive(Clone, Debug)]
 pub struct Traced<H>(pub H);
@@ -178,6 +173,20 @@ impl<E: Event, H: EventHandler<E>> EventHandler<E> for Traced<H> {
     }
 }
 
+/// `len` lowercase hex digits.
+fn hex(part: &str, len: usize) -> bool {
+    part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn all_zero(part: &str) -> bool {
+    part.bytes().all(|b| b == b'0')
+}
+
+/// A W3C trace id: 32 lowercase hex digits, not all zero.
+fn is_trace_id(text: &str) -> bool {
+    hex(text, 32) && !all_zero(text)
+}
+
 /// The trace id an event's log lines carry ([`Traced`]).
 pub fn event_trace_id(context: &EventContext<'_>) -> String {
     let from_traceparent = context
@@ -185,11 +194,7 @@ pub fn event_trace_id(context: &EventContext<'_>) -> String {
         .traceparent
         .as_deref()
         .and_then(RequestTrace::trace_id_of);
-    let from_correlation = || {
-        context.correlation_id().filter(|id| {
-            id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        })
-    };
+    let from_correlation = || context.correlation_id().filter(|id| is_trace_id(id));
     match from_traceparent.or_else(from_correlation) {
         Some(trace_id) => trace_id.to_owned(),
         None => context.event_id().simple().to_string(),

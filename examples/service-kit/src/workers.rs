@@ -181,12 +181,15 @@ fn consumer_checks(readiness: &Readiness, consumer_name: &str) -> HealthSlot {
     // Ready once the consumer runs and its group gave it an assignment (an empty one
     // too: an instance beyond the topic's partitions stands by, healthy).
     readiness.add_check(consumer_name, move || {
-        let status = current_status(&watched);
-        let joined = joined_group(&watched);
+        let state = watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|health| (health.status(), health.has_joined_group()));
         async move {
-            match status {
-                Some(ConsumerStatus::Running) if joined => Ok(()),
-                Some(ConsumerStatus::Running) => {
+            match state {
+                Some((ConsumerStatus::Running, true)) => Ok(()),
+                Some((ConsumerStatus::Running, false)) => {
                     Err("has not joined its consumer group yet".to_owned())
                 }
                 _ => Err("not running".to_owned()),
@@ -202,15 +205,6 @@ fn current_status(health: &Mutex<Option<ConsumerHealth>>) -> Option<ConsumerStat
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
         .map(ConsumerHealth::status)
-}
-
-/// Whether the consumer has its assignment from the group (see `current_status`).
-fn joined_group(health: &Mutex<Option<ConsumerHealth>>) -> bool {
-    health
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(ConsumerHealth::has_joined_group)
 }
 
 /// Creates the topics of `specs` that are missing (see [`TopicCreation::Ensure`]), then

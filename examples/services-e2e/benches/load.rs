@@ -68,7 +68,7 @@ use services_e2e::{
     activity, first_shipment, register, shipment_id, until_ready, until_ready_at, DemoProcess,
     Entry, Service, Stage, User, CATCH_UP,
 };
-use test_support::{call, until, KeepAlive, STEP};
+use test_support::{call, until, Answer, KeepAlive, STEP};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -291,13 +291,7 @@ async fn warm_up(plan: Plan, services: Services, run: Uuid) -> (Vec<User>, User)
     let mut connection = KeepAlive::new(services.shipping);
     for n in 0..plan.warm_up {
         let tracking = format!("W{}-x{n}", run.simple());
-        let answer = connection
-            .call(
-                "POST",
-                "/api/shipments",
-                Some(&latency_user.token),
-                Some(&json!({ "trackingNumber": tracking })),
-            )
+        let answer = post_shipment(&mut connection, &latency_user, &tracking)
             .await
             .unwrap_or_else(|failure| panic!("warm-up shipment: {failure}"));
         assert_eq!(answer.status, 201, "warm-up shipment: {}", answer.body);
@@ -343,13 +337,7 @@ async fn throughput(
                     return (user, created);
                 }
                 let tracking = format!("L{}-{number}", run.simple());
-                let answer = connection
-                    .call(
-                        "POST",
-                        "/api/shipments",
-                        Some(&user.token),
-                        Some(&json!({ "trackingNumber": tracking })),
-                    )
+                let answer = post_shipment(&mut connection, &user, &tracking)
                     .await
                     .unwrap_or_else(|failure| panic!("shipment {number}: {failure}"));
                 assert_eq!(
@@ -640,4 +628,20 @@ impl Ticks {
             rest_micros: per_shipment(rest),
         }
     }
+}
+
+/// `user` creates a shipment with `tracking` over `connection`.
+async fn post_shipment(
+    connection: &mut KeepAlive,
+    user: &User,
+    tracking: &str,
+) -> Result<Answer, String> {
+    connection
+        .call(
+            "POST",
+            "/api/shipments",
+            Some(&user.token),
+            Some(&json!({ "trackingNumber": tracking })),
+        )
+        .await
 }
