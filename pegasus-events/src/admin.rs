@@ -6,14 +6,16 @@
 //!   this call created it or it was there already; the partition count and replication of an
 //!   existing topic are left as they are (the design's
 //!   `kafka-topics --create --partitions 3`, run again, changes nothing).
-//! - A topic the broker refuses for another reason fails the call with
-//!   [`Error::TopicCreation`] naming the topic.
+//! - A topic the principal may not create fails the call with [`Error::NotAuthorized`]
+//!   naming the topic and the principal; a topic the broker refuses for another reason
+//!   fails it with [`Error::TopicCreation`] naming the topic.
 
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::acl::{AclOperation, AclResource};
 use crate::config::{client_error, KafkaConfig};
 use crate::connection::{check_brokers, ClientWatch, Watching};
 use crate::error::{Error, Result};
@@ -84,7 +86,7 @@ impl TopicAdmin {
         check_brokers(config, "topic admin").await?;
         let watch = ClientWatch::new(config, "topic admin", Watching::Client);
         let client = config
-            .client_config()
+            .client_config()?
             .create_with_context(watch.clone())
             .map_err(|e| client_error("admin", e))?;
         Ok(TopicAdmin {
@@ -151,6 +153,15 @@ impl TopicAdmin {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((
+                    topic,
+                    RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed,
+                )) => {
+                    return Err(self
+                        .watch
+                        .not_authorized(AclOperation::Create, AclResource::Topic(topic)))
+                }
                 Err((topic, code)) => {
                     return Err(Error::TopicCreation {
                         topic,

@@ -39,6 +39,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, FutureProducer, Producer, ProducerContext};
 
+use crate::acl::{AclOperation, AclResource};
 use crate::config::{client_error, KafkaConfig, DEFAULT_BOOTSTRAP_SERVERS};
 use crate::error::{Error, Result};
 
@@ -84,6 +85,10 @@ pub enum UnreachableCause {
     AuthenticationFailed {
         /// The broker's `host:port`.
         broker: String,
+        /// How the client authenticated: ``SASL SCRAM-SHA-256 as `shipping-api` `` (the
+        /// mechanism and user name; never the password). Boxed to keep
+        /// [`Error`] small.
+        identity: Box<str>,
         /// librdkafka's description (it never contains the password).
         detail: String,
     },
@@ -139,10 +144,14 @@ impl fmt::Display for UnreachableCause {
             UnreachableCause::TlsHandshakeFailed { broker, detail } => {
                 write!(f, "the TLS handshake with {broker} failed: {detail}")
             }
-            UnreachableCause::AuthenticationFailed { broker, detail } => write!(
+            UnreachableCause::AuthenticationFailed {
+                broker,
+                identity,
+                detail,
+            } => write!(
                 f,
-                "authentication with {broker} failed (check the SASL mechanism, user name \
-                 and password): {detail}"
+                "authentication with {broker} failed for {identity} (check the SASL \
+                 mechanism, user name and password): {detail}"
             ),
             UnreachableCause::NotKafka { broker } => write!(
                 f,
@@ -253,9 +262,12 @@ fn without_timing(line: &str) -> &str {
 fn classify(code: RDKafkaErrorCode, reason: &str) -> Option<UnreachableCause> {
     let (broker, detail) = split_reason(reason);
     let cause = match code {
-        RDKafkaErrorCode::Authentication => {
-            UnreachableCause::AuthenticationFailed { broker, detail }
-        }
+        RDKafkaErrorCode::Authentication => UnreachableCause::AuthenticationFailed {
+            broker,
+            // Filled in by the client's watch, which knows the configuration.
+            identity: Box::default(),
+            detail,
+        },
         RDKafkaErrorCode::SSL => UnreachableCause::TlsHandshakeFailed { broker, detail },
         RDKafkaErrorCode::Resolve => UnreachableCause::NameNotResolved { broker },
         // An answer that is not Kafka's (`Invalid response size`) comes as `BadMessage`.
@@ -307,6 +319,10 @@ struct WatchState {
     client: &'static str,
     bootstrap: String,
     watching: Watching,
+    /// How the client authenticates, for [`UnreachableCause::AuthenticationFailed`].
+    identity: String,
+    /// The principal the broker knows the client by, for [`Error::NotAuthorized`].
+    principal: String,
     secrets: Vec<String>,
     /// Set while all brokers are down, for a lock-free check on every record.
     down: AtomicBool,
@@ -333,11 +349,16 @@ struct Outage {
 impl ClientWatch {
     pub(crate) fn new(config: &KafkaConfig, client: &'static str, watching: Watching) -> Self {
         let secrets = config.secret_values(std::iter::empty());
+        if watching == Watching::Client && config.security_protocol.is_tls() {
+            warn_if_unverified(config, client);
+        }
         ClientWatch {
             state: Arc::new(WatchState {
                 client,
                 bootstrap: config.bootstrap_servers.clone(),
                 watching,
+                identity: config.authentication(),
+                principal: config.principal(),
                 secrets,
                 down: AtomicBool::new(false),
                 failures: Mutex::new(Failures::default()),
@@ -439,6 +460,16 @@ impl ClientWatch {
         );
     }
 
+    /// The error for an operation the broker refused for want of an ACL.
+    pub(crate) fn not_authorized(&self, operation: AclOperation, resource: AclResource) -> Error {
+        Error::NotAuthorized {
+            client: self.state.client,
+            principal: self.state.principal.clone(),
+            operation,
+            resource,
+        }
+    }
+
     /// The error for a request that timed out while no broker was reachable, if that is
     /// what happened.
     pub(crate) fn unreachable_error(&self, waited: Duration) -> Option<Error> {
@@ -466,12 +497,15 @@ impl ClientWatch {
                     detail: self.scrub(&detail),
                 }
             }
-            UnreachableCause::AuthenticationFailed { broker, detail } => {
-                UnreachableCause::AuthenticationFailed {
-                    broker,
-                    detail: self.scrub(&detail),
-                }
-            }
+            UnreachableCause::AuthenticationFailed {
+                broker,
+                identity,
+                detail,
+            } => UnreachableCause::AuthenticationFailed {
+                broker,
+                identity,
+                detail: self.scrub(&detail),
+            },
             UnreachableCause::Other { broker, detail } => UnreachableCause::Other {
                 broker,
                 detail: self.scrub(&detail),
@@ -480,7 +514,10 @@ impl ClientWatch {
         }
     }
 
-    fn connection_failed(&self, cause: UnreachableCause) {
+    fn connection_failed(&self, mut cause: UnreachableCause) {
+        if let UnreachableCause::AuthenticationFailed { identity, .. } = &mut cause {
+            *identity = self.state.identity.as_str().into();
+        }
         let mut failures = self.failures();
         if cause.is_incurable() && failures.incurable.is_none() {
             failures.incurable = Some(cause.clone());
@@ -646,6 +683,30 @@ impl LogLines {
     }
 }
 
+/// Logs a warning when the configuration turns off a check of the broker's certificate:
+/// host name verification, or (through a librdkafka property) certificate verification.
+fn warn_if_unverified(config: &KafkaConfig, client: &'static str) {
+    if !config.tls.verify_hostname {
+        tracing::warn!(
+            client,
+            "TLS host name verification is off (SslEndpointIdentificationAlgorithm = None): \
+             any certificate a trusted authority signed is accepted for any broker"
+        );
+    }
+    let verification = config
+        .properties
+        .get("enable.ssl.certificate.verification")
+        .map(|value| value.trim().to_ascii_lowercase());
+    if matches!(verification.as_deref(), Some("false" | "0")) {
+        tracing::warn!(
+            client,
+            "TLS certificate verification is off (enable.ssl.certificate.verification = \
+             false): the client accepts any certificate, so anyone on the network path can \
+             stand in for the broker"
+        );
+    }
+}
+
 /// Waits until a broker at the bootstrap address answers, at most the configured connect
 /// timeout; `client` names the client being created in the error.
 pub(crate) async fn check_brokers(config: &KafkaConfig, client: &'static str) -> Result<()> {
@@ -654,7 +715,7 @@ pub(crate) async fn check_brokers(config: &KafkaConfig, client: &'static str) ->
     };
     let watch = ClientWatch::new(config, client, Watching::Check);
     let probe: BaseProducer<ClientWatch> = config
-        .client_config()
+        .client_config()?
         .create_with_context(watch.clone())
         .map_err(|e| client_error(client, e))?;
     let bootstrap = config.bootstrap_servers.clone();
@@ -756,6 +817,7 @@ mod tests {
                 "sasl_plaintext://127.0.0.1:60941/bootstrap: SASL PLAIN mechanism handshake failed: Broker: Request not valid in current SASL state (after 2ms in state AUTH_HANDSHAKE)",
                 UnreachableCause::AuthenticationFailed {
                     broker: "127.0.0.1:60941".into(),
+                    identity: Box::default(),
                     detail: "SASL PLAIN mechanism handshake failed: Broker: Request not valid in current SASL state".into(),
                 },
             ),

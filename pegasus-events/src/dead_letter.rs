@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
@@ -57,6 +57,9 @@ use crate::wire::{self, ByteHeaders};
 
 /// The dead-letter topic of the design: `dlq-events`.
 pub const DEFAULT_TOPIC: &str = "dlq-events";
+/// The group id prefix of [`DeadLetterQueue`]'s readers: each read uses a new group
+/// `pegasus-dlq-reader-<uuid v7>`, so ACLs grant it by prefix.
+pub const READER_GROUP_PREFIX: &str = "pegasus-dlq-reader-";
 
 /// The headers a dead-lettered record carries besides its original ones (all UTF-8).
 pub mod header {
@@ -394,7 +397,7 @@ impl DeadLetterQueue {
         let (letters, mut report) = self.read_with_counts(filter).await?;
         let producer: WatchedProducer = self
             .config
-            .producer_config()
+            .producer_config()?
             .create_with_context(ClientWatch::new(
                 &self.config,
                 "replay producer",
@@ -466,9 +469,12 @@ impl DeadLetterQueue {
     fn read_blocking(&self, filter: &ReplayFilter) -> Result<(Vec<DeadLetter>, ReplayReport)> {
         let mut report = ReplayReport::default();
         let mut letters = Vec::new();
-        let mut client = self.config.client_config();
+        let mut client = self.config.client_config()?;
         client
-            .set("group.id", format!("pegasus-dlq-reader-{}", Uuid::now_v7()))
+            .set(
+                "group.id",
+                format!("{READER_GROUP_PREFIX}{}", Uuid::now_v7()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
         let consumer: BaseConsumer<ClientWatch> = client
@@ -584,6 +590,8 @@ pub(crate) struct Failure<'a> {
 /// Writes dead letters for the consumer runtime.
 pub(crate) struct DeadLetterWriter {
     producer: WatchedProducer,
+    /// The producer's watch, which knows the principal a refusal names.
+    watch: ClientWatch,
     topic: String,
     timeout: Duration,
 }
@@ -593,11 +601,12 @@ impl DeadLetterWriter {
         // The consumer beside it reports broker outages; this one would repeat them.
         let watch = ClientWatch::new(config, "dead-letter producer", Watching::Companion);
         let producer = config
-            .producer_config()
-            .create_with_context(watch)
+            .producer_config()?
+            .create_with_context(watch.clone())
             .map_err(|e| client_error("dead-letter producer", e))?;
         Ok(DeadLetterWriter {
             producer,
+            watch,
             topic: topic.to_owned(),
             timeout: config.producer.delivery_timeout,
         })
@@ -605,6 +614,19 @@ impl DeadLetterWriter {
 
     pub(crate) fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The [`Error::NotAuthorized`] a failed write stands for, when the broker refused the
+    /// principal `WRITE` on the dead-letter topic: retrying cannot heal that.
+    pub(crate) fn refusal(&self, error: &KafkaError) -> Option<Error> {
+        (error.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed)).then(
+            || {
+                self.watch.not_authorized(
+                    crate::acl::AclOperation::Write,
+                    crate::acl::AclResource::Topic(self.topic.clone()),
+                )
+            },
+        )
     }
 
     /// Copies `message` to the dead-letter topic and waits for the acknowledgement.

@@ -69,6 +69,22 @@ pub enum Error {
         cause: crate::connection::UnreachableCause,
     },
 
+    /// The broker refused an operation: no ACL allows it for the client's principal.
+    /// Fails at once (a publish does not wait out its delivery timeout), and ends a
+    /// consumer's `run`: waiting does not grant an ACL.
+    #[error("{}", crate::acl::describe_denial(client, principal, *operation, resource))]
+    NotAuthorized {
+        /// The client that was refused, e.g. `producer`, `consumer`.
+        client: &'static str,
+        /// The principal as far as the configuration tells it: `User:<SASL user name>`, the
+        /// client certificate's subject, or `User:ANONYMOUS`.
+        principal: String,
+        /// The operation refused.
+        operation: crate::acl::AclOperation,
+        /// The resource it was refused on.
+        resource: crate::acl::AclResource,
+    },
+
     /// An event could not be serialized to JSON.
     #[error("cannot serialize event `{event_type}` to JSON: {}", Shown(detail))]
     Serialize {

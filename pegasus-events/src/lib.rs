@@ -75,6 +75,7 @@
 //! | [`connection`] | reaching the brokers: the check at creation, [`UnreachableCause`], outage logs, librdkafka's log lines |
 //! | [`metrics`] | the metrics' names, labels and histogram buckets, emitted through the `metrics` facade |
 //! | [`admin`] | [`TopicAdmin`]: creating topics up front |
+//! | [`acl`] | the ACLs a service needs ([`acl::ServiceAcls`]), and how a refusal is named |
 //! | [`telemetry`] | spans by the OpenTelemetry messaging conventions, W3C Trace Context on the wire |
 //! | [`error`] | the crate's one error type, [`Error`], and [`error::Report`] to print it with its causes |
 //!
@@ -92,6 +93,7 @@
 // Lets the derive's generated code, which names `::pegasus_events`, work inside this crate.
 extern crate self as pegasus_events;
 
+pub mod acl;
 pub mod admin;
 pub mod config;
 pub mod connection;
@@ -114,7 +116,8 @@ pub mod wire;
 
 pub use admin::{TopicAdmin, TopicSpec};
 pub use config::{
-    Acks, Compression, KafkaConfig, ProducerSettings, SaslMechanism, Secret, SecurityProtocol,
+    Acks, Compression, KafkaConfig, PemSource, ProducerSettings, SaslMechanism, Secret,
+    SecurityProtocol, TlsSettings,
 };
 pub use connection::UnreachableCause;
 pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy};

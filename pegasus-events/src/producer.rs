@@ -45,6 +45,7 @@ use rdkafka::producer::{FutureRecord, Producer};
 use tracing::Span;
 use uuid::Uuid;
 
+use crate::acl::{AclOperation, AclResource};
 use crate::config::{client_error, KafkaConfig};
 use crate::connection::{check_brokers, ClientWatch, WatchedProducer, Watching};
 use crate::error::Error;
@@ -225,7 +226,7 @@ impl EventProducer {
         check_brokers(config, "producer").await?;
         let watch = ClientWatch::new(config, "producer", Watching::Client);
         let producer: WatchedProducer = config
-            .producer_config()
+            .producer_config()?
             .create_with_context(watch.clone())
             .map_err(|e| client_error("producer", e))?;
         Ok(EventProducer {
@@ -516,14 +517,23 @@ impl EventProducer {
     fn delivery_error(&self, source: KafkaError, message: &OwnedMessage) -> PublishError {
         let record = EncodedRecord::from_message(message);
         self.metrics.topic(&record.topic).failed();
-        let timed_out = source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
-        let error = timed_out
-            .then(|| self.watch.unreachable_error(self.delivery_timeout))
-            .flatten()
-            .unwrap_or_else(|| Error::Delivery {
+        let error = match source.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageTimedOut) => self
+                .watch
+                .unreachable_error(self.delivery_timeout)
+                .unwrap_or_else(|| Error::Delivery {
+                    topic: record.topic.clone(),
+                    source,
+                }),
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => self.watch.not_authorized(
+                AclOperation::Write,
+                AclResource::Topic(record.topic.clone()),
+            ),
+            _ => Error::Delivery {
                 topic: record.topic.clone(),
                 source,
-            });
+            },
+        };
         tracing::warn!(
             topic = %record.topic,
             event_id = ?record.event_id(),

@@ -569,10 +569,16 @@ pub struct DeadLetterWatch {
 impl DeadLetterWatch {
     /// Starts reading `topic` every 200 ms.
     pub fn start(topic: &str) -> Self {
+        DeadLetterWatch::start_with(&config("dlq-reader"), topic)
+    }
+
+    /// Starts reading `topic` every 200 ms as the client `reader` configures (a broker
+    /// other than the one under test, credentials).
+    pub fn start_with(reader: &KafkaConfig, topic: &str) -> Self {
         let letters: std::sync::Arc<std::sync::Mutex<Vec<pegasus_events::DeadLetter>>> =
             std::sync::Arc::default();
         let found = std::sync::Arc::clone(&letters);
-        let queue = pegasus_events::DeadLetterQueue::new(&config("dlq-reader"))
+        let queue = pegasus_events::DeadLetterQueue::new(reader)
             .expect("a dead-letter reader")
             .topic(topic);
         let task = tokio::spawn(async move {

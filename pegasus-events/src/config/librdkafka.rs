@@ -4,10 +4,12 @@
 use rdkafka::config::ClientConfig;
 
 use super::KafkaConfig;
+use crate::error::Result;
 
 impl KafkaConfig {
-    /// The librdkafka configuration shared by every client: connection and security.
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    /// The librdkafka configuration shared by every client: connection and security. Fails
+    /// only when the SASL password file cannot be read.
+    pub(crate) fn client_config(&self) -> Result<ClientConfig> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
@@ -19,18 +21,21 @@ impl KafkaConfig {
         if let Some(username) = &self.sasl_username {
             config.set("sasl.username", username);
         }
-        if let Some(password) = &self.sasl_password {
+        if let Some(password) = self.sasl_password_now()? {
             config.set("sasl.password", password.expose());
+        }
+        if self.security_protocol.is_tls() {
+            self.tls.apply(&mut config);
         }
         for (name, value) in &self.properties {
             config.set(name, value);
         }
-        config
+        Ok(config)
     }
 
     /// The librdkafka configuration of the typed producer.
-    pub(crate) fn producer_config(&self) -> ClientConfig {
-        let mut config = self.client_config();
+    pub(crate) fn producer_config(&self) -> Result<ClientConfig> {
+        let mut config = self.client_config()?;
         let producer = &self.producer;
         config
             .set("acks", producer.acks.as_rdkafka())
@@ -41,6 +46,6 @@ impl KafkaConfig {
                 producer.delivery_timeout.as_millis().to_string(),
             )
             .set("linger.ms", producer.linger.as_millis().to_string());
-        config
+        Ok(config)
     }
 }

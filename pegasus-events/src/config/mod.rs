@@ -14,11 +14,18 @@
 //!
 //! - [`KafkaConfig::from_appsettings`]: the `Kafka` section of an `appsettings.json` shaped
 //!   like the .NET services' (`BootstrapServers`, `ClientId`, `SecurityProtocol`,
-//!   `SaslMechanism`, `SaslUsername`, `SaslPassword`, plus any librdkafka property by its
-//!   dotted name, e.g. `"linger.ms": "5"`).
+//!   `SaslMechanism`, `SaslUsername`, `SaslPassword`, `SaslPasswordFile`, the TLS settings
+//!   by the names of Confluent's .NET client (`SslCaLocation`, `SslCaPem`,
+//!   `SslCertificateLocation`, `SslCertificatePem`, `SslKeyLocation`, `SslKeyPem`,
+//!   `SslKeyPassword`, `SslEndpointIdentificationAlgorithm`), plus any librdkafka property
+//!   by its dotted name, e.g. `"linger.ms": "5"`).
 //! - [`KafkaConfig::from_env`]: `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_CLIENT_ID`,
 //!   `KAFKA_SOURCE_SERVICE`, `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_MECHANISM`,
-//!   `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`, `KAFKA_ACKS`, `KAFKA_ENABLE_IDEMPOTENCE`,
+//!   `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`, `KAFKA_SASL_PASSWORD_FILE`,
+//!   `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CA_PEM`, `KAFKA_SSL_CERTIFICATE_LOCATION`,
+//!   `KAFKA_SSL_CERTIFICATE_PEM`, `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PEM`,
+//!   `KAFKA_SSL_KEY_PASSWORD`, `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM`, `KAFKA_ACKS`,
+//!   `KAFKA_ENABLE_IDEMPOTENCE`,
 //!   `KAFKA_COMPRESSION`, `KAFKA_DELIVERY_TIMEOUT_MS`, `KAFKA_LINGER_MS`,
 //!   `KAFKA_WRITE_BASE_EVENT_FIELDS` (appsettings `WriteBaseEventFields`), and
 //!   `KAFKA_PROPERTY_<NAME>` for any librdkafka property (`KAFKA_PROPERTY_SOCKET_TIMEOUT_MS`
@@ -34,10 +41,12 @@
 //! | `environment.rs` | reading `KAFKA_*` and `Kafka__*` variables |
 //! | `appsettings.rs` | reading an `appsettings.json` |
 //! | `secrets.rs` | [`Secret`], which properties are secret, redaction in `Debug` and errors |
+//! | `tls.rs` | [`TlsSettings`], [`PemSource`], the SASL password file |
 //! | `validate.rs` | [`KafkaConfig::validate`] and the checks shared with other settings |
 //! | `librdkafka.rs` | the librdkafka configuration built from it |
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 mod appsettings;
@@ -45,11 +54,13 @@ mod environment;
 mod librdkafka;
 mod secrets;
 mod settings;
+mod tls;
 mod validate;
 
 pub(crate) use secrets::{client_error, shown_properties};
 pub use secrets::{is_secret_property, Secret};
 pub use settings::{Acks, Compression, ProducerSettings, SaslMechanism, SecurityProtocol};
+pub use tls::{PemSource, TlsSettings};
 pub(crate) use validate::{validate_property_name, validate_topic_name};
 
 /// Connection and producer settings for one service.
@@ -70,6 +81,14 @@ pub struct KafkaConfig {
     pub sasl_username: Option<String>,
     /// The SASL password; shown as `***` by `Debug`.
     pub sasl_password: Option<Secret>,
+    /// A file holding the SASL password (`SaslPasswordFile`, `KAFKA_SASL_PASSWORD_FILE`),
+    /// for secrets mounted as files; read each time a client is created, so a restarted
+    /// client picks up a rotated secret. At most one of this and
+    /// [`KafkaConfig::sasl_password`] may be set.
+    pub sasl_password_file: Option<PathBuf>,
+    /// TLS settings: certificate authorities, the client certificate and key, host name
+    /// verification. Used with the TLS protocols only.
+    pub tls: TlsSettings,
     /// How long creating a producer or a topic admin, or starting a consumer or an outbox
     /// relay, waits for a broker at [`KafkaConfig::bootstrap_servers`] to answer before it
     /// fails with [`Error::BrokersUnreachable`](crate::Error::BrokersUnreachable), which
@@ -110,6 +129,8 @@ impl Default for KafkaConfig {
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
+            sasl_password_file: None,
+            tls: TlsSettings::default(),
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             statistics_interval: DEFAULT_STATISTICS_INTERVAL,
             producer: ProducerSettings::default(),

@@ -17,9 +17,12 @@ impl KafkaConfig {
         &'p self,
         more: impl Iterator<Item = (&'p String, &'p String)>,
     ) -> Vec<String> {
-        self.sasl_password
+        // A password file that cannot be read now has nothing to scrub: no client read it.
+        let password = self.sasl_password_now().ok().flatten();
+        password
             .iter()
             .map(|p| p.expose().to_owned())
+            .chain(self.tls.secret_values().map(str::to_owned))
             .chain(
                 self.properties
                     .iter()
@@ -72,6 +75,8 @@ impl fmt::Debug for KafkaConfig {
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
             .field("sasl_password", &self.sasl_password)
+            .field("sasl_password_file", &self.sasl_password_file)
+            .field("tls", &self.tls)
             .field("connect_timeout", &self.connect_timeout)
             .field("statistics_interval", &self.statistics_interval)
             .field("producer", &self.producer)

@@ -2,9 +2,11 @@
 //! names each setting has in appsettings (`Kafka.<Name>`) and in the environment
 //! (`KAFKA_<NAME>`), with the one function that sets a setting by name for both loaders.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::secrets::Secret;
+use super::tls::PemSource;
 use super::validate::config_error;
 use super::KafkaConfig;
 use crate::error::Result;
@@ -152,14 +154,14 @@ config_enum! {
 }
 
 impl SecurityProtocol {
-    pub(super) fn is_sasl(self) -> bool {
+    pub(crate) fn is_sasl(self) -> bool {
         matches!(
             self,
             SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
         )
     }
 
-    pub(super) fn is_tls(self) -> bool {
+    pub(crate) fn is_tls(self) -> bool {
         matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
     }
 }
@@ -180,6 +182,18 @@ pub(super) const SETTINGS: &[(&str, &str)] = &[
     ("SaslMechanism", "KAFKA_SASL_MECHANISM"),
     ("SaslUsername", "KAFKA_SASL_USERNAME"),
     ("SaslPassword", "KAFKA_SASL_PASSWORD"),
+    ("SaslPasswordFile", "KAFKA_SASL_PASSWORD_FILE"),
+    ("SslCaLocation", "KAFKA_SSL_CA_LOCATION"),
+    ("SslCaPem", "KAFKA_SSL_CA_PEM"),
+    ("SslCertificateLocation", "KAFKA_SSL_CERTIFICATE_LOCATION"),
+    ("SslCertificatePem", "KAFKA_SSL_CERTIFICATE_PEM"),
+    ("SslKeyLocation", "KAFKA_SSL_KEY_LOCATION"),
+    ("SslKeyPem", "KAFKA_SSL_KEY_PEM"),
+    ("SslKeyPassword", "KAFKA_SSL_KEY_PASSWORD"),
+    (
+        "SslEndpointIdentificationAlgorithm",
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+    ),
     ("Acks", "KAFKA_ACKS"),
     ("EnableIdempotence", "KAFKA_ENABLE_IDEMPOTENCE"),
     ("CompressionType", "KAFKA_COMPRESSION"),
@@ -223,6 +237,25 @@ impl KafkaConfig {
             }
             "SaslUsername" => self.sasl_username = Some(value),
             "SaslPassword" => self.sasl_password = Some(Secret::new(value)),
+            "SaslPasswordFile" => self.sasl_password_file = Some(PathBuf::from(value)),
+            "SslCaLocation" => self.tls.ca = Some(PemSource::File(PathBuf::from(value))),
+            "SslCaPem" => self.tls.ca = Some(PemSource::Pem(Secret::new(value))),
+            "SslCertificateLocation" => {
+                self.tls.certificate = Some(PemSource::File(PathBuf::from(value)));
+            }
+            "SslCertificatePem" => {
+                self.tls.certificate = Some(PemSource::Pem(Secret::new(value)));
+            }
+            "SslKeyLocation" => self.tls.key = Some(PemSource::File(PathBuf::from(value))),
+            "SslKeyPem" => self.tls.key = Some(PemSource::Pem(Secret::new(value))),
+            "SslKeyPassword" => self.tls.key_password = Some(Secret::new(value)),
+            "SslEndpointIdentificationAlgorithm" => {
+                self.tls.verify_hostname = match value.trim().to_ascii_lowercase().as_str() {
+                    "https" => true,
+                    "none" | "" => false,
+                    _ => return Err(config_error(&field, "must be `Https` or `None`")),
+                };
+            }
             "Acks" => {
                 self.producer.acks =
                     Acks::parse(&value).ok_or_else(|| config_error(&field, Acks::expected()))?;
@@ -247,6 +280,9 @@ impl KafkaConfig {
                     &field,
                     "unknown setting; the known ones are BootstrapServers, ClientId, \
                      SourceService, SecurityProtocol, SaslMechanism, SaslUsername, SaslPassword, \
+                     SaslPasswordFile, SslCaLocation, SslCaPem, SslCertificateLocation, \
+                     SslCertificatePem, SslKeyLocation, SslKeyPem, SslKeyPassword, \
+                     SslEndpointIdentificationAlgorithm, \
                      Acks, EnableIdempotence, CompressionType, ConnectTimeoutMs, StatisticsIntervalMs, \
                      DeliveryTimeoutMs, LingerMs, \
                      WriteBaseEventFields, \

@@ -31,6 +31,14 @@ const TYPED_PROPERTIES: &[&str] = &[
     "linger.ms",
     "queue.buffering.max.ms",
     "statistics.interval.ms",
+    "ssl.ca.location",
+    "ssl.ca.pem",
+    "ssl.certificate.location",
+    "ssl.certificate.pem",
+    "ssl.key.location",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
 ];
 
 impl KafkaConfig {
@@ -80,30 +88,50 @@ impl KafkaConfig {
                     "is required with a SASL security protocol",
                 ));
             }
-            if self
-                .sasl_password
-                .as_ref()
-                .is_none_or(|p| p.expose().is_empty())
-            {
-                return Err(config_error(
-                    "sasl_password",
-                    "is required with a SASL security protocol",
-                ));
+            match (&self.sasl_password, &self.sasl_password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(config_error(
+                        "sasl_password_file",
+                        "cannot be set together with sasl_password; set one of them",
+                    ));
+                }
+                (Some(password), None) if !password.expose().is_empty() => {}
+                // Read now for the check; clients read it again when they are created.
+                (None, Some(_)) => {
+                    self.sasl_password_now()?;
+                }
+                _ => {
+                    return Err(config_error(
+                        "sasl_password",
+                        "is required with a SASL security protocol (or sasl_password_file)",
+                    ));
+                }
             }
         } else if self.sasl_mechanism.is_some()
             || self.sasl_username.is_some()
             || self.sasl_password.is_some()
+            || self.sasl_password_file.is_some()
         {
             let field = if self.sasl_mechanism.is_some() {
                 "sasl_mechanism"
             } else if self.sasl_username.is_some() {
                 "sasl_username"
-            } else {
+            } else if self.sasl_password.is_some() {
                 "sasl_password"
+            } else {
+                "sasl_password_file"
             };
             return Err(config_error(
                 field,
                 "is set but security_protocol is not SaslPlaintext or SaslSsl",
+            ));
+        }
+        if self.security_protocol.is_tls() {
+            self.tls.validate()?;
+        } else if self.tls.is_set() {
+            return Err(config_error(
+                self.tls.first_set(),
+                "is set but security_protocol is not Ssl or SaslSsl",
             ));
         }
         if let Some(timeout) = self.connect_timeout {

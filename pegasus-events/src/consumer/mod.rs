@@ -525,6 +525,18 @@ impl EventConsumer {
         &self.group_id
     }
 
+    /// The topics it handles, sorted.
+    pub fn topics(&self) -> Vec<&'static str> {
+        let mut topics: Vec<&'static str> = self.routes.keys().copied().collect();
+        topics.sort_unstable();
+        topics
+    }
+
+    /// The topic its dead letters go to.
+    pub fn dead_letter_topic(&self) -> &str {
+        &self.settings.dead_letter_topic
+    }
+
     /// The consumer's health, to clone and ask from a readiness check while it runs:
     /// [`ConsumerStatus::Running`] once it subscribed with its brokers reachable,
     /// [`ConsumerStatus::BrokersUnreachable`] during an outage.
@@ -606,13 +618,16 @@ impl EventConsumer {
         tracing::info!(group = %shared.group_id, ?topics, "consumer started");
         health.running();
 
-        let (finished_tx, mut finished_rx) = oneshot::channel::<std::result::Result<(), String>>();
+        // The poll thread's end: `Ok(Some(error))` when the broker refused the group or a
+        // topic, `Err(panic message)` when it panicked.
+        let (finished_tx, mut finished_rx) =
+            oneshot::channel::<std::result::Result<Option<Error>, String>>();
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("pegasus-poll-{}", shared.group_id))
             .spawn(move || {
                 let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    poll_loop(consumer, &thread_shared);
+                    poll_loop(consumer, &thread_shared)
                 }));
                 let _ = finished_tx
                     .send(polled.map_err(|panic| panic_message("the poll loop", &*panic)));
@@ -645,9 +660,14 @@ impl EventConsumer {
         }
         let poll_failure = match poll_ended {
             Some(Ok(Err(panic))) => Some(panic),
+            Some(Ok(Ok(Some(refused)))) => {
+                tracing::error!(group = %shared.group_id, error = %refused, "consumer stopped: the broker refused it");
+                failure.get_or_insert(refused);
+                None
+            }
             // The thread ended without a word: it cannot, short of an abort.
             Some(Err(_)) => Some("ended without reporting".to_owned()),
-            Some(Ok(Ok(()))) | None => None,
+            Some(Ok(Ok(None))) | None => None,
         };
         if let Some(reason) = poll_failure {
             let reason =
@@ -680,7 +700,7 @@ fn create_consumer(
     shared: &Arc<Shared>,
 ) -> Result<BaseConsumer<RuntimeContext>> {
     let settings = &shared.settings;
-    let mut client = config.client_config();
+    let mut client = config.client_config()?;
     // Before the runtime's own settings, so these could never override them even if
     // validation let one through.
     for (name, value) in &settings.properties {
@@ -944,10 +964,11 @@ fn commit_stored(consumer: &BaseConsumer<RuntimeContext>, group_id: &str) {
 /// The poll thread: serves rebalances and the consumer's main queue (records reach the
 /// partition workers through their own queues), until the runtime stops; then it stops
 /// the workers, commits, and closes the consumer.
-fn poll_loop(consumer: SharedConsumer, shared: &Shared) {
+fn poll_loop(consumer: SharedConsumer, shared: &Shared) -> Option<Error> {
     // A topic to ask the brokers about during an outage, to notice its end.
     let probe_topic = shared.routes.keys().next().copied();
     let mut last_probe = Instant::now();
+    let mut refused = None;
     while !shared.stopping.load(Ordering::Acquire) {
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(message)) => {
@@ -956,6 +977,12 @@ fn poll_loop(consumer: SharedConsumer, shared: &Shared) {
             }
             // The client's watch reported it already, once per outage rather than per poll.
             Some(Err(error)) if crate::connection::is_connection_error(&error) => {}
+            // librdkafka reports a refused group or topic once and then retries quietly
+            // forever; no retry grants an ACL, so the consumer stops and says why.
+            Some(Err(error)) if refusal(&error).is_some() => {
+                refused = Some(shared.refused(&consumer, &error));
+                break;
+            }
             Some(Err(error)) => shared.watch.log_deduplicated(
                 tracing::Level::WARN,
                 "POLL",
@@ -987,6 +1014,47 @@ fn poll_loop(consumer: SharedConsumer, shared: &Shared) {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(consumer);
+    refused
+}
+
+/// The resource kind a poll error says the broker refused, if it is a refusal.
+fn refusal(error: &KafkaError) -> Option<RDKafkaErrorCode> {
+    match error.rdkafka_error_code()? {
+        code @ (RDKafkaErrorCode::GroupAuthorizationFailed
+        | RDKafkaErrorCode::TopicAuthorizationFailed) => Some(code),
+        _ => None,
+    }
+}
+
+impl Shared {
+    /// The [`Error::NotAuthorized`] a refusal stands for. librdkafka's error names no
+    /// topic, so a refused topic is found by asking for each one's metadata (which the
+    /// broker refuses for a topic the principal may not describe).
+    fn refused(&self, consumer: &BaseConsumer<RuntimeContext>, error: &KafkaError) -> Error {
+        use crate::acl::{AclOperation, AclResource};
+        if refusal(error) == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
+            return self.watch.not_authorized(
+                AclOperation::Read,
+                AclResource::Group(self.group_id.to_string()),
+            );
+        }
+        let mut topics: Vec<&str> = self.routes.keys().copied().collect();
+        topics.sort_unstable();
+        let denied = topics.iter().find(|topic| {
+            consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(2))
+                .is_ok_and(|metadata| {
+                    metadata.topics().iter().any(|t| {
+                        t.error().map(RDKafkaErrorCode::from)
+                            == Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+                    })
+                })
+        });
+        // Not found (the metadata requests failed too): name every topic it reads.
+        let topic = denied.map_or_else(|| topics.join(", "), |topic| (*topic).to_owned());
+        self.watch
+            .not_authorized(AclOperation::Read, AclResource::Topic(topic))
+    }
 }
 
 /// Connects librdkafka's rebalance callbacks (run on the poll thread) to the workers.

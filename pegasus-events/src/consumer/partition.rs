@@ -676,6 +676,12 @@ impl<R: RecordHandler> Worker<'_, R> {
                     return true;
                 }
                 Err(write_error) => {
+                    if let Some(refused) = self.env.dead_letters.refusal(&write_error) {
+                        // No retry grants an ACL: the consumer stops, saying why; the
+                        // record stays uncommitted for the next run.
+                        let _ = self.env.failures.send(refused);
+                        return false;
+                    }
                     failures = failures.saturating_add(1);
                     let wait = INFRASTRUCTURE_RETRY.backoff(failures);
                     tracing::error!(

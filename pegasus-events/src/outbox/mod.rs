@@ -432,7 +432,7 @@ impl OutboxRelay {
         // record never fails while a later one of its partition gets through, which would
         // put it behind that one when it is sent again (the order per key would break).
         // An outage holds the round up instead; the relay catches up when it ends.
-        let mut producer_config = config.producer_config();
+        let mut producer_config = config.producer_config()?;
         producer_config.set("message.timeout.ms", "0");
         // A linger of at most 1 ms: the configured one (5 ms by default) would delay every
         // event of a quiet outbox by that much, and none at all makes librdkafka send the
