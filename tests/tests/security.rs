@@ -127,7 +127,7 @@ fn sasl(listener: Listener, mechanism: SaslMechanism, user: &str) -> KafkaConfig
         ),
         Listener::SaslSsl => (&cluster.listeners.sasl_ssl, SecurityProtocol::SaslSsl),
     };
-    let mut config = KafkaConfig::new(address.clone()).with_client_id(&unique(user));
+    let mut config = KafkaConfig::new(address.clone()).with_client_id(unique(user));
     config.security_protocol = protocol;
     config.sasl_mechanism = Some(mechanism);
     config.sasl_username = Some(user.to_owned());
@@ -142,8 +142,7 @@ fn sasl(listener: Listener, mechanism: SaslMechanism, user: &str) -> KafkaConfig
 fn mtls(who: &str) -> KafkaConfig {
     let cluster = cluster();
     let certificate = &cluster.client_certificates[who];
-    let mut config =
-        KafkaConfig::new(cluster.listeners.ssl.clone()).with_client_id(&unique("mtls"));
+    let mut config = KafkaConfig::new(cluster.listeners.ssl.clone()).with_client_id(unique("mtls"));
     config.security_protocol = SecurityProtocol::Ssl;
     config.tls.ca = Some(PemSource::File(cluster.ca.clone()));
     config.tls.certificate = Some(PemSource::File(certificate.certificate.clone()));
@@ -491,10 +490,9 @@ async fn environment_with_pem_client_certificate_and_key_connects_over_mutual_tl
 /// The producer's error for `config`, and how long it took.
 async fn producer_refused(config: &KafkaConfig) -> (Error, Duration) {
     let started = Instant::now();
-    let error = EventProducer::new(config)
-        .await
-        .err()
-        .expect("the broker refuses this client");
+    let Err(error) = EventProducer::new(config).await else {
+        panic!("the broker refuses this client");
+    };
     (error, started.elapsed())
 }
 
