@@ -19,6 +19,7 @@
 //! |------|-----------|----------|
 //! | [`EventProducer`](crate::EventProducer) publishing `E` | `WRITE` | topic `E::TOPIC` |
 //! | outbox relay publishing `E` | `WRITE` | topic `E::TOPIC` |
+//! | outbox relay | `WRITE` | its dead-letter topic |
 //! | [`EventConsumer`](crate::EventConsumer) | `READ` | each handled topic |
 //! | [`EventConsumer`](crate::EventConsumer) | `READ` | its group |
 //! | [`EventConsumer`](crate::EventConsumer) | `WRITE` | its dead-letter topic |
@@ -332,6 +333,13 @@ impl ServiceAcls {
         self.rules.insert(topic);
         self.rules.insert(groups);
         self
+    }
+
+    /// The service runs an outbox relay with `settings`: `WRITE` on its dead-letter topic.
+    /// Add [`ServiceAcls::publishes`] for each event type it enqueues.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn relay(self, settings: &crate::outbox::RelaySettings) -> Self {
+        self.topic_write(&settings.dead_letter_topic)
     }
 
     /// The service creates `topic` with [`TopicAdmin`](crate::TopicAdmin): `CREATE` on it.

@@ -888,3 +888,153 @@ async fn a_consumer_refused_its_dead_letter_topic_stops_naming_it() {
         "User:identity-api",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_relay_publishes_within_its_acls_and_dead_letters_a_topic_it_may_not_write() {
+    use pegasus_events::outbox::{RelaySettings, SqliteOutbox};
+    let dead_letter_topic = unique("shipping-secured-outbox-dlq");
+    create_topics(&[
+        ShipmentCreated::TOPIC,
+        UserRegistered::TOPIC,
+        &dead_letter_topic,
+    ])
+    .await;
+    let shipping = sasl(
+        Listener::SaslSsl,
+        SaslMechanism::ScramSha256,
+        "shipping-api",
+    );
+    let settings = RelaySettings {
+        dead_letter_topic: dead_letter_topic.clone(),
+        poll_interval: Duration::from_millis(50),
+        ..RelaySettings::default()
+    };
+    let acls = ServiceAcls::new("shipping-api")
+        .publishes::<ShipmentCreated>()
+        .relay(&settings);
+    assert_eq!(
+        acls.to_string(),
+        format!(
+            "allow User:shipping-api WRITE TOPIC LITERAL {dead_letter_topic}\n\
+             allow User:shipping-api WRITE TOPIC LITERAL {}\n",
+            ShipmentCreated::TOPIC
+        )
+    );
+    apply_acls(&acls.to_string());
+
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("secured-outbox"));
+    let outbox = SqliteOutbox::connect(&format!("sqlite://{}.db", path.display()), &shipping)
+        .await
+        .expect("outbox");
+    let run = unique("run");
+    let mut tx = outbox.pool().begin().await.unwrap();
+    outbox
+        .enqueue(
+            &mut tx,
+            &ShipmentCreated {
+                run: run.clone(),
+                poison: false,
+            },
+        )
+        .await
+        .unwrap();
+    // Not shipping-api's to write: the relay dead-letters it rather than hold every other
+    // row up, naming the refusal.
+    outbox
+        .enqueue(&mut tx, &UserRegistered { run: run.clone() })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = outbox.relay(&shipping, settings).expect("relay");
+    let watch = pegasus_events_tests::DeadLetterWatch::start_with(&admin(), &dead_letter_topic);
+    let arrived = watch.arrived();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run_until(async move {
+        let _ = stopped.await;
+    }));
+    consume_run::<ShipmentCreated>(admin(), &unique("secured-outbox-reader"), &run, 1).await;
+    tokio::time::timeout(DEADLINE, async {
+        while !arrived() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the refused row was dead-lettered");
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("the relay stopped")
+        .unwrap()
+        .expect("the relay ran within its ACLs");
+    let letters = watch.letters();
+    assert_eq!(letters.len(), 1, "one dead letter");
+    assert_eq!(letters[0].record.topic, UserRegistered::TOPIC);
+    assert_eq!(letters[0].reason.as_str(), "publish");
+    assert!(
+        letters[0]
+            .error
+            .contains("not authorized to write to topic")
+            && letters[0].error.contains("User:shipping-api"),
+        "{}",
+        letters[0].error
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Host name verification
+
+/// Forwards every connection to 127.0.0.2:<port> to `target`: the broker reached by an
+/// address its certificate does not name.
+async fn forward_from_another_address(target: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("127.0.0.2 is a loopback address");
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn host_name_verification_refuses_a_broker_reached_by_an_address_its_certificate_does_not_name(
+) {
+    create_topics(&[RoundTrip::TOPIC]).await;
+    let mut config = sasl(Listener::SaslSsl, SaslMechanism::ScramSha512, "admin");
+    config.bootstrap_servers = forward_from_another_address(config.bootstrap_servers).await;
+    let (error, took) = producer_refused(&config).await;
+    match &error {
+        Error::BrokersUnreachable {
+            cause: UnreachableCause::TlsHandshakeFailed { broker, .. },
+            ..
+        } => assert_eq!(broker, &config.bootstrap_servers),
+        other => panic!("expected a TLS handshake failure, got {other:?}"),
+    }
+    assert!(took < FAST, "took {took:?}");
+
+    // Turned off in so many words, the same address is accepted, with a warning.
+    config.tls.verify_hostname = false;
+    let producer = EventProducer::new(&config)
+        .await
+        .expect("accepted without host name verification");
+    producer
+        .publish(&RoundTrip {
+            run: unique("run"),
+            over: "unverified".to_owned(),
+        })
+        .await
+        .expect("published");
+    let logs = LOGS.get().map(LogBuffer::text).unwrap_or_default();
+    assert!(
+        logs.contains("TLS host name verification is off"),
+        "the warning was logged"
+    );
+}

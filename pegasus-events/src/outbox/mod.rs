@@ -916,7 +916,18 @@ impl OutboxRelay {
         settled: &mut Settled,
     ) {
         let Sent { row, headers } = &refused.sent;
-        let error = format!("outbox row {} refused: {}", row.id, refused.error);
+        // A refused topic is named as every refusal is: principal, operation, topic.
+        let reason = match refused.error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => self
+                .watch
+                .not_authorized(
+                    crate::acl::AclOperation::Write,
+                    crate::acl::AclResource::Topic(row.topic.clone()),
+                )
+                .to_string(),
+            _ => refused.error.to_string(),
+        };
+        let error = format!("outbox row {} refused: {reason}", row.id);
         let letter = Letter {
             row,
             headers,
