@@ -376,7 +376,7 @@ mod tests {
         let config = KafkaConfig::from_appsettings_json(
             r#"{"Kafka":{"SecurityProtocol":"SaslPlaintext","SaslMechanism":"Plain",
                 "SaslUsername":"admin","SaslPassword":"hunter2-admin-secret",
-                "ssl.key.password":"keypass-secret-value","socket.timeout.ms":"1000"}}"#,
+                "sasl.oauthbearer.client.secret":"keypass-secret-value","socket.timeout.ms":"1000"}}"#,
         )
         .unwrap();
         let shown = format!("{config:?} {config:#?}");
@@ -385,6 +385,207 @@ mod tests {
         assert!(shown.contains("***"));
         assert!(shown.contains("socket.timeout.ms"));
         assert!(shown.contains("1000"));
+    }
+
+    /// A file under the system's temporary directory holding `text`, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(text: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("pegasus-config-{}", uuid::Uuid::new_v4()));
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    // TLS needs the `ssl` feature; without it validation refuses the protocol first.
+    #[cfg(feature = "ssl")]
+    #[test]
+    fn tls_settings_are_read_by_the_dotnet_names_and_their_environment_twins() {
+        let ca = TempFile::new(PEM);
+        let json = serde_json::json!({"Kafka": {
+            "SecurityProtocol": "Ssl",
+            "SslCaLocation": ca.0,
+            "SslCertificatePem": PEM,
+            "SslKeyPem": "-----BEGIN PRIVATE KEY-----\nkey-material-secret\n-----END PRIVATE KEY-----\n",
+            "SslKeyPassword": "key-password-secret",
+            "SslEndpointIdentificationAlgorithm": "None",
+        }});
+        let config = KafkaConfig::from_appsettings_json(&json.to_string()).unwrap();
+        assert_eq!(config.tls.ca, Some(PemSource::File(ca.0.clone())));
+        assert!(matches!(config.tls.certificate, Some(PemSource::Pem(_))));
+        assert!(!config.tls.verify_hostname);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("key-material-secret"), "{shown}");
+        assert!(!shown.contains("key-password-secret"), "{shown}");
+        let secrets = config.secret_values(std::iter::empty());
+        assert!(secrets.iter().any(|s| s.contains("key-material-secret")));
+        assert!(secrets.iter().any(|s| s == "key-password-secret"));
+
+        let from_env = KafkaConfig::from_env_vars(env(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "svc"),
+            ("KAFKA_SASL_PASSWORD", "pw"),
+            ("KAFKA_SSL_CA_PEM", PEM),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "https"),
+        ]))
+        .unwrap();
+        assert!(matches!(from_env.tls.ca, Some(PemSource::Pem(_))));
+        assert!(from_env.tls.verify_hostname, "on by default and when asked");
+        let client = from_env.client_config().unwrap();
+        assert_eq!(
+            client.get("ssl.endpoint.identification.algorithm"),
+            Some("https")
+        );
+        assert_eq!(client.get("ssl.ca.pem"), Some(PEM));
+    }
+
+    // TLS needs the `ssl` feature; without it validation refuses the protocol first.
+    #[cfg(feature = "ssl")]
+    #[test]
+    fn tls_mistakes_are_refused_naming_the_field() {
+        let tls = |tls: TlsSettings| KafkaConfig {
+            security_protocol: SecurityProtocol::Ssl,
+            tls,
+            ..KafkaConfig::default()
+        };
+        let missing = tls(TlsSettings {
+            ca: Some(PemSource::File("/nonexistent/ca.pem".into())),
+            ..TlsSettings::default()
+        });
+        let error = missing.validate().unwrap_err();
+        assert!(
+            matches!(&error, Error::Config { field, reason } if field == "tls.ca" && reason.contains("/nonexistent/ca.pem")),
+            "{error}"
+        );
+
+        let not_pem = tls(TlsSettings {
+            ca: Some(PemSource::Pem(Secret::new("/etc/ssl/ca.pem"))),
+            ..TlsSettings::default()
+        });
+        assert_eq!(
+            field_of(not_pem.validate().map(|()| not_pem.clone())),
+            "tls.ca"
+        );
+
+        let lone_certificate = tls(TlsSettings {
+            certificate: Some(PemSource::Pem(Secret::new(PEM))),
+            ..TlsSettings::default()
+        });
+        assert_eq!(
+            field_of(
+                lone_certificate
+                    .validate()
+                    .map(|()| lone_certificate.clone())
+            ),
+            "tls.key"
+        );
+
+        // TLS settings on a plaintext connection would be silently ignored: refused.
+        let plaintext = KafkaConfig {
+            tls: TlsSettings {
+                verify_hostname: false,
+                ..TlsSettings::default()
+            },
+            ..KafkaConfig::default()
+        };
+        assert_eq!(
+            field_of(plaintext.validate().map(|()| plaintext.clone())),
+            "tls.verify_hostname"
+        );
+
+        let bad_algorithm = KafkaConfig::from_env_vars(env(&[(
+            "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+            "sometimes",
+        )]));
+        assert_eq!(
+            field_of(bad_algorithm),
+            "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM"
+        );
+
+        let as_property = KafkaConfig::default().with_property("ssl.ca.location", "/ca.pem");
+        assert_eq!(
+            field_of(as_property.validate().map(|()| as_property.clone())),
+            "properties.ssl.ca.location"
+        );
+    }
+
+    #[test]
+    fn a_sasl_password_file_is_read_without_its_line_break_each_time_a_client_is_made() {
+        let file = TempFile::new("first-secret\n");
+        let config = KafkaConfig::from_env_vars(env(&[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "svc"),
+            ("KAFKA_SASL_PASSWORD_FILE", file.0.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(config.sasl_password, None);
+        let client = config.client_config().unwrap();
+        assert_eq!(client.get("sasl.password"), Some("first-secret"));
+        // A rotated secret: the next client reads the new one.
+        std::fs::write(&file.0, "second-secret").unwrap();
+        assert_eq!(
+            config.client_config().unwrap().get("sasl.password"),
+            Some("second-secret")
+        );
+        assert!(!format!("{config:?}").contains("second-secret"));
+        assert!(config
+            .secret_values(std::iter::empty())
+            .contains(&"second-secret".to_owned()));
+
+        let mut both = config.clone();
+        both.sasl_password = Some(Secret::new("also"));
+        assert_eq!(
+            field_of(both.validate().map(|()| both.clone())),
+            "sasl_password_file"
+        );
+
+        std::fs::write(&file.0, "\n").unwrap();
+        assert_eq!(
+            field_of(config.validate().map(|()| config.clone())),
+            "sasl_password_file"
+        );
+        let gone = KafkaConfig {
+            sasl_password_file: Some("/nonexistent/kafka-password".into()),
+            ..config.clone()
+        };
+        let error = gone.validate().unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/kafka-password"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_principal_and_authentication_are_named_from_the_configuration() {
+        let mut config = KafkaConfig::default();
+        assert_eq!(config.principal(), "User:ANONYMOUS");
+        config.security_protocol = SecurityProtocol::SaslSsl;
+        config.sasl_mechanism = Some(SaslMechanism::ScramSha256);
+        config.sasl_username = Some("shipping-api".to_owned());
+        assert_eq!(config.principal(), "User:shipping-api");
+        assert_eq!(
+            config.authentication(),
+            "SASL SCRAM-SHA-256 as `shipping-api`"
+        );
+        config.security_protocol = SecurityProtocol::Ssl;
+        config.tls.certificate = Some(PemSource::File("/certs/shipping.pem".into()));
+        assert_eq!(
+            config.principal(),
+            "<the subject of the client certificate /certs/shipping.pem>"
+        );
+        assert_eq!(config.authentication(), "a TLS client certificate");
     }
 
     #[tokio::test]
