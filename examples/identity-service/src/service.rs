@@ -21,6 +21,7 @@ use std::time::Duration;
 use event_contracts::{
     topics, ShipmentCreatedEvent, UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
 };
+use pegasus_events::acl::ServiceAcls;
 use pegasus_events::consumer::EventConsumer;
 use pegasus_events::error::Report;
 use pegasus_events::outbox::RelaySettings;
@@ -100,8 +101,13 @@ pub enum StartError {
 /// settings from `appsettings.json` in the working directory (if there is one) and the
 /// environment, then the service until SIGTERM or Ctrl-C. A bad setting or a failed start
 /// is printed to stderr and ends it with a failure code.
+///
+/// With `--print-acls` it prints the ACLs it needs instead ([`required_acls`]) and exits.
 pub async fn run_process() -> std::process::ExitCode {
-    service_kit::logging::init(service_kit::logging::LogFormat::from_env());
+    // No log lines with the listing: it is piped into `scripts/kafka acl`.
+    if !service_kit::acls::requested() {
+        service_kit::logging::init(service_kit::logging::LogFormat::from_env());
+    }
     let settings = match IdentitySettings::load("appsettings.json") {
         Ok(settings) => settings,
         Err(error) => {
@@ -109,6 +115,22 @@ pub async fn run_process() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if service_kit::acls::requested() {
+        return match required_acls(&settings).await {
+            Ok(acls) => {
+                let bootstrap = &settings.service.kafka.bootstrap_servers;
+                print!(
+                    "{}",
+                    service_kit::acls::listing("identity-service", &acls, bootstrap)
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {}", Report::new(&error));
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match run(settings, service_kit::shutdown::on_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -267,6 +289,36 @@ async fn run_service<N: Notifier>(
     workers.drain().await;
     tracing::info!("identity service stopped");
     Ok(served?)
+}
+
+/// The ACLs the service needs on a cluster that denies what no ACL allows, for its SASL
+/// user (or its client id): `WRITE` on the topics its outbox relay publishes to and on the
+/// relay's dead-letter topic, `CREATE` on the topics it creates at start, and for its
+/// shipment consumer `READ` on `shipping.shipment.created` and its group (the design's
+/// `identity-api-*`) and `WRITE` on its dead-letter topic. The consumer is built as the
+/// service builds it (on an in-memory database), so the list follows its handlers.
+///
+/// # Errors
+///
+/// When pegasus-events refuses the consumer's or the relay's settings.
+pub async fn required_acls(settings: &IdentitySettings) -> Result<ServiceAcls, StartError> {
+    let kafka = &settings.service.kafka;
+    let db = IdentityDb::open("sqlite::memory:", kafka, settings.general_topic).await?;
+    let group_id = format!("{}-shipmentcreated-consumer", kafka.client_id);
+    let consumer = db.shipment_consumer(kafka.clone(), group_id, Arc::new(LogNotifier))?;
+    let mut acls = ServiceAcls::new(&service_kit::acls::principal(kafka))
+        .publishes::<UserCreatedEvent>()
+        .publishes::<UserUpdatedEvent>()
+        .publishes::<UserDeactivatedEvent>()
+        .relay(&relay_settings())
+        .consumer(&consumer);
+    if settings.general_topic {
+        acls = acls.publishes::<OnIdentityEvents<UserCreatedEvent>>();
+    }
+    for spec in topic_specs(settings.general_topic) {
+        acls = acls.creates_topic(&spec.name);
+    }
+    Ok(acls)
 }
 
 fn relay_settings() -> RelaySettings {

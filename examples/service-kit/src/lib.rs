@@ -19,6 +19,7 @@
 //!   start, both restarted after a failure, reported to readiness and drained within a
 //!   bound; a service names its topics, its relay and its consumer ([`workers`]).
 
+pub mod acls;
 mod api_error;
 pub mod auth;
 pub mod config;

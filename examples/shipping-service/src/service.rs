@@ -30,6 +30,7 @@ use event_contracts::{
     topics, ShipmentCreatedEvent, ShipmentStatusChangedEvent, ShipmentUpdatedEvent,
     UserCreatedEvent, UserDeactivatedEvent, UserUpdatedEvent,
 };
+use pegasus_events::acl::ServiceAcls;
 use pegasus_events::consumer::EventConsumer;
 use pegasus_events::error::Report;
 use pegasus_events::outbox::RelaySettings;
@@ -155,8 +156,13 @@ pub enum StartError {
 /// settings from `appsettings.json` in the working directory (if there is one) and the
 /// environment, then the service until SIGTERM or Ctrl-C. A bad setting or a failed start
 /// is printed to stderr and ends it with a failure code.
+///
+/// With `--print-acls` it prints the ACLs it needs instead ([`required_acls`]) and exits.
 pub async fn run_process() -> std::process::ExitCode {
-    service_kit::logging::init(service_kit::logging::LogFormat::from_env());
+    // No log lines with the listing: it is piped into `scripts/kafka acl`.
+    if !service_kit::acls::requested() {
+        service_kit::logging::init(service_kit::logging::LogFormat::from_env());
+    }
     let settings = match ShippingSettings::load("appsettings.json") {
         Ok(settings) => settings,
         Err(error) => {
@@ -164,6 +170,22 @@ pub async fn run_process() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if service_kit::acls::requested() {
+        return match required_acls(&settings).await {
+            Ok(acls) => {
+                let bootstrap = &settings.service.kafka.bootstrap_servers;
+                print!(
+                    "{}",
+                    service_kit::acls::listing("shipping-service", &acls, bootstrap)
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {}", Report::new(&error));
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match run(settings, service_kit::shutdown::on_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -313,6 +335,36 @@ async fn run_service(
     workers.drain().await;
     tracing::info!("shipping service stopped");
     Ok(served?)
+}
+
+/// The ACLs the service needs on a cluster that denies what no ACL allows, for its SASL
+/// user (or its client id): `WRITE` on the topics its outbox relay publishes to and on the
+/// relay's dead-letter topic, `CREATE` on the topics it creates at start, and for its user
+/// cache consumer `READ` on Identity's topics and its group and `WRITE` on its dead-letter
+/// topic. The consumer is built as the service builds it (on an in-memory database: its
+/// shape does not depend on which database), so the list follows its registered handlers.
+///
+/// # Errors
+///
+/// When pegasus-events refuses the consumer's or the relay's settings.
+pub async fn required_acls(settings: &ShippingSettings) -> Result<ServiceAcls, StartError> {
+    let kafka = &settings.service.kafka;
+    let db = ShippingDb::open("sqlite::memory:", kafka).await?;
+    let group_id = format!("{}-usercache-consumer", kafka.client_id);
+    let consumer = db.user_cache_consumer(kafka.clone(), group_id, settings.user_events)?;
+    let mut acls = ServiceAcls::new(&service_kit::acls::principal(kafka))
+        .publishes::<ShipmentCreatedEvent>()
+        .publishes::<ShipmentUpdatedEvent>()
+        .publishes::<ShipmentStatusChangedEvent>()
+        .relay(&relay_settings())
+        .consumer(&consumer);
+    if settings.general_topic {
+        acls = acls.publishes::<OnShippingEvents<ShipmentCreatedEvent>>();
+    }
+    for spec in topic_specs(settings) {
+        acls = acls.creates_topic(&spec.name);
+    }
+    Ok(acls)
 }
 
 fn relay_settings() -> RelaySettings {
