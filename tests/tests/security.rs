@@ -842,6 +842,25 @@ async fn a_service_runs_its_consumer_and_dead_letters_within_the_acls_service_ac
     assert_eq!(letters.len(), 1, "one dead letter");
     assert_eq!(letters[0].record.topic, ShipmentCreated::TOPIC);
     assert_eq!(letters[0].consumer_group, group);
+
+    // The service reads its own dead letters within the rules `reads_dead_letters` adds.
+    let readers = ServiceAcls::new("identity-api").reads_dead_letters(&dead_letter_topic);
+    assert_eq!(
+        readers.to_string(),
+        format!(
+            "allow User:identity-api READ TOPIC LITERAL {dead_letter_topic}\n\
+             allow User:identity-api READ GROUP PREFIXED pegasus-dlq-reader-\n"
+        )
+    );
+    apply_acls(&readers.to_string());
+    let read = pegasus_events::DeadLetterQueue::new(&identity)
+        .expect("reader")
+        .topic(&dead_letter_topic)
+        .read(&pegasus_events::ReplayFilter::new())
+        .await
+        .expect("identity-api reads its dead letters");
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].record.topic, ShipmentCreated::TOPIC);
 }
 
 #[tokio::test]
