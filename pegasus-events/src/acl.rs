@@ -20,9 +20,9 @@
 //! | [`EventProducer`](crate::EventProducer) publishing `E` | `WRITE` | topic `E::TOPIC` |
 //! | outbox relay publishing `E` | `WRITE` | topic `E::TOPIC` |
 //! | outbox relay | `WRITE` | its dead-letter topic |
-//! | [`EventConsumer`](crate::EventConsumer) | `READ` | each handled topic |
-//! | [`EventConsumer`](crate::EventConsumer) | `READ` | its group |
-//! | [`EventConsumer`](crate::EventConsumer) | `WRITE` | its dead-letter topic |
+//! | [`EventConsumer`] | `READ` | each handled topic |
+//! | [`EventConsumer`] | `READ` | its group |
+//! | [`EventConsumer`] | `WRITE` | its dead-letter topic |
 //! | [`DeadLetterQueue`](crate::DeadLetterQueue) reading | `READ` | the dead-letter topic, and groups prefixed `pegasus-dlq-reader-` |
 //! | [`DeadLetterQueue`](crate::DeadLetterQueue) replaying | `WRITE` | each original topic |
 //! | [`TopicAdmin::ensure_topics`](crate::TopicAdmin::ensure_topics) | `CREATE` | each topic |
