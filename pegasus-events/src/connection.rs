@@ -326,6 +326,9 @@ struct WatchState {
     secrets: Vec<String>,
     /// Set while all brokers are down, for a lock-free check on every record.
     down: AtomicBool,
+    /// Signalled when all brokers are down and the last failure is one waiting cannot
+    /// cure (authentication, TLS), for a producer to fail what it holds at once.
+    incurable_outage: tokio::sync::Notify,
     failures: Mutex<Failures>,
     lines: Mutex<LogLines>,
 }
@@ -361,6 +364,7 @@ impl ClientWatch {
                 principal: config.principal(),
                 secrets,
                 down: AtomicBool::new(false),
+                incurable_outage: tokio::sync::Notify::new(),
                 failures: Mutex::new(Failures::default()),
                 lines: Mutex::new(LogLines::default()),
             }),
@@ -460,6 +464,24 @@ impl ClientWatch {
         );
     }
 
+    /// Waits until all brokers are down for a reason waiting cannot cure (failed
+    /// authentication, a failed TLS handshake): returns only while that is still so.
+    pub(crate) async fn incurable_outage(&self) {
+        loop {
+            self.state.incurable_outage.notified().await;
+            // A signal may be older than a recovery since.
+            let still = self.is_down()
+                && self
+                    .failures()
+                    .last
+                    .as_ref()
+                    .is_some_and(UnreachableCause::is_incurable);
+            if still {
+                return;
+            }
+        }
+    }
+
     /// The error for an operation the broker refused for want of an ACL.
     pub(crate) fn not_authorized(&self, operation: AclOperation, resource: AclResource) -> Error {
         Error::NotAuthorized {
@@ -527,7 +549,11 @@ impl ClientWatch {
             cause = %self.scrub(&cause.to_string()),
             "connecting to a Kafka broker failed"
         );
+        let incurable = cause.is_incurable();
         failures.last = Some(cause);
+        if incurable && self.is_down() {
+            self.state.incurable_outage.notify_one();
+        }
         let last = failures.last.clone();
         if let Some(outage) = failures.outage.as_mut() {
             outage.failed_attempts += 1;
@@ -552,6 +578,13 @@ impl ClientWatch {
             announced: false,
         };
         self.state.down.store(true, Ordering::Release);
+        if failures
+            .last
+            .as_ref()
+            .is_some_and(UnreachableCause::is_incurable)
+        {
+            self.state.incurable_outage.notify_one();
+        }
         if failures.last.is_some() {
             self.announce(&mut outage, failures.last.as_ref());
         }

@@ -197,6 +197,34 @@ pub struct EventProducer {
     metrics: Arc<crate::metrics::ProducerMetrics>,
     delivery_timeout: Duration,
     base_event_fields: bool,
+    /// Fails what the producer holds when the brokers refuse it ([`fail_fast_on_refusal`]);
+    /// stopped when the last clone is dropped.
+    _sentinel: Arc<Sentinel>,
+}
+
+/// A task that ends when this is dropped.
+struct Sentinel(tokio::task::JoinHandle<()>);
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// While all brokers refuse the producer for a reason waiting cannot cure (failed
+/// authentication, a failed TLS handshake), purges the records waiting in librdkafka's
+/// queues, so each publish fails now with [`Error::BrokersUnreachable`] naming the cause
+/// rather than after the delivery timeout; nothing is on the wire then, so nothing purged
+/// was delivered. Matters when the connection check is off, or the brokers start refusing
+/// a running producer (credentials revoked).
+async fn fail_fast_on_refusal(producer: WatchedProducer, watch: ClientWatch) {
+    loop {
+        watch.incurable_outage().await;
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+        // Records enqueued meanwhile are purged at the next signal: librdkafka reports
+        // each reconnect attempt's failure again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 impl fmt::Debug for EventProducer {
@@ -229,7 +257,12 @@ impl EventProducer {
             .producer_config()?
             .create_with_context(watch.clone())
             .map_err(|e| client_error("producer", e))?;
+        let sentinel = Sentinel(tokio::spawn(fail_fast_on_refusal(
+            producer.clone(),
+            watch.clone(),
+        )));
         Ok(EventProducer {
+            _sentinel: Arc::new(sentinel),
             producer,
             watch,
             source: config.source().into(),
@@ -425,7 +458,7 @@ impl EventProducer {
                     -1,
                     record.headers,
                 );
-                return Err(self.delivery_error(error, &message));
+                return Err(self.delivery_error(error, &message, started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
             match self.producer.send_result(record) {
@@ -489,7 +522,9 @@ impl Pending<'_> {
                     offset: delivery.offset,
                 })
             }
-            Err((error, message)) => Err(producer.delivery_error(error, &message)),
+            Err((error, message)) => {
+                Err(producer.delivery_error(error, &message, self.enqueued.elapsed()))
+            }
         }
     }
 }
@@ -514,13 +549,19 @@ fn error_type(error: &Error) -> &'static str {
 impl EventProducer {
     /// The error of a failed publish: a timeout while no broker was reachable is
     /// [`Error::BrokersUnreachable`], naming the address and the last cause.
-    fn delivery_error(&self, source: KafkaError, message: &OwnedMessage) -> PublishError {
+    fn delivery_error(
+        &self,
+        source: KafkaError,
+        message: &OwnedMessage,
+        waited: Duration,
+    ) -> PublishError {
         let record = EncodedRecord::from_message(message);
         self.metrics.topic(&record.topic).failed();
         let error = match source.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::MessageTimedOut) => self
+            // Purged by `fail_fast_on_refusal`: the refusal is the cause.
+            Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::PurgeQueue) => self
                 .watch
-                .unreachable_error(self.delivery_timeout)
+                .unreachable_error(waited)
                 .unwrap_or_else(|| Error::Delivery {
                     topic: record.topic.clone(),
                     source,

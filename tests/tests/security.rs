@@ -587,6 +587,59 @@ async fn a_client_certificate_from_an_untrusted_authority_is_refused_at_once() {
     assert_no_secret(&format!("{error} {error:?}"), &[]);
 }
 
+#[tokio::test]
+async fn without_the_connection_check_a_publish_the_broker_refuses_to_authenticate_fails_at_once() {
+    for refused in ["password", "certificate"] {
+        let mut config = sasl(
+            Listener::SaslSsl,
+            SaslMechanism::ScramSha256,
+            "shipping-api",
+        );
+        match refused {
+            "password" => {
+                config.sasl_password = Some(pegasus_events::Secret::new("not-the-password-4471"));
+            }
+            _ => config.tls.ca = Some(PemSource::File(cluster().untrusted_ca.clone())),
+        }
+        config.connect_timeout = None;
+        let producer = EventProducer::new(&config)
+            .await
+            .expect("without the check, creating the producer does not connect");
+        let started = Instant::now();
+        let failed = producer
+            .publish(&RoundTrip {
+                run: unique("run"),
+                over: refused.to_owned(),
+            })
+            .await
+            .expect_err("the broker refuses the producer");
+        let took = started.elapsed();
+        assert!(
+            took < FAST,
+            "{refused}: took {took:?}, not the 30 s delivery timeout"
+        );
+        match (&failed.error, refused) {
+            (
+                Error::BrokersUnreachable {
+                    cause: UnreachableCause::AuthenticationFailed { .. },
+                    ..
+                },
+                "password",
+            )
+            | (
+                Error::BrokersUnreachable {
+                    cause: UnreachableCause::TlsHandshakeFailed { .. },
+                    ..
+                },
+                "certificate",
+            ) => {}
+            (other, _) => panic!("{refused}: expected the refusal as the cause, got {other:?}"),
+        }
+        assert!(failed.record.is_some(), "the record is handed back");
+        assert_no_secret(&format!("{failed} {failed:?}"), &["not-the-password-4471"]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The design's ACLs
 
