@@ -534,6 +534,7 @@ impl Pending<'_> {
 fn error_type(error: &Error) -> &'static str {
     match error {
         Error::BrokersUnreachable { .. } => "brokers_unreachable",
+        Error::NotAuthorized { .. } => "not_authorized",
         Error::Delivery { source, .. } => match source.rdkafka_error_code() {
             Some(RDKafkaErrorCode::MessageTimedOut) => "message_timed_out",
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => "message_too_large",
