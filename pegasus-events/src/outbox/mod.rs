@@ -101,6 +101,13 @@ pub(crate) fn encode<E: Event>(
     event: &E,
     metadata: Option<&PublishMetadata>,
 ) -> Result<EncodedEvent> {
+    if !E::ENCRYPTED_FIELDS.is_empty() {
+        // The outbox does not encrypt yet: refuse rather than store plaintext.
+        return Err(Error::EncryptionNotConfigured {
+            event_type: E::NAME,
+            missing: "the outbox does not encrypt yet (publish it with EventProducer::with_encryption); nothing was stored",
+        });
+    }
     let mut payload = Vec::with_capacity(256);
     let resolved = wire::encode_event(event, source, metadata, base_event_fields, &mut payload)?;
     let metadata = resolved.as_ref().or(metadata);
