@@ -29,6 +29,9 @@
 //!   ([`connection`]).
 //! - **Secrets stay secret.** Passwords and `#[event(sensitive)]` fields never reach a log
 //!   line, an error message or a header written by this crate.
+//! - **Encrypted fields stay encrypted.** `#[event(encrypted)]` fields leave the process
+//!   only as AES-256-GCM envelopes bound to their event and field ([`encryption`]); without
+//!   keys, such an event is refused, never sent in clear.
 //!
 //! # A first event
 //!

@@ -352,6 +352,8 @@ impl EventProducer {
         } else {
             crate::encryption::encode_event(
                 self.encryption.as_ref(),
+                "the producer was given no encryption keys (EventProducer::with_encryption); \
+                 nothing was published",
                 event,
                 &self.source,
                 metadata,

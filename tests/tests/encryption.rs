@@ -519,3 +519,71 @@ async fn python_cryptography_decrypts_what_the_library_wrote_and_the_library_rea
         )
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_stores_and_relays_encrypted_fields_and_refuses_such_events_without_keys() {
+    use pegasus_events::outbox::{RelaySettings, SqliteOutbox};
+    create_topic().await;
+    let dir = tempdir::Dir::new();
+    let url = format!("sqlite://{}/outbox.db", dir.0.display());
+    let kafka = config("encryption-outbox");
+    let without_keys = SqliteOutbox::connect(&url, &kafka).await.unwrap();
+    let run = unique("run");
+    let event = profile(&run);
+
+    let mut tx = without_keys.pool().begin().await.unwrap();
+    let error = without_keys.enqueue(&mut tx, &event).await.unwrap_err();
+    assert!(
+        matches!(error, pegasus_events::Error::EncryptionNotConfigured { .. }),
+        "{error}"
+    );
+    drop(tx);
+
+    let (store, _, _keys) = sqlite_store().await;
+    let encryption = Encryption::new(ring()).with_subject_keys(store, Duration::from_secs(30));
+    let outbox = without_keys.with_encryption(encryption.clone());
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let event_id = outbox.enqueue(&mut tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM pegasus_outbox")
+        .fetch_all(outbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the event enqueued with keys was stored"
+    );
+    let stored = String::from_utf8(rows[0].clone()).unwrap();
+    assert!(
+        !stored.contains(&event.email) && !stored.contains("1815"),
+        "{stored}"
+    );
+
+    let relay = outbox
+        .relay(
+            &kafka,
+            RelaySettings {
+                poll_interval: Duration::from_millis(100),
+                dead_letter_topic: unique("tests-encryption-dlq"),
+                ..RelaySettings::default()
+            },
+        )
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relaying = tokio::spawn(relay.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let collect = Collect::new(&run);
+    let consumer = EventConsumer::builder(config("encryption-consumer"))
+        .group_id(unique("encryption-group"))
+        .encryption(encryption)
+        .handler::<ProfileUpdated, _>(collect.clone())
+        .build()
+        .unwrap();
+    run_until_done(consumer, collect.count(1)).await;
+    let _ = stop.send(());
+    relaying.await.unwrap().unwrap();
+    assert_eq!(collect.events(), [event]);
+    assert_ne!(event_id, uuid::Uuid::nil());
+}

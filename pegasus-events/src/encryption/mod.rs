@@ -7,7 +7,8 @@
 //! - **No plaintext on the wire.** A field marked `#[event(encrypted)]` is encrypted before
 //!   the record leaves the process. Publishing such an event through a producer without
 //!   [`Encryption`] fails with [`Error::EncryptionNotConfigured`]; so does enqueueing it in
-//!   an outbox (which does not encrypt yet). Encrypted fields are also sensitive: never in
+//!   an outbox without its `with_encryption` (an outbox with it stores the encrypted
+//!   payload, which the relay publishes as it is). Encrypted fields are also sensitive: never in
 //!   a log line, an error or a dead-letter header written by this crate.
 //! - **Self-contained, interoperable values.** The field's JSON value becomes a string: the
 //!   base64 of a versioned envelope naming its key, with a random 96-bit nonce, bound to
@@ -460,6 +461,7 @@ fn refused_error(refused: Refused, event_type: &'static str, field: &'static str
 /// always returned.
 pub(crate) async fn encode_event<E: Event>(
     encryption: Option<&Encryption>,
+    missing: &'static str,
     event: &E,
     source: &str,
     metadata: Option<&PublishMetadata>,
@@ -468,7 +470,7 @@ pub(crate) async fn encode_event<E: Event>(
 ) -> Result<Option<PublishMetadata>> {
     let encryption = encryption.ok_or(Error::EncryptionNotConfigured {
         event_type: E::NAME,
-        missing: "the producer was given no encryption keys (EventProducer::with_encryption); nothing was published",
+        missing,
     })?;
     let mut resolved = metadata.cloned().unwrap_or_default();
     let event_id = *resolved.event_id.get_or_insert_with(Uuid::now_v7);

@@ -60,7 +60,16 @@ async fn record<E: Event>(encryption: Option<&Encryption>, event: &E) -> Result<
     let metadata = if E::ENCRYPTED_FIELDS.is_empty() {
         crate::wire::encode_event(event, "test", None, false, &mut payload)?
     } else {
-        encode_event(encryption, event, "test", None, false, &mut payload).await?
+        encode_event(
+            encryption,
+            "no keys",
+            event,
+            "test",
+            None,
+            false,
+            &mut payload,
+        )
+        .await?
     };
     let outgoing = OutgoingHeaders::new::<E>("test", None, metadata.as_ref());
     let mut headers = OwnedHeaders::new();
