@@ -587,3 +587,94 @@ async fn the_outbox_stores_and_relays_encrypted_fields_and_refuses_such_events_w
     assert_eq!(collect.events(), [event]);
     assert_ne!(event_id, uuid::Uuid::nil());
 }
+
+/// A subject key store whose key lookups fail the first `failures` times, like a database
+/// that is down for a while.
+#[derive(Clone)]
+struct Flaky {
+    inner: pegasus_events::encryption::MemorySubjectKeyStore,
+    failures: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl SubjectKeyStore for Flaky {
+    async fn find_by_subject(
+        &self,
+        subject: &str,
+    ) -> pegasus_events::Result<Option<pegasus_events::encryption::StoredSubjectKey>> {
+        self.inner.find_by_subject(subject).await
+    }
+
+    async fn find_by_key_id(
+        &self,
+        key_id: &str,
+    ) -> pegasus_events::Result<Option<pegasus_events::encryption::StoredSubjectKey>> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(pegasus_events::Error::SubjectKeyStore {
+                store: "flaky",
+                operation: "look up a key by id",
+                source: "connection refused".into(),
+            });
+        }
+        self.inner.find_by_key_id(key_id).await
+    }
+
+    async fn insert_if_absent(
+        &self,
+        key: &pegasus_events::encryption::StoredSubjectKey,
+    ) -> pegasus_events::Result<pegasus_events::encryption::StoredSubjectKey> {
+        self.inner.insert_if_absent(key).await
+    }
+
+    async fn forget(&self, subject: &str) -> pegasus_events::Result<bool> {
+        self.inner.forget(subject).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_key_store_outage_holds_the_record_until_it_answers_and_never_dead_letters_it() {
+    create_topic().await;
+    let memory = pegasus_events::encryption::MemorySubjectKeyStore::new();
+    let writer = Encryption::new(ring()).with_subject_keys(memory.clone(), Duration::from_secs(30));
+    let producer = EventProducer::new(&config("encryption-publisher"))
+        .await
+        .unwrap()
+        .with_encryption(writer);
+    let run = unique("run");
+    let event = profile(&run);
+    let delivery = producer.publish(&event).await.unwrap();
+
+    let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let flaky = Flaky {
+        inner: memory,
+        failures: Arc::clone(&failures),
+    };
+    let dlq = unique("tests-encryption-dlq");
+    let collect = Collect::new(&run);
+    let consumer = EventConsumer::builder(config("encryption-consumer"))
+        .group_id(unique("encryption-group"))
+        .settings(dead_letter_settings(&dlq))
+        .encryption(Encryption::new(ring()).with_subject_keys(flaky, Duration::from_secs(30)))
+        .handler::<ProfileUpdated, _>(collect.clone())
+        .build()
+        .unwrap();
+    // Records of earlier runs are read first (their subject keys are unknown here, so
+    // they decode with the field erased); the outage starts now and covers this run's.
+    failures.store(3, std::sync::atomic::Ordering::SeqCst);
+    run_until_done(consumer, collect.count(1)).await;
+    assert_eq!(
+        collect.events(),
+        [event],
+        "decrypted once the store answered"
+    );
+    assert_eq!(failures.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(
+        !dead_letters_now(&dlq)
+            .await
+            .iter()
+            .any(|l| l.event_id() == Some(delivery.event_id)),
+        "never a dead letter"
+    );
+}

@@ -512,14 +512,16 @@ impl<R: RecordHandler> Worker<'_, R> {
                     return marked;
                 }
                 Outcome::StoreUnavailable(error) => {
+                    let message = match error {
+                        crate::Error::SubjectKeyStore { .. }
+                        | crate::Error::SubjectKeyUnusable { .. } => {
+                            "subject key store unavailable or its key unusable; the record waits"
+                        }
+                        _ => "idempotency store unavailable; the record waits",
+                    };
                     let error = self.scrub(error.to_string());
                     if !self
-                        .wait_out_outage(
-                            record,
-                            &error,
-                            &mut outages,
-                            "idempotency store unavailable; the record waits",
-                        )
+                        .wait_out_outage(record, &error, &mut outages, message)
                         .await
                     {
                         return false;
