@@ -11,9 +11,10 @@ use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Expr, Fields, Generics, Ident, Lit, LitStr, Path, Token, Type};
 
 use crate::ctxt::Ctxt;
+use crate::serde_attr::{SerdeContainer, SerdeField};
 use crate::symbol::{
-    Symbol, EVENT, FIELD_KEYS, FREE_FORM_TOPIC, KEY, NAME, SENSITIVE, STRUCT_KEYS, TOPIC,
-    UPCAST_FROM, VERSION,
+    Symbol, ENCRYPTED, EVENT, FIELD_KEYS, FREE_FORM_TOPIC, KEY, NAME, SENSITIVE, STRUCT_KEYS,
+    SUBJECT, TOPIC, UPCAST_FROM, VERSION,
 };
 
 /// The message for every input that is not a struct with named fields.
@@ -44,6 +45,8 @@ pub(crate) struct Container {
     pub(crate) upcast_from: Option<Path>,
     /// Whether `free_form_topic` is set.
     pub(crate) free_form_topic: bool,
+    /// What `#[serde(...)]` on the struct says about field names.
+    pub(crate) serde: SerdeContainer,
 }
 
 /// One named field and its attributes.
@@ -56,6 +59,32 @@ pub(crate) struct Field<'a> {
     pub(crate) key: Option<Span>,
     /// The span of `sensitive` if the field is marked `#[event(sensitive)]`.
     pub(crate) sensitive: Option<Span>,
+    /// The span of `encrypted` if the field is marked `#[event(encrypted)]`.
+    pub(crate) encrypted: Option<Span>,
+    /// `subject = field`: the field whose value names the subject key.
+    pub(crate) subject: Option<Ident>,
+    /// What `#[serde(...)]` on the field says about its name.
+    pub(crate) serde: SerdeField,
+}
+
+impl Field<'_> {
+    /// Whether the redacted view hides the field: sensitive or encrypted.
+    pub(crate) fn hidden(&self) -> bool {
+        self.sensitive.is_some() || self.encrypted.is_some()
+    }
+
+    /// The field's name in the JSON object, as serde names it.
+    pub(crate) fn json_name(&self, container: &SerdeContainer) -> String {
+        if let Some(rename) = &self.serde.rename {
+            return rename.clone();
+        }
+        let name = unraw(self.ident);
+        container
+            .rename_all
+            .as_ref()
+            .and_then(|rule| crate::serde_attr::apply_rename_all(&rule.value(), &name))
+            .unwrap_or(name)
+    }
 }
 
 /// Reads the named fields of a struct; any other input is reported and gives no fields.
@@ -149,10 +178,11 @@ impl Container {
                         format_args!(
                             "`{field_key}` belongs on a field, not on the struct: write \
                              #[event({field_key})] above the field{}",
-                            if field_key == KEY {
-                                " that holds the partition key"
-                            } else {
-                                " to hide from logs"
+                            match field_key.as_str() {
+                                "key" => " that holds the partition key",
+                                "sensitive" => " to hide from logs",
+                                "encrypted" => " to encrypt on the wire",
+                                _ => " that is encrypted under a per-subject key",
                             }
                         ),
                     );
@@ -185,6 +215,7 @@ impl Container {
             version: version.get().unwrap_or(1),
             upcast_from: upcast_from.get(),
             free_form_topic: free_form_topic.get().is_some(),
+            serde: SerdeContainer::from_attrs(&input.attrs),
         }
     }
 }
@@ -194,6 +225,8 @@ impl<'a> Field<'a> {
     fn from_ast(cx: &Ctxt, field: &'a syn::Field) -> Option<Self> {
         let mut key = Attr::new(KEY);
         let mut sensitive = Attr::new(SENSITIVE);
+        let mut encrypted = Attr::new(ENCRYPTED);
+        let mut subject = Attr::new(SUBJECT);
 
         for attr in field.attrs.iter().filter(|attr| *attr.path() == EVENT) {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -203,6 +236,13 @@ impl<'a> Field<'a> {
                 } else if meta.path == SENSITIVE {
                     flag(cx, &meta, SENSITIVE)?;
                     sensitive.set(cx, &meta.path, meta.path.span());
+                } else if meta.path == ENCRYPTED {
+                    flag(cx, &meta, ENCRYPTED)?;
+                    encrypted.set(cx, &meta.path, meta.path.span());
+                } else if meta.path == SUBJECT {
+                    if let Some(value) = ident_value(cx, &meta)? {
+                        subject.set(cx, &meta.path, value);
+                    }
                 } else if let Some(struct_key) = STRUCT_KEYS.into_iter().find(|k| meta.path == *k) {
                     cx.error_spanned_by(
                         &meta.path,
@@ -228,6 +268,9 @@ impl<'a> Field<'a> {
             ty: &field.ty,
             key: key.get(),
             sensitive: sensitive.get(),
+            encrypted: encrypted.get(),
+            subject: subject.get(),
+            serde: SerdeField::from_attrs(&field.attrs),
         })
     }
 }
@@ -346,6 +389,29 @@ fn path_value(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Path>
             format_args!(
                 "`upcast_from` takes the path of the previous version's type, without quotes, \
                  e.g. {EXAMPLE}"
+            ),
+        );
+        return Ok(None);
+    }
+    value.parse().map(Some)
+}
+
+/// Reads `subject = field_name`.
+fn ident_value(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Ident>> {
+    const EXAMPLE: &str = "subject = user_id";
+    if !meta.input.peek(Token![=]) {
+        missing_value(cx, meta, SUBJECT, EXAMPLE);
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let value = meta.value()?;
+    if value.peek(Lit) {
+        let lit: Lit = value.parse()?;
+        cx.error_spanned_by(
+            lit,
+            format_args!(
+                "`subject` takes the name of the field whose value names the subject, without \
+                 quotes, e.g. {EXAMPLE}"
             ),
         );
         return Ok(None);

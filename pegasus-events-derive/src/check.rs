@@ -27,8 +27,108 @@ pub(crate) fn check_container(
 }
 
 /// Checks the fields against each other; problems go to `cx`.
-pub(crate) fn check_fields(cx: &Ctxt, fields: &[Field<'_>]) {
+pub(crate) fn check_fields(cx: &Ctxt, container: &Container, fields: &[Field<'_>]) {
     check_key_fields(cx, fields);
+    check_encrypted_fields(cx, container, fields);
+}
+
+/// `encrypted` keeps the field at one JSON name and off the key; `subject` names another,
+/// unencrypted field and sits on an `Option`.
+fn check_encrypted_fields(cx: &Ctxt, container: &Container, fields: &[Field<'_>]) {
+    let mut reported_container = false;
+    for field in fields {
+        if let (Some(subject), None) = (&field.subject, field.encrypted) {
+            cx.error_spanned_by(
+                subject,
+                format_args!(
+                    "`subject` says which key encrypts the field, so it comes with `encrypted`: \
+                     write #[event(encrypted, subject = {subject})] on `{}`",
+                    field.ident
+                ),
+            );
+        }
+        let Some(encrypted) = field.encrypted else {
+            continue;
+        };
+        if let Some(word) = field.serde.moves_or_hides {
+            cx.error_at(
+                encrypted,
+                format_args!(
+                    "the encrypted field `{}` must keep one name in the JSON object, but \
+                     #[serde({word})] moves or hides it; remove one of the two",
+                    field.ident
+                ),
+            );
+        }
+        if !reported_container {
+            let problem = container
+                .serde
+                .not_an_object
+                .map(|word| format!("#[serde({word})] on the struct writes it as something other than its fields"))
+                .or_else(|| {
+                    container.serde.rename_all_differs.as_ref().map(|_| {
+                        "#[serde(rename_all(serialize = .., deserialize = ..))] gives the field \
+                         two names"
+                            .to_owned()
+                    })
+                });
+            if let Some(problem) = problem {
+                reported_container = true;
+                cx.error_at(
+                    encrypted,
+                    format_args!(
+                        "`{}` cannot be encrypted: {problem}; encrypted fields are found by \
+                         their one JSON name",
+                        field.ident
+                    ),
+                );
+            }
+        }
+        let Some(subject) = &field.subject else {
+            continue;
+        };
+        match fields.iter().find(|other| other.ident == subject) {
+            None => cx.error_spanned_by(
+                subject,
+                format_args!(
+                    "`subject = {subject}` names no field of this struct: name the field whose \
+                     value (a string or a number, e.g. the user id) names the subject"
+                ),
+            ),
+            Some(other) if other.ident == field.ident || other.encrypted.is_some() => cx
+                .error_spanned_by(
+                    subject,
+                    format_args!(
+                        "`subject = {subject}` names an encrypted field; the subject must be \
+                         readable to find its key, so name a field that is not encrypted"
+                    ),
+                ),
+            Some(_) => {}
+        }
+        if !is_option(field.ty) {
+            cx.error_spanned_by(
+                field.ty,
+                format_args!(
+                    "the field `{}` is encrypted under a per-subject key, so it is erased \
+                     (decoded as `None`) once the subject is forgotten: its type must be \
+                     `Option<..>`",
+                    field.ident
+                ),
+            );
+        }
+    }
+}
+
+/// Whether `ty` is written as `Option<..>` (also `std::option::Option<..>`).
+fn is_option(ty: &syn::Type) -> bool {
+    let syn::Type::Path(path) = ty else {
+        return false;
+    };
+    path.qself.is_none()
+        && path.path.segments.last().is_some_and(|last| {
+            last.ident == "Option"
+                && matches!(last.arguments, syn::PathArguments::AngleBracketed(_))
+        })
 }
 
 fn check_generics(cx: &Ctxt, ident: &Ident, generics: &Generics) {
@@ -170,6 +270,17 @@ fn check_key_fields(cx: &Ctxt, fields: &[Field<'_>]) {
                     first.ident
                 ),
             ),
+        }
+        if let Some(encrypted) = field.encrypted {
+            cx.error_at(
+                encrypted,
+                format_args!(
+                    "the key field `{}` cannot be encrypted: the key is written in clear to \
+                     the record key and the `ce_partitionkey` header, where brokers need it to \
+                     pick the partition; partition by a field that is not secret (e.g. an id)",
+                    field.ident
+                ),
+            );
         }
         if let Some(sensitive) = field.sensitive {
             cx.error_at(

@@ -21,7 +21,7 @@ pub(crate) fn derive_event(input: &DeriveInput) -> syn::Result<TokenStream> {
     let container = Container::from_ast(&cx, input);
     check::check_container(&cx, &input.ident, &input.generics, &container);
     let fields = attr::fields_from_ast(&cx, input);
-    check::check_fields(&cx, &fields);
+    check::check_fields(&cx, &container, &fields);
     cx.check()?;
     impl_event(&Event {
         ident: &input.ident,
@@ -80,6 +80,7 @@ fn impl_event(event: &Event<'_>) -> syn::Result<TokenStream> {
     let write_partition_key = write_partition_key(key);
     let fmt_redacted = fmt_redacted(event);
     let visit_sensitive = visit_sensitive(event);
+    let encrypted_fields = encrypted_fields(event);
     let upcast = event
         .container
         .upcast_from
@@ -104,6 +105,7 @@ fn impl_event(event: &Event<'_>) -> syn::Result<TokenStream> {
             const VERSION: u32 = #version;
             #oldest_version
             const KEYED: bool = #keyed;
+            #encrypted_fields
 
             #write_partition_key
 
@@ -147,13 +149,67 @@ fn write_partition_key(key: Option<&Field<'_>>) -> TokenStream {
     }
 }
 
+/// `ENCRYPTED_FIELDS` with each encrypted field's JSON name and subject; with
+/// `upcast_from`, also `HAS_ENCRYPTED_FIELDS` and `encrypted_fields`, which hand older
+/// versions to the older type. Nothing (the trait's defaults) without either.
+fn encrypted_fields(event: &Event<'_>) -> TokenStream {
+    let serde = &event.container.serde;
+    let entries: Vec<TokenStream> = event
+        .fields
+        .iter()
+        .filter(|field| field.encrypted.is_some())
+        .map(|field| {
+            let name = field.json_name(serde);
+            let subject = match field
+                .subject
+                .as_ref()
+                .and_then(|subject| event.fields.iter().find(|other| other.ident == subject))
+            {
+                Some(subject) => {
+                    let subject = subject.json_name(serde);
+                    quote!(::core::option::Option::Some(#subject))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            quote! {
+                ::pegasus_events::__private::EncryptedField { name: #name, subject: #subject }
+            }
+        })
+        .collect();
+    let own = (!entries.is_empty()).then(|| {
+        quote! {
+            const ENCRYPTED_FIELDS: &'static [::pegasus_events::__private::EncryptedField] =
+                &[#(#entries),*];
+        }
+    });
+    let Some(older) = &event.container.upcast_from else {
+        return own.unwrap_or_default();
+    };
+    quote! {
+        #own
+        const HAS_ENCRYPTED_FIELDS: bool =
+            !<Self as ::pegasus_events::Event>::ENCRYPTED_FIELDS.is_empty()
+                || <#older as ::pegasus_events::Event>::HAS_ENCRYPTED_FIELDS;
+
+        fn encrypted_fields(
+            version: u32,
+        ) -> &'static [::pegasus_events::__private::EncryptedField] {
+            if version == <Self as ::pegasus_events::Event>::VERSION {
+                <Self as ::pegasus_events::Event>::ENCRYPTED_FIELDS
+            } else {
+                <#older as ::pegasus_events::Event>::encrypted_fields(version)
+            }
+        }
+    }
+}
+
 /// `visit_sensitive`: each sensitive field's value through serde, for scrubbing error text;
 /// nothing (the trait's default) when no field is sensitive.
 fn visit_sensitive(event: &Event<'_>) -> TokenStream {
     let visits: Vec<TokenStream> = event
         .fields
         .iter()
-        .filter(|field| field.sensitive.is_some())
+        .filter(|field| field.hidden())
         .map(|field| {
             // Spanned at the field's type, so a sensitive field that serde cannot write is
             // reported there.
@@ -179,7 +235,7 @@ fn fmt_redacted(event: &Event<'_>) -> TokenStream {
     let fields = event.fields.iter().map(|field| {
         let ident = field.ident;
         let name = unraw(ident);
-        let value = if field.sensitive.is_some() {
+        let value = if field.hidden() {
             quote!(&::pegasus_events::__private::RedactedField)
         } else {
             // Spanned at the field's type, so a field without `Debug` is reported there, with

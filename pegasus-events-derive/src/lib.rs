@@ -22,6 +22,8 @@
 //! |-----|---------|
 //! | `key` | the partition key, written with `Display`; at most one field |
 //! | `sensitive` | shown as `<redacted>` in the redacted view; any number of fields |
+//! | `encrypted` | encrypted on the wire with AES-256-GCM under the key ring's current key (`pegasus_events::encryption`); also sensitive |
+//! | `subject = field` | with `encrypted`: under a per-subject key named by `field`'s value, erased (`None`) once that subject is forgotten; the field must be an `Option` |
 //!
 //! Other attributes (`serde`, `doc`, other derives) are left alone.
 //!
@@ -37,8 +39,14 @@
 //!   Kafka topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 //! - Keys are known, not repeated, and in their place (struct or field); values have the
 //!   right kind; `name` is not empty and `version` is at least 1.
-//! - At most one field is `key`, and the key field is not `sensitive` (the key is written in
-//!   clear to the record key and the `ce_partitionkey` header).
+//! - At most one field is `key`, and the key field is not `sensitive` or `encrypted` (the
+//!   key is written in clear to the record key and the `ce_partitionkey` header).
+//! - `subject` comes with `encrypted`, names another field of the struct that is not itself
+//!   encrypted, and is on a field of type `Option<..>` (erasure decodes it as `None`).
+//! - An `encrypted` field keeps one JSON name: no `#[serde(flatten)]`, `skip*`, `alias` or
+//!   differing serialize and deserialize names on it, no `transparent`, `into`, `from`,
+//!   `try_from` or differing `rename_all` rules on the struct. Its JSON name, with
+//!   `rename` and `rename_all` applied as serde applies them, is in `ENCRYPTED_FIELDS`.
 //!
 //! The compiler then checks, at the span of the offending type or path:
 //!
@@ -58,6 +66,7 @@ mod attr;
 mod check;
 mod ctxt;
 mod expand;
+mod serde_attr;
 mod symbol;
 
 use proc_macro::TokenStream;

@@ -28,10 +28,15 @@ pub(crate) const KEY: Symbol = Symbol("key");
 /// Field: hidden from the redacted view.
 pub(crate) const SENSITIVE: Symbol = Symbol("sensitive");
 
+/// Field: encrypted on the wire (AES-256-GCM), and sensitive.
+pub(crate) const ENCRYPTED: Symbol = Symbol("encrypted");
+/// Field, with `encrypted`: the field whose value names the subject key.
+pub(crate) const SUBJECT: Symbol = Symbol("subject");
+
 /// The keys accepted on the struct, in the order the docs list them.
 pub(crate) const STRUCT_KEYS: [Symbol; 5] = [TOPIC, NAME, VERSION, UPCAST_FROM, FREE_FORM_TOPIC];
 /// The keys accepted on a field.
-pub(crate) const FIELD_KEYS: [Symbol; 2] = [KEY, SENSITIVE];
+pub(crate) const FIELD_KEYS: [Symbol; 4] = [KEY, SENSITIVE, ENCRYPTED, SUBJECT];
 
 impl Symbol {
     /// The keyword as written in source.

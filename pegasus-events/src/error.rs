@@ -325,6 +325,90 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+
+    // Field encryption (`crate::encryption`). None of these carries a plaintext, a key or
+    // an envelope's bytes.
+    /// An event type with `#[event(encrypted)]` fields was published, enqueued or decoded
+    /// without the keys it needs; on publish nothing was sent, on consume it is a decode
+    /// error.
+    #[error("{}", describe_not_configured(event_type, missing))]
+    EncryptionNotConfigured {
+        /// The event type name (empty when no event was involved).
+        event_type: &'static str,
+        /// What is missing, e.g. `encryption keys (EventProducer::with_encryption)`.
+        missing: &'static str,
+    },
+
+    /// An encrypted field could not be encrypted; nothing was published.
+    #[error("cannot encrypt field `{field}` of event `{event_type}`: {reason}")]
+    Encryption {
+        /// The event type name.
+        event_type: &'static str,
+        /// The field's JSON name.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// An encrypted field's value is not a well-formed envelope (or is not encrypted at
+    /// all); a decode error.
+    #[error("encrypted field `{field}` of event `{event_type}` is malformed: {reason}")]
+    MalformedEncryptedField {
+        /// The event type name.
+        event_type: &'static str,
+        /// The field's JSON name.
+        field: &'static str,
+        /// What is wrong, in fixed words.
+        reason: &'static str,
+    },
+
+    /// An encrypted field names a key the key ring does not hold; a decode error.
+    #[error(
+        "encrypted field `{field}` of event `{event_type}` is encrypted under key `{}`, which \
+         the key ring does not hold",
+        Shown(key_id)
+    )]
+    UnknownEncryptionKey {
+        /// The event type name.
+        event_type: &'static str,
+        /// The field's JSON name.
+        field: &'static str,
+        /// The key id the value names (key ids are not secret).
+        key_id: String,
+    },
+
+    /// An encrypted field failed authentication: tampered, under another key of the same
+    /// id, or copied from another event or field; a decode error.
+    #[error(
+        "encrypted field `{field}` of event `{event_type}` failed authentication (tampered, \
+         or written for another event or field)"
+    )]
+    DecryptionFailed {
+        /// The event type name.
+        event_type: &'static str,
+        /// The field's JSON name.
+        field: &'static str,
+    },
+
+    /// A stored subject key cannot be unwrapped (its ring key is gone, or the row was
+    /// altered); the record is held and retried, not dead-lettered.
+    #[error("a stored subject key cannot be used: {reason}")]
+    SubjectKeyUnusable {
+        /// Why, in fixed words.
+        reason: &'static str,
+    },
+
+    /// A subject key store could not be read or written.
+    #[error("subject key store `{store}` failed to {operation}")]
+    SubjectKeyStore {
+        /// The store, e.g. `postgres`.
+        store: &'static str,
+        /// What it was doing, e.g. `look up a key`.
+        operation: &'static str,
+        /// The database's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Text that came from outside (a record's header, a panic, a setting's name) as it goes
@@ -349,6 +433,15 @@ impl std::fmt::Display for Shown<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The message of [`Error::EncryptionNotConfigured`].
+fn describe_not_configured(event_type: &str, missing: &str) -> String {
+    if event_type.is_empty() {
+        format!("field encryption is not configured: {missing}")
+    } else {
+        format!("event `{event_type}` has encrypted fields, but {missing}")
     }
 }
 
@@ -381,6 +474,10 @@ impl Error {
                 | Error::MalformedPayload { .. }
                 | Error::UnhandledEventType { .. }
                 | Error::EmptyPayload
+                | Error::EncryptionNotConfigured { .. }
+                | Error::MalformedEncryptedField { .. }
+                | Error::UnknownEncryptionKey { .. }
+                | Error::DecryptionFailed { .. }
         )
     }
 }

@@ -41,6 +41,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::encryption::EncryptedField;
 use crate::error::Error;
 
 /// A typed event bound to its topic, type name and schema version.
@@ -59,6 +60,12 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const OLDEST_VERSION: u32 = Self::VERSION;
     /// Whether the event has a field marked `#[event(key)]`.
     const KEYED: bool;
+    /// The fields of this version marked `#[event(encrypted)]`, by JSON name; empty (the
+    /// default) for an event without them, whose publishing and decoding then cost nothing
+    /// extra ([`crate::encryption`]).
+    const ENCRYPTED_FIELDS: &'static [EncryptedField] = &[];
+    /// Whether this version or an older one it upcasts from has encrypted fields.
+    const HAS_ENCRYPTED_FIELDS: bool = !Self::ENCRYPTED_FIELDS.is_empty();
 
     /// Appends the partition key (the `#[event(key)]` field, formatted with `Display`) to
     /// `out` and returns `true`, or returns `false` when the event has no key field.
@@ -87,6 +94,17 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// `upcast_from` is given.
     fn decode_version(version: u32, payload: &[u8]) -> Result<Self, Error> {
         decode_exact::<Self>(version, payload)
+    }
+
+    /// The encrypted fields of schema version `version` of this event: its own
+    /// [`Event::ENCRYPTED_FIELDS`] for [`Event::VERSION`], an older type's list for an older
+    /// version (`#[derive(Event)]` follows the `upcast_from` chain), none otherwise.
+    fn encrypted_fields(version: u32) -> &'static [EncryptedField] {
+        if version == Self::VERSION {
+            Self::ENCRYPTED_FIELDS
+        } else {
+            &[]
+        }
     }
 
     /// A view of the event for logs, with sensitive fields redacted.
@@ -208,6 +226,7 @@ fn payload_error<E: Event>(error: &serde_json::Error) -> Error {
 /// Items used by the code `#[derive(Event)]` generates. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::encryption::EncryptedField;
     pub use crate::event::decode_payload;
     pub use crate::event::{check_version, REDACTED};
 

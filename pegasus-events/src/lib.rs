@@ -29,6 +29,9 @@
 //!   ([`connection`]).
 //! - **Secrets stay secret.** Passwords and `#[event(sensitive)]` fields never reach a log
 //!   line, an error message or a header written by this crate.
+//! - **Encrypted fields stay encrypted.** `#[event(encrypted)]` fields leave the process
+//!   only as AES-256-GCM envelopes bound to their event and field ([`encryption`]); without
+//!   keys, such an event is refused, never sent in clear.
 //!
 //! # A first event
 //!
@@ -69,6 +72,7 @@
 //! | [`producer`] | [`EventProducer`], [`Delivery`], [`PublishError`] |
 //! | [`consumer`] | [`EventConsumer`], [`EventHandler`], consumer groups, at-least-once commits, [`RetryPolicy`] |
 //! | [`dead_letter`] | the dead-letter topic's headers, [`DeadLetterQueue`]: reading and replaying dead letters |
+//! | [`encryption`] | `#[event(encrypted)]` fields: [`Encryption`], [`KeyRing`], per-subject keys and erasure by forgetting them |
 //! | `outbox` | the transactional outbox and its relay (features `sqlite`, `postgres`) |
 //! | [`idempotency`] | [`IdempotencyStore`] and its memory, SQLite and PostgreSQL implementations |
 //! | [`config`] | [`KafkaConfig`]: defaults, validation, environment and appsettings.json |
@@ -99,6 +103,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod dead_letter;
+pub mod encryption;
 pub mod error;
 pub mod event;
 pub mod idempotency;
@@ -122,6 +127,7 @@ pub use config::{
 pub use connection::UnreachableCause;
 pub use consumer::{EventConsumer, EventContext, EventHandler, HandlerError, RetryPolicy};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterReason, ReplayFilter};
+pub use encryption::{Encryption, EncryptionKey, KeyProvider, KeyRing};
 pub use error::{Error, Result};
 pub use event::{Event, Redacted};
 pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};

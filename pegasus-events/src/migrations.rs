@@ -1,5 +1,5 @@
-//! Versioned schema migrations of the library's own tables (the outbox and the
-//! idempotency marks), applied by the stores themselves when they connect.
+//! Versioned schema migrations of the library's own tables (the outbox, the
+//! idempotency marks and the per-subject encryption keys), applied by the stores themselves when they connect.
 //!
 //! # Guarantees
 //!
@@ -132,6 +132,34 @@ pub const SQLITE_IDEMPOTENCY: &[Migration] = &[Migration {
             event_id TEXT NOT NULL,
             processed_at TEXT NOT NULL,
             PRIMARY KEY (consumer_group, event_id)
+        )"],
+}];
+
+/// The per-subject encryption keys' migrations on PostgreSQL (`crate::encryption::subject`).
+pub const POSTGRES_SUBJECT_KEYS: &[Migration] = &[Migration {
+    component: "subject_keys",
+    version: 1,
+    description: "the table of per-subject encryption keys, wrapped under a ring key",
+    statements: &["CREATE TABLE IF NOT EXISTS pegasus_subject_keys (
+            subject TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL UNIQUE,
+            ring_key_id TEXT NOT NULL,
+            wrapped BYTEA NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )"],
+}];
+
+/// The per-subject encryption keys' migrations on SQLite (`crate::encryption::subject`).
+pub const SQLITE_SUBJECT_KEYS: &[Migration] = &[Migration {
+    component: "subject_keys",
+    version: 1,
+    description: "the table of per-subject encryption keys, wrapped under a ring key",
+    statements: &["CREATE TABLE IF NOT EXISTS pegasus_subject_keys (
+            subject TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL UNIQUE,
+            ring_key_id TEXT NOT NULL,
+            wrapped BLOB NOT NULL,
+            created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
         )"],
 }];
 

@@ -194,7 +194,7 @@ proptest! {
     ) {
         let message = record(&headers, payload, key);
         let metrics = crate::metrics::PartitionMetrics::new("props", 0, "props");
-        let env = Env { group_id: "props", idempotency: None, handler_timeout: None, metrics: &metrics };
+        let env = Env { group_id: "props", idempotency: None, encryption: None, handler_timeout: None, metrics: &metrics };
         let typed = Typed::<UserCreated, Accept>::new(Accept, None, None);
         let mixed = Mixed {
             by_type: [

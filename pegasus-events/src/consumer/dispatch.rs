@@ -91,6 +91,17 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// [`Record::decode`], decrypting encrypted fields with `encryption`.
+    async fn decode_encrypted<E: Event>(
+        &self,
+        encryption: Option<&crate::encryption::Encryption>,
+    ) -> Result<Decoded<'a, E>, Error> {
+        match self.message {
+            Held::Borrowed(m) => crate::encryption::decode_found(encryption, m, self.headers).await,
+            Held::Owned(m) => crate::encryption::decode_found(encryption, m, self.headers).await,
+        }
+    }
+
     fn event_type(&self) -> Result<Option<std::borrow::Cow<'a, str>>, Error> {
         match self.message {
             Held::Borrowed(m) => wire::event_type_found(m, self.headers),
@@ -103,6 +114,8 @@ impl<'a> Record<'a> {
 pub(crate) struct Env<'a> {
     pub(crate) group_id: &'a str,
     pub(crate) idempotency: Option<&'a dyn DynIdempotencyStore>,
+    /// The keys of encrypted fields, when the consumer was given them.
+    pub(crate) encryption: Option<&'a crate::encryption::Encryption>,
     /// The consumer's attempt timeout, for handlers without their own.
     pub(crate) handler_timeout: Option<Duration>,
     /// The partition's metric handles.
@@ -166,11 +179,17 @@ impl<E: Event, H: EventHandler<E>> Typed<E, H> {
     }
 }
 
-/// `text` without the values of the record's sensitive fields. The event was moved into
-/// the handler, so it is decoded again: this runs only on failures.
-fn redact_sensitive<E: Event>(record: Record<'_>, text: &str) -> String {
+/// `text` without the values of the record's sensitive fields (encrypted ones included).
+/// The event was moved into the handler, so it is decoded again: this runs only on
+/// failures.
+async fn redact_sensitive<E: Event>(record: Record<'_>, env: &Env<'_>, text: &str) -> String {
     let mut values = Vec::new();
-    if let Ok(decoded) = record.decode::<E>() {
+    let decoded = if E::HAS_ENCRYPTED_FIELDS {
+        record.decode_encrypted::<E>(env.encryption).await
+    } else {
+        record.decode::<E>()
+    };
+    if let Ok(decoded) = decoded {
         decoded
             .event
             .visit_sensitive(&mut |value| values.push(value.to_owned()));
@@ -180,8 +199,19 @@ fn redact_sensitive<E: Event>(record: Record<'_>, text: &str) -> String {
 
 impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
     async fn handle<'a>(&'a self, record: Record<'a>, attempt: u32, env: &'a Env<'a>) -> Outcome {
-        let decoded = match record.decode::<E>() {
+        // A constant per event type: without encrypted fields, the first arm only.
+        let decoded = if E::HAS_ENCRYPTED_FIELDS {
+            record.decode_encrypted::<E>(env.encryption).await
+        } else {
+            record.decode::<E>()
+        };
+        let decoded = match decoded {
             Ok(decoded) => decoded,
+            // A subject key store that cannot be asked: the record waits, as for an
+            // idempotency store.
+            Err(error @ (Error::SubjectKeyStore { .. } | Error::SubjectKeyUnusable { .. })) => {
+                return Outcome::StoreUnavailable(error)
+            }
             Err(error) => return Outcome::Undecodable(error),
         };
         let event_id = decoded.metadata.id;
@@ -230,12 +260,13 @@ impl<E: Event, H: EventHandler<E>> RecordHandler for Typed<E, H> {
                 mark: env.idempotency.map(|_| event_id),
             },
             Ok(Err(error)) => Outcome::Failed {
-                error: redact_sensitive::<E>(record, &error.message()),
+                error: redact_sensitive::<E>(record, env, &error.message()).await,
                 kind: error.kind(),
                 retry: self.retry,
             },
             Err(panic) => Outcome::Panicked {
-                message: redact_sensitive::<E>(record, &panic_message("the handler", &*panic)),
+                message: redact_sensitive::<E>(record, env, &panic_message("the handler", &*panic))
+                    .await,
             },
         }
     }

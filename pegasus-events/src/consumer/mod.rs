@@ -329,6 +329,7 @@ pub struct ConsumerBuilder {
     registrations: HashMap<&'static str, Vec<Registration>>,
     settings: ConsumerSettings,
     idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    encryption: Option<crate::encryption::Encryption>,
     error: Option<Error>,
 }
 
@@ -377,6 +378,15 @@ impl ConsumerBuilder {
     /// [`crate::idempotency`]).
     pub fn idempotency(mut self, store: impl IdempotencyStore) -> Self {
         self.idempotency = Some(Arc::new(store));
+        self
+    }
+
+    /// Decrypts the `#[event(encrypted)]` fields of the records it reads with
+    /// `encryption` ([`crate::encryption`]). Without it, a record of an event type with
+    /// such fields is a decode error ([`Error::EncryptionNotConfigured`]) and goes to the
+    /// dead-letter topic.
+    pub fn encryption(mut self, encryption: crate::encryption::Encryption) -> Self {
+        self.encryption = Some(encryption);
         self
     }
 
@@ -469,6 +479,7 @@ impl ConsumerBuilder {
             routes,
             settings: self.settings,
             idempotency: self.idempotency,
+            encryption: self.encryption,
         })
     }
 }
@@ -493,6 +504,7 @@ pub struct EventConsumer {
     routes: HashMap<&'static str, Arc<dyn SpawnWorker>>,
     settings: ConsumerSettings,
     idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    encryption: Option<crate::encryption::Encryption>,
 }
 
 impl std::fmt::Debug for EventConsumer {
@@ -516,6 +528,7 @@ impl EventConsumer {
             registrations: HashMap::new(),
             settings: ConsumerSettings::default(),
             idempotency: None,
+            encryption: None,
             error: None,
         }
     }
@@ -580,6 +593,7 @@ impl EventConsumer {
             routes,
             settings,
             idempotency,
+            encryption,
         } = self;
         check_brokers(&config, "consumer").await?;
         let (failures, mut worker_failures) = mpsc::unbounded_channel();
@@ -590,6 +604,7 @@ impl EventConsumer {
             secrets: secrets_of(&config, &settings),
             settings: settings.clone(),
             idempotency,
+            encryption,
             failures,
         });
         let shared = Arc::new(Shared {

@@ -208,6 +208,8 @@ pub(crate) struct WorkerEnv {
     pub(crate) settings: ConsumerSettings,
     pub(crate) dead_letters: DeadLetterWriter,
     pub(crate) idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    /// The keys of encrypted fields, when the consumer was given them.
+    pub(crate) encryption: Option<crate::encryption::Encryption>,
     /// Secret configuration values, scrubbed from error text.
     pub(crate) secrets: Vec<String>,
     /// Where a worker that died reports it; the consumer then stops and returns the error.
@@ -303,6 +305,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
         handler_env: Env {
             group_id: &env.group_id,
             idempotency: env.idempotency.as_deref(),
+            encryption: env.encryption.as_ref(),
             handler_timeout: env.settings.handler_timeout,
             metrics: &state.metrics,
         },
@@ -509,14 +512,16 @@ impl<R: RecordHandler> Worker<'_, R> {
                     return marked;
                 }
                 Outcome::StoreUnavailable(error) => {
+                    let message = match error {
+                        crate::Error::SubjectKeyStore { .. }
+                        | crate::Error::SubjectKeyUnusable { .. } => {
+                            "subject key store unavailable or its key unusable; the record waits"
+                        }
+                        _ => "idempotency store unavailable; the record waits",
+                    };
                     let error = self.scrub(error.to_string());
                     if !self
-                        .wait_out_outage(
-                            record,
-                            &error,
-                            &mut outages,
-                            "idempotency store unavailable; the record waits",
-                        )
+                        .wait_out_outage(record, &error, &mut outages, message)
                         .await
                     {
                         return false;

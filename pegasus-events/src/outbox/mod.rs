@@ -94,15 +94,32 @@ pub(crate) struct EncodedEvent {
 }
 
 /// Encodes `event` for an outbox row; a serialization failure is the typed
-/// [`Error::Serialize`], returned before anything is written.
-pub(crate) fn encode<E: Event>(
+/// [`Error::Serialize`], returned before anything is written. The `#[event(encrypted)]`
+/// fields are encrypted with `encryption` here, so the row holds no plaintext of them;
+/// without it, such an event is refused ([`Error::EncryptionNotConfigured`]).
+pub(crate) async fn encode<E: Event>(
     source: &str,
     base_event_fields: bool,
     event: &E,
     metadata: Option<&PublishMetadata>,
+    encryption: Option<&crate::encryption::Encryption>,
 ) -> Result<EncodedEvent> {
     let mut payload = Vec::with_capacity(256);
-    let resolved = wire::encode_event(event, source, metadata, base_event_fields, &mut payload)?;
+    // A constant per event type: events without encrypted fields take the first arm only.
+    let resolved = if E::ENCRYPTED_FIELDS.is_empty() {
+        wire::encode_event(event, source, metadata, base_event_fields, &mut payload)?
+    } else {
+        crate::encryption::encode_event(
+            encryption,
+            "the outbox was given no encryption keys (its `with_encryption`); nothing was stored",
+            event,
+            source,
+            metadata,
+            base_event_fields,
+            &mut payload,
+        )
+        .await?
+    };
     let metadata = resolved.as_ref().or(metadata);
     let mut key = String::new();
     let keyed = event.write_partition_key(&mut key);

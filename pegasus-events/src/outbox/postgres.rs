@@ -43,6 +43,8 @@ pub struct PostgresOutbox {
     source: Arc<str>,
     /// [`crate::ProducerSettings::base_event_fields`] of the configuration.
     base_event_fields: bool,
+    /// The keys of `#[event(encrypted)]` fields; `None` refuses to store such events.
+    encryption: Option<crate::encryption::Encryption>,
 }
 
 impl PostgresOutbox {
@@ -67,7 +69,17 @@ impl PostgresOutbox {
             pool,
             source: config.source().into(),
             base_event_fields: config.producer.base_event_fields,
+            encryption: None,
         })
+    }
+
+    /// This outbox, encrypting the `#[event(encrypted)]` fields of the events it stores
+    /// with `encryption` ([`crate::encryption`]): the row holds the encrypted payload, and
+    /// the relay publishes it unchanged. Without it, enqueueing such an event fails with
+    /// [`Error::EncryptionNotConfigured`] and stores nothing.
+    pub fn with_encryption(mut self, encryption: crate::encryption::Encryption) -> Self {
+        self.encryption = Some(encryption);
+        self
     }
 
     /// The pool.
@@ -106,10 +118,20 @@ impl PostgresOutbox {
         transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         events: impl IntoIterator<Item = &'e E>,
     ) -> Result<Vec<uuid::Uuid>> {
-        let encoded = events
-            .into_iter()
-            .map(|event| encode(&self.source, self.base_event_fields, event, None))
-            .collect::<Result<Vec<_>>>()?;
+        let events = events.into_iter();
+        let mut encoded = Vec::with_capacity(events.size_hint().0);
+        for event in events {
+            encoded.push(
+                encode(
+                    &self.source,
+                    self.base_event_fields,
+                    event,
+                    None,
+                    self.encryption.as_ref(),
+                )
+                .await?,
+            );
+        }
         store(transaction, &encoded).await?;
         Ok(encoded.iter().map(|e| e.event_id).collect())
     }
@@ -120,7 +142,14 @@ impl PostgresOutbox {
         event: &E,
         metadata: Option<&PublishMetadata>,
     ) -> Result<uuid::Uuid> {
-        let encoded = encode(&self.source, self.base_event_fields, event, metadata)?;
+        let encoded = encode(
+            &self.source,
+            self.base_event_fields,
+            event,
+            metadata,
+            self.encryption.as_ref(),
+        )
+        .await?;
         store(transaction, std::slice::from_ref(&encoded)).await?;
         Ok(encoded.event_id)
     }

@@ -8,6 +8,7 @@ use rdkafka::message::Message;
 use super::metadata::{Decoded, EventMetadata, WireForm};
 use super::read::{check_type, optional, parse_id, parse_version, required, text, FoundHeaders};
 use super::time::{parse_time, record_time};
+use super::Located;
 use super::{header, is_json_content_type, CONTENT_TYPE_JSON, SPEC_VERSION};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -19,6 +20,14 @@ pub(super) fn decode_binary<'a, E: Event, M: Message>(
     message: &'a M,
     found: &FoundHeaders<'a>,
 ) -> Result<Decoded<'a, E>> {
+    locate_binary::<E, M>(message, found)?.decode()
+}
+
+/// [`decode_binary`] up to the event: the metadata checked and the payload found.
+pub(super) fn locate_binary<'a, E: Event, M: Message>(
+    message: &'a M,
+    found: &FoundHeaders<'a>,
+) -> Result<Located<'a>> {
     let spec = required(header::SPEC_VERSION, found.spec_version)?;
     if spec != SPEC_VERSION {
         return Err(Error::UnsupportedSpecVersion {
@@ -50,9 +59,8 @@ pub(super) fn decode_binary<'a, E: Event, M: Message>(
         None => 1,
     };
     let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
-    let event = E::decode_version(schema_version, payload)?;
-    Ok(Decoded {
-        event,
+    Ok(Located {
+        payload,
         metadata: EventMetadata {
             id,
             source: Cow::Borrowed(source),

@@ -144,3 +144,51 @@ pub(crate) fn decode_found<'a, E: Event, M: Message>(
     }
     plain::decode_plain(message, found)
 }
+
+/// A record read up to its event: the metadata checked, and the event's JSON found (the
+/// record value, or `data` in structured mode). Decrypting fields happens between this and
+/// decoding the event (`crate::encryption`).
+pub(crate) struct Located<'a> {
+    pub(crate) metadata: EventMetadata<'a>,
+    pub(crate) payload: &'a [u8],
+}
+
+impl<'a> Located<'a> {
+    /// Decodes the event from the payload as it is. An event type with encrypted fields
+    /// in the record's schema version is refused here, with
+    /// [`Error::EncryptionNotConfigured`]: its payload must be decrypted first.
+    pub(crate) fn decode<E: Event>(self) -> Result<Decoded<'a, E>> {
+        let version = self.metadata.schema_version;
+        if E::HAS_ENCRYPTED_FIELDS && !E::encrypted_fields(version).is_empty() {
+            return Err(Error::EncryptionNotConfigured {
+                event_type: E::NAME,
+                missing: "the reader was given no encryption keys (the consumer's `encryption`)",
+            });
+        }
+        let payload = self.payload;
+        self.decode_plaintext(payload)
+    }
+
+    /// Decodes the event from `payload` (the located payload, decrypted).
+    pub(crate) fn decode_plaintext<E: Event>(self, payload: &[u8]) -> Result<Decoded<'a, E>> {
+        let event = E::decode_version(self.metadata.schema_version, payload)?;
+        Ok(Decoded {
+            event,
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// [`decode_found`] up to the event ([`Located`]).
+pub(crate) fn locate_found<'a, E: Event, M: Message>(
+    message: &'a M,
+    found: &FoundHeaders<'a>,
+) -> Result<Located<'a>> {
+    if is_structured(found.content_type) {
+        return structured::locate_structured::<E, M>(message);
+    }
+    if found.spec_version.is_some() {
+        return binary::locate_binary::<E, M>(message, found);
+    }
+    plain::locate_plain::<E, M>(message, found)
+}

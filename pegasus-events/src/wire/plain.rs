@@ -24,6 +24,7 @@ use super::ids::plain_record_id;
 use super::metadata::{Decoded, EventMetadata, WireForm};
 use super::read::{check_type, optional, parse_id, FoundHeaders};
 use super::time::{parse_time_loosely, record_time};
+use super::Located;
 use crate::error::{Error, Result};
 use crate::event::Event;
 
@@ -31,12 +32,20 @@ pub(super) fn decode_plain<'a, E: Event, M: Message>(
     message: &'a M,
     found: &FoundHeaders<'a>,
 ) -> Result<Decoded<'a, E>> {
+    locate_plain::<E, M>(message, found)?.decode()
+}
+
+/// [`decode_plain`] up to the event: the identity read and the payload found. The event's
+/// own fields are decoded after the identity (whose errors thus come first).
+pub(super) fn locate_plain<'a, E: Event, M: Message>(
+    message: &'a M,
+    found: &FoundHeaders<'a>,
+) -> Result<Located<'a>> {
     let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
     let base = BaseEventFields::read(payload);
     if let Some(event_type) = &base.event_type {
         check_type::<E>(event_type)?;
     }
-    let event = E::decode_version(1, payload)?;
     let id = match (&base.event_id, optional(found.id)) {
         (Some(id), _) => parse_id("eventId", id)?,
         (None, Some(id)) => parse_id(header::ID, &id)?,
@@ -50,8 +59,8 @@ pub(super) fn decode_plain<'a, E: Event, M: Message>(
         .key()
         .and_then(|k| std::str::from_utf8(k).ok())
         .map(Cow::Borrowed);
-    Ok(Decoded {
-        event,
+    Ok(Located {
+        payload,
         metadata: EventMetadata {
             id,
             source: base

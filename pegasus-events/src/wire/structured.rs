@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::metadata::{Decoded, EventMetadata, WireForm};
 use super::read::{check_type, parse_id, parse_version};
 use super::time::{parse_time, record_time};
+use super::Located;
 use super::{is_json_content_type, CONTENT_TYPE_JSON, SPEC_VERSION};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -56,6 +57,11 @@ pub(super) struct StructuredEnvelope<'a> {
 }
 
 pub(super) fn decode_structured<E: Event, M: Message>(message: &M) -> Result<Decoded<'_, E>> {
+    locate_structured::<E, M>(message)?.decode()
+}
+
+/// [`decode_structured`] up to the event: the metadata checked and `data` found.
+pub(super) fn locate_structured<E: Event, M: Message>(message: &M) -> Result<Located<'_>> {
     const ATTRIBUTE: &str = "content-type";
     let payload = message.payload().ok_or_else(|| Error::EmptyPayload)?;
     let envelope: StructuredEnvelope<'_> =
@@ -102,9 +108,8 @@ pub(super) fn decode_structured<E: Event, M: Message>(message: &M) -> Result<Dec
         VersionValue::Text(text) => parse_version("schemaversion", &text)?,
     };
     let data = envelope.data.ok_or(Error::EmptyPayload)?;
-    let event = E::decode_version(schema_version, data.get().as_bytes())?;
-    Ok(Decoded {
-        event,
+    Ok(Located {
+        payload: data.get().as_bytes(),
         metadata: EventMetadata {
             id,
             source,
