@@ -1,15 +1,19 @@
-//! `--print-acls`: the ACLs a service needs, as `scripts/kafka acl` reads them and as
-//! `kafka-acls.sh` commands, for a cluster whose authorizer denies what no ACL allows.
+//! `--print-acls [--principal NAME]`: the ACLs a service needs, as `scripts/kafka acl`
+//! reads them and as `kafka-acls.sh` commands, for a cluster whose authorizer denies what
+//! no ACL allows.
 
 use pegasus_events::acl::ServiceAcls;
 use pegasus_events::KafkaConfig;
 
-/// The principal the service's ACLs are for: its SASL user name, else its client id (the
-/// name its client certificate should carry with mutual TLS).
+/// The principal the service's ACLs are for: the one given after `--principal` (with
+/// mutual TLS, the name the broker's mapping rules make of the client certificate's
+/// subject), else its SASL user name, else its client id.
 pub fn principal(kafka: &KafkaConfig) -> String {
-    kafka
-        .sasl_username
-        .clone()
+    let mut args = std::env::args()
+        .skip_while(|arg| arg != "--principal")
+        .skip(1);
+    args.next()
+        .or_else(|| kafka.sasl_username.clone())
         .unwrap_or_else(|| kafka.client_id.clone())
 }
 

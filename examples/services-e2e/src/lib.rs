@@ -106,6 +106,8 @@ pub struct Stage {
     run: Uuid,
     dir: tempfile::TempDir,
     logs: Mutex<Vec<PathBuf>>,
+    /// More Kafka settings per service (credentials, TLS), set by [`Stage::with_kafka_env`].
+    kafka_env: Vec<(Service, Vec<(String, String)>)>,
 }
 
 impl Stage {
@@ -142,7 +144,79 @@ impl Stage {
                 .tempdir()
                 .expect("temp dir"),
             logs: Mutex::new(Vec::new()),
+            kafka_env: Vec::new(),
         }
+    }
+
+    /// This stage, with `vars` added to the environment of every process of `service`
+    /// after the stage's own (so `KAFKA_BOOTSTRAP_SERVERS` among them wins): a secured
+    /// cluster's listener, credentials, certificate authority.
+    pub fn with_kafka_env(mut self, service: Service, vars: Vec<(String, String)>) -> Stage {
+        self.kafka_env.push((service, vars));
+        self
+    }
+
+    /// The directory the children run in (and their logs are written to), for files a
+    /// test hands them (a password file).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What `instance`'s binary prints with `--print-acls` and `more` arguments (say
+    /// `--principal shipping-api`), run with the environment a start gives it: the ACLs
+    /// the service needs.
+    ///
+    /// # Panics
+    ///
+    /// When the binary fails.
+    pub fn print_acls(&self, instance: &Instance, more: &[&str]) -> String {
+        let output = self
+            .command(instance, 0, "warn")
+            .arg("--print-acls")
+            .args(more)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the service binary runs");
+        assert!(
+            output.status.success(),
+            "{} --print-acls failed: {}",
+            instance.service.name(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8")
+    }
+
+    /// The command that runs `instance`: only the environment given here (no
+    /// appsettings.json, as the working directory is the stage's; no variable of the
+    /// caller's).
+    fn command(&self, instance: &Instance, port: u16, filter: &str) -> Command {
+        let service = instance.service;
+        let binary = match service {
+            Service::Identity => &self.identity_binary,
+            Service::Shipping => &self.shipping_binary,
+        };
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .current_dir(self.dir.path())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", filter)
+            .env("RUST_BACKTRACE", "1")
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
+            .env("KAFKA_CLIENT_ID", &instance.client_id)
+            .env("KAFKA_SOURCE_SERVICE", service.source())
+            // A member killed without leaving the group is dropped from it after 10 s
+            // instead of librdkafka's 45 s, so a restarted consumer gets its partitions
+            // within the tests' bounds. (The producers log that they ignore it.)
+            .env("KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "10000")
+            .env("DATABASE_URL", &instance.database_url)
+            .env("HTTP_HOST", "127.0.0.1")
+            .env("HTTP_PORT", port.to_string())
+            .env("JWT_SECRET", &self.secret);
+        for (_, vars) in self.kafka_env.iter().filter(|(s, _)| *s == service) {
+            command.envs(vars.iter().map(|(k, v)| (k, v)));
+        }
+        command
     }
 
     /// This run's id, unique to the test run: in client ids, tracking numbers, emails.
@@ -199,29 +273,8 @@ impl Stage {
             path
         };
         let file = File::create(&log).expect("log file created");
-        let binary = match service {
-            Service::Identity => &self.identity_binary,
-            Service::Shipping => &self.shipping_binary,
-        };
-        let child = Command::new(binary)
-            // Only what is given here: no appsettings.json (the working directory is the
-            // stage's), no variable of the caller's environment.
-            .env_clear()
-            .current_dir(self.dir.path())
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", filter)
-            .env("RUST_BACKTRACE", "1")
-            .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
-            .env("KAFKA_CLIENT_ID", &instance.client_id)
-            .env("KAFKA_SOURCE_SERVICE", service.source())
-            // A member killed without leaving the group is dropped from it after 10 s
-            // instead of librdkafka's 45 s, so a restarted consumer gets its partitions
-            // within the tests' bounds. (The producers log that they ignore it.)
-            .env("KAFKA_PROPERTY_SESSION_TIMEOUT_MS", "10000")
-            .env("DATABASE_URL", &instance.database_url)
-            .env("HTTP_HOST", "127.0.0.1")
-            .env("HTTP_PORT", port.to_string())
-            .env("JWT_SECRET", &self.secret)
+        let child = self
+            .command(instance, port, filter)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
