@@ -35,6 +35,25 @@ pub fn listing(service: &str, acls: &ServiceAcls, bootstrap: &str) -> String {
     text
 }
 
+/// What a service's `run_process` does on `--print-acls`: prints the [`listing`] of what
+/// `acls` resolves to, or the error, and returns the exit code.
+pub async fn print<E: std::error::Error + 'static>(
+    service: &str,
+    bootstrap: &str,
+    acls: impl std::future::Future<Output = Result<ServiceAcls, E>>,
+) -> std::process::ExitCode {
+    match acls.await {
+        Ok(acls) => {
+            print!("{}", listing(service, &acls, bootstrap));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", pegasus_events::error::Report::new(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Whether the process was started with `--print-acls`.
 pub fn requested() -> bool {
     std::env::args().skip(1).any(|arg| arg == "--print-acls")

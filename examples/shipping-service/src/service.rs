@@ -171,20 +171,9 @@ pub async fn run_process() -> std::process::ExitCode {
         }
     };
     if service_kit::acls::requested() {
-        return match required_acls(&settings).await {
-            Ok(acls) => {
-                let bootstrap = &settings.service.kafka.bootstrap_servers;
-                print!(
-                    "{}",
-                    service_kit::acls::listing("shipping-service", &acls, bootstrap)
-                );
-                std::process::ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {}", Report::new(&error));
-                std::process::ExitCode::FAILURE
-            }
-        };
+        let bootstrap = &settings.service.kafka.bootstrap_servers;
+        return service_kit::acls::print("shipping-service", bootstrap, required_acls(&settings))
+            .await;
     }
     match run(settings, service_kit::shutdown::on_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
