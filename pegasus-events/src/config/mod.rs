@@ -512,6 +512,13 @@ mod tests {
             field_of(bad_algorithm),
             "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM"
         );
+        // Empty is not "off": turning verification off is said in so many words.
+        let empty =
+            KafkaConfig::from_env_vars(env(&[("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "")]));
+        assert_eq!(
+            field_of(empty),
+            "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM"
+        );
 
         let as_property = KafkaConfig::default().with_property("ssl.ca.location", "/ca.pem");
         assert_eq!(

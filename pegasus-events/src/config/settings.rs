@@ -252,7 +252,9 @@ impl KafkaConfig {
             "SslEndpointIdentificationAlgorithm" => {
                 self.tls.verify_hostname = match value.trim().to_ascii_lowercase().as_str() {
                     "https" => true,
-                    "none" | "" => false,
+                    // An empty value is refused, not read as "off": turning a check
+                    // off must be said in so many words.
+                    "none" => false,
                     _ => return Err(config_error(&field, "must be `Https` or `None`")),
                 };
             }
