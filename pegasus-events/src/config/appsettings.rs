@@ -46,12 +46,7 @@ impl KafkaConfig {
     }
 
     fn parse_appsettings(text: &str, path: &Path) -> Result<Self> {
-        let root: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::ConfigSyntax {
-                path: path.to_owned(),
-                line: e.line(),
-                column: e.column(),
-            })?;
+        let root = parse_json(text, path)?;
         let mut config = KafkaConfig::default();
         let Some(section) = root.get("Kafka") else {
             return Err(config_error("Kafka", "appsettings has no `Kafka` section"));
@@ -72,4 +67,14 @@ impl KafkaConfig {
         }
         Ok(config)
     }
+}
+
+/// `text`, the content of the settings file `path`, as JSON; a syntax error is
+/// [`Error::ConfigSyntax`] with its position. Shared by every section's reader.
+pub(crate) fn parse_json(text: &str, path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| Error::ConfigSyntax {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+    })
 }

@@ -57,11 +57,12 @@ mod settings;
 mod tls;
 mod validate;
 
+pub(crate) use appsettings::parse_json;
 pub(crate) use secrets::{client_error, shown_properties};
 pub use secrets::{is_secret_property, Secret};
 pub use settings::{Acks, Compression, ProducerSettings, SaslMechanism, SecurityProtocol};
 pub use tls::{PemSource, TlsSettings};
-pub(crate) use validate::{validate_property_name, validate_topic_name};
+pub(crate) use validate::{config_error, validate_property_name, validate_topic_name};
 
 /// Connection and producer settings for one service.
 #[derive(Clone)]

@@ -241,7 +241,7 @@ fn validate_bootstrap(servers: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn config_error(field: &str, reason: &str) -> Error {
+pub(crate) fn config_error(field: &str, reason: &str) -> Error {
     Error::Config {
         field: field.to_owned(),
         reason: reason.to_owned(),

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use base64::Engine;
 
+use crate::config::config_error;
 use crate::error::{Error, Result};
 
 /// One AES-256 key and its id. Cheap to clone (shared); `Debug` shows the id only.
@@ -43,7 +44,7 @@ impl EncryptionKey {
         if id.is_empty() || id.len() > super::envelope::MAX_KEY_ID_LEN {
             return Err(config_error(
                 "Encryption.Keys",
-                "a key id is 1 to 1024 bytes long".to_owned(),
+                "a key id is 1 to 1024 bytes long",
             ));
         }
         Ok(EncryptionKey {
@@ -58,11 +59,11 @@ impl EncryptionKey {
     pub fn from_base64(id: impl Into<String>, base64: &str, field: &str) -> Result<Self> {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(base64.trim())
-            .map_err(|_| config_error(field, "not standard base64".to_owned()))?;
+            .map_err(|_| config_error(field, "not standard base64"))?;
         let bytes: [u8; 32] = decoded.try_into().map_err(|bytes: Vec<u8>| {
             config_error(
                 field,
-                format!("an AES-256 key is 32 bytes, this one is {}", bytes.len()),
+                &format!("an AES-256 key is 32 bytes, this one is {}", bytes.len()),
             )
         })?;
         EncryptionKey::new(id, bytes)
@@ -84,13 +85,6 @@ impl fmt::Debug for EncryptionKey {
             .field("id", &self.id)
             .field("key", &"***")
             .finish()
-    }
-}
-
-fn config_error(field: &str, reason: String) -> Error {
-    Error::Config {
-        field: field.to_owned(),
-        reason,
     }
 }
 
@@ -147,7 +141,7 @@ impl KeyRing {
         if !self.keys.contains_key(id) {
             return Err(config_error(
                 "Encryption.CurrentKeyId",
-                format!("`{id}` is not one of the ring's key ids"),
+                &format!("`{id}` is not one of the ring's key ids"),
             ));
         }
         self.current = Some(id.to_owned());
@@ -242,20 +236,12 @@ struct RingSettings {
 
 impl RingSettings {
     fn read_appsettings(&mut self, text: &str, path: &Path) -> Result<()> {
-        let root: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::ConfigSyntax {
-                path: path.to_owned(),
-                line: e.line(),
-                column: e.column(),
-            })?;
+        let root = crate::config::parse_json(text, path)?;
         let Some(section) = root.get("Encryption") else {
             return Ok(());
         };
         let serde_json::Value::Object(section) = section else {
-            return Err(config_error(
-                "Encryption",
-                "must be a JSON object".to_owned(),
-            ));
+            return Err(config_error("Encryption", "must be a JSON object"));
         };
         for (name, value) in section {
             match (name.as_str(), value) {
@@ -264,7 +250,7 @@ impl RingSettings {
                     for (id, key) in keys {
                         let field = format!("Encryption.Keys.{id}");
                         let serde_json::Value::String(key) = key else {
-                            return Err(config_error(&field, "must be a base64 string".to_owned()));
+                            return Err(config_error(&field, "must be a base64 string"));
                         };
                         self.keys.insert(id.clone(), (field, key.clone()));
                     }
@@ -272,13 +258,13 @@ impl RingSettings {
                 ("CurrentKeyId" | "Keys", _) => {
                     return Err(config_error(
                         &format!("Encryption.{name}"),
-                        "CurrentKeyId is a string; Keys an object of id: base64 key".to_owned(),
+                        "CurrentKeyId is a string; Keys an object of id: base64 key",
                     ))
                 }
                 _ => {
                     return Err(config_error(
                         &format!("Encryption.{name}"),
-                        "unknown setting; expected `CurrentKeyId` or `Keys`".to_owned(),
+                        "unknown setting; expected `CurrentKeyId` or `Keys`",
                     ))
                 }
             }
