@@ -375,32 +375,37 @@ fn version_value(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<u3
 
 /// Reads `upcast_from = Path`.
 fn path_value(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Path>> {
-    const EXAMPLE: &str = "upcast_from = ShipmentCreatedV1";
-    if !meta.input.peek(Token![=]) {
-        missing_value(cx, meta, UPCAST_FROM, EXAMPLE);
-        skip_value(meta)?;
-        return Ok(None);
-    }
-    let value = meta.value()?;
-    if value.peek(Lit) {
-        let lit: Lit = value.parse()?;
-        cx.error_spanned_by(
-            lit,
-            format_args!(
-                "`upcast_from` takes the path of the previous version's type, without quotes, \
-                 e.g. {EXAMPLE}"
-            ),
-        );
-        return Ok(None);
-    }
-    value.parse().map(Some)
+    unquoted_value(
+        cx,
+        meta,
+        UPCAST_FROM,
+        "upcast_from = ShipmentCreatedV1",
+        "the path of the previous version's type",
+    )
 }
 
 /// Reads `subject = field_name`.
 fn ident_value(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Ident>> {
-    const EXAMPLE: &str = "subject = user_id";
+    unquoted_value(
+        cx,
+        meta,
+        SUBJECT,
+        "subject = user_id",
+        "the name of the field whose value names the subject",
+    )
+}
+
+/// Reads `key = value` where the value is Rust syntax (`T`: a path, a field name), not a
+/// string: a quoted value is refused, saying the key `takes` what, as in `example`.
+fn unquoted_value<T: syn::parse::Parse>(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    key: Symbol,
+    example: &str,
+    takes: &str,
+) -> syn::Result<Option<T>> {
     if !meta.input.peek(Token![=]) {
-        missing_value(cx, meta, SUBJECT, EXAMPLE);
+        missing_value(cx, meta, key, example);
         skip_value(meta)?;
         return Ok(None);
     }
@@ -409,10 +414,7 @@ fn ident_value(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Iden
         let lit: Lit = value.parse()?;
         cx.error_spanned_by(
             lit,
-            format_args!(
-                "`subject` takes the name of the field whose value names the subject, without \
-                 quotes, e.g. {EXAMPLE}"
-            ),
+            format_args!("`{key}` takes {takes}, without quotes, e.g. {example}"),
         );
         return Ok(None);
     }
