@@ -540,9 +540,7 @@ impl EventConsumer {
 
     /// The topics it handles, sorted.
     pub fn topics(&self) -> Vec<&'static str> {
-        let mut topics: Vec<&'static str> = self.routes.keys().copied().collect();
-        topics.sort_unstable();
-        topics
+        sorted_topics(&self.routes)
     }
 
     /// The topic its dead letters go to.
@@ -1032,6 +1030,13 @@ fn poll_loop(consumer: SharedConsumer, shared: &Shared) -> Option<Error> {
     refused
 }
 
+/// The topics a consumer handles, sorted.
+fn sorted_topics(routes: &HashMap<&'static str, Arc<dyn SpawnWorker>>) -> Vec<&'static str> {
+    let mut topics: Vec<&'static str> = routes.keys().copied().collect();
+    topics.sort_unstable();
+    topics
+}
+
 /// The resource kind a poll error says the broker refused, if it is a refusal.
 fn refusal(error: &KafkaError) -> Option<RDKafkaErrorCode> {
     match error.rdkafka_error_code()? {
@@ -1053,8 +1058,7 @@ impl Shared {
                 AclResource::Group(self.group_id.to_string()),
             );
         }
-        let mut topics: Vec<&str> = self.routes.keys().copied().collect();
-        topics.sort_unstable();
+        let topics = sorted_topics(&self.routes);
         let denied = topics.iter().find(|topic| {
             consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(2))
