@@ -326,10 +326,12 @@ fn main() {
     let (per_round, rounds, backlog) = if full {
         (
             200_000,
+            // Eleven paired rounds: with five, the median moved from 0.51 to 0.92 between
+            // full runs of the same code on 2026-12-02, more than any change measured.
             std::env::var("ROUNDS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(5),
+                .unwrap_or(11),
             std::env::var("BACKLOG")
                 .ok()
                 .and_then(|v| v.parse().ok())

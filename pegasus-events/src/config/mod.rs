@@ -406,6 +406,8 @@ mod tests {
         }
     }
 
+    // Only the `ssl` tests below read PEM text.
+    #[cfg(feature = "ssl")]
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
     // TLS needs the `ssl` feature; without it validation refuses the protocol first.

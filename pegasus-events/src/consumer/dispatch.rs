@@ -15,22 +15,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use uuid::Uuid;
 
 use super::handler::{EventContext, EventHandler, FailureKind};
+use super::native_queue::NativeMessage;
 use super::retry::RetryPolicy;
 use crate::error::Error;
 use crate::event::Event;
 use crate::idempotency::DynIdempotencyStore;
 use crate::wire::{self, Decoded, FoundHeaders};
 
-/// A record's message as the worker holds it: borrowed from its partition queue, or
+/// A record's message as the worker holds it: taken from its partition queue, or
 /// (rarely) owned, when librdkafka returned it on the consumer's main queue before the
 /// partition was split.
 #[derive(Clone, Copy)]
 pub(crate) enum Held<'a> {
-    Borrowed(&'a BorrowedMessage<'a>),
+    Native(&'a NativeMessage<'a>),
     Owned(&'a OwnedMessage),
 }
 
@@ -41,7 +42,7 @@ impl<'a> Held<'a> {
     /// decoding: each pass costs a string length and a comparison per header.
     pub(crate) fn contract_headers(self) -> FoundHeaders<'a> {
         match self {
-            Held::Borrowed(m) => FoundHeaders::read(m),
+            Held::Native(m) => FoundHeaders::read(m),
             Held::Owned(m) => FoundHeaders::read(m),
         }
     }
@@ -57,28 +58,28 @@ pub(crate) struct Record<'a> {
 impl<'a> Record<'a> {
     pub(crate) fn topic(&self) -> &'a str {
         match self.message {
-            Held::Borrowed(m) => m.topic(),
+            Held::Native(m) => m.topic(),
             Held::Owned(m) => m.topic(),
         }
     }
 
     pub(crate) fn partition(&self) -> i32 {
         match self.message {
-            Held::Borrowed(m) => m.partition(),
+            Held::Native(m) => m.partition(),
             Held::Owned(m) => m.partition(),
         }
     }
 
     pub(crate) fn offset(&self) -> i64 {
         match self.message {
-            Held::Borrowed(m) => m.offset(),
+            Held::Native(m) => m.offset(),
             Held::Owned(m) => m.offset(),
         }
     }
 
     pub(crate) fn key(&self) -> Option<&'a str> {
         let key = match self.message {
-            Held::Borrowed(m) => m.key(),
+            Held::Native(m) => m.key(),
             Held::Owned(m) => m.key(),
         };
         key.and_then(|k| std::str::from_utf8(k).ok())
@@ -86,7 +87,7 @@ impl<'a> Record<'a> {
 
     fn decode<E: Event>(&self) -> Result<Decoded<'a, E>, Error> {
         match self.message {
-            Held::Borrowed(m) => wire::decode_found::<E, _>(m, self.headers),
+            Held::Native(m) => wire::decode_found::<E, _>(m, self.headers),
             Held::Owned(m) => wire::decode_found::<E, _>(m, self.headers),
         }
     }
@@ -97,14 +98,14 @@ impl<'a> Record<'a> {
         encryption: Option<&crate::encryption::Encryption>,
     ) -> Result<Decoded<'a, E>, Error> {
         match self.message {
-            Held::Borrowed(m) => crate::encryption::decode_found(encryption, m, self.headers).await,
+            Held::Native(m) => crate::encryption::decode_found(encryption, m, self.headers).await,
             Held::Owned(m) => crate::encryption::decode_found(encryption, m, self.headers).await,
         }
     }
 
     fn event_type(&self) -> Result<Option<std::borrow::Cow<'a, str>>, Error> {
         match self.message {
-            Held::Borrowed(m) => wire::event_type_found(m, self.headers),
+            Held::Native(m) => wire::event_type_found(m, self.headers),
             Held::Owned(m) => wire::event_type_found(m, self.headers),
         }
     }

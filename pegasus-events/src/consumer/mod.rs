@@ -75,6 +75,7 @@
 pub(crate) mod dispatch;
 mod handler;
 mod health;
+mod native_queue;
 mod partition;
 mod retry;
 
@@ -876,7 +877,7 @@ impl Shared {
             if workers.contains_key(&key) {
                 continue;
             }
-            let queue = consumer.split_partition_queue(&topic, partition);
+            let queue = native_queue::BatchQueue::split(consumer, &topic, partition);
             if queue.is_none() {
                 tracing::warn!(%topic, partition, "cannot split the partition queue; its records come through the main queue");
             }

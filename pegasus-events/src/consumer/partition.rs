@@ -11,7 +11,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
@@ -20,6 +19,7 @@ use tracing::{Instrument, Span};
 
 use super::dispatch::{panic_message, Env, Held, Outcome, Record, RecordHandler};
 use super::handler::FailureKind;
+use super::native_queue::BatchQueue;
 use super::retry::RetryPolicy;
 use super::{ConsumerSettings, RuntimeContext};
 use crate::dead_letter::{self, DeadLetterReason, DeadLetterWriter, Failure};
@@ -220,7 +220,7 @@ pub(crate) struct WorkerEnv {
 pub(crate) struct WorkerArgs {
     /// The partition's own queue, split from the consumer's; `None` if librdkafka could not
     /// split it, and then its records arrive as `strays` only.
-    pub(crate) queue: Option<PartitionQueue<RuntimeContext>>,
+    pub(crate) queue: Option<BatchQueue<RuntimeContext>>,
     /// Records of this partition that came through the consumer's main queue.
     pub(crate) strays: mpsc::Receiver<OwnedMessage>,
     pub(crate) consumer: Arc<BaseConsumer<RuntimeContext>>,
@@ -310,6 +310,9 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
             metrics: &state.metrics,
         },
     };
+    // Whether the partition has its own queue; without one, its records come as strays
+    // only, and the worker ends when their channel closes.
+    let split = queue.is_some();
     loop {
         if state.is_closing() {
             break;
@@ -319,10 +322,12 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
             worker.process(Held::Owned(&message)).await;
             continue;
         }
-        let polled = queue.as_ref().and_then(|q| q.poll(Duration::ZERO));
+        // Records are taken from the queue several at a time (`native_queue::BATCH`) and
+        // handled one by one; each stores its own offset when done.
+        let polled = queue.as_mut().and_then(BatchQueue::next);
         match polled {
             Some(Ok(message)) => {
-                worker.process(Held::Borrowed(&message)).await;
+                worker.process(Held::Native(&message)).await;
                 // A full queue never makes this loop wait; spend tokio's cooperative
                 // budget so other tasks on the runtime still get their turn.
                 tokio::task::coop::consume_budget().await;
@@ -347,7 +352,7 @@ async fn run<R: RecordHandler>(handler: Arc<R>, args: WorkerArgs) {
                     () = state.wake.notified() => {}
                     stray = strays.recv() => match stray {
                         Some(message) => worker.process(Held::Owned(&message)).await,
-                        None if queue.is_none() => break,
+                        None if !split => break,
                         None => {}
                     },
                 }
@@ -434,7 +439,7 @@ impl<R: RecordHandler> Worker<'_, R> {
     /// Stores the offset after `record` for the background commit.
     fn store_offset(&self, record: Record<'_>) {
         let stored = match record.message {
-            Held::Borrowed(message) => self.consumer.store_offset_from_message(message),
+            Held::Native(message) => message.store_offset(),
             // rd_kafka_offset_store stores offset + 1, the next record to read.
             Held::Owned(message) => {
                 self.consumer
@@ -653,7 +658,7 @@ impl<R: RecordHandler> Worker<'_, R> {
         let mut failures = 0u32;
         loop {
             let written = match record.message {
-                Held::Borrowed(message) => {
+                Held::Native(message) => {
                     self.env
                         .dead_letters
                         .write(&message.detach(), &failure)
