@@ -54,7 +54,7 @@
 //! | `kafka_events_consumed_total` | counter | `topic`, `group`, `outcome`, `reason` | a record is done (`handled`, `duplicate`, `dead_lettered`, `decode_failure`), or an attempt failed and will be retried (`retried`); see [`outcome`] and [`reason`] |
 //! | `kafka_consumer_handler_duration_seconds` | histogram | `topic`, `group` | a handler call ended (success, error, panic or timeout) ([`HANDLER_DURATION_BUCKETS`]) |
 //! | `kafka_consumer_lag_records` | gauge | `topic`, `partition`, `group` | librdkafka's statistics arrived ([`KafkaConfig::statistics_interval`](crate::KafkaConfig::statistics_interval)): its `consumer_lag`, the high watermark minus the group's committed offset, once the group committed one. Set to 0 when the partition is revoked or the consumer stops (a gauge cannot be unregistered), and not updated until it is assigned again. |
-//! | `kafka_consumer_prefetched_records` | gauge | `topic`, `partition`, `group` | the same statistics: records fetched and queued by librdkafka, not yet given to the worker (`fetchq_cnt`); 0 after a revoke, like the lag |
+//! | `kafka_consumer_prefetched_records` | gauge | `topic`, `partition`, `group` | the same statistics: records fetched and not yet started by the worker, those librdkafka queued (`fetchq_cnt`) and those the worker took from its queue in its last batch read; 0 after a revoke, like the lag |
 //! | `kafka_consumer_records_in_flight` | gauge | `topic`, `partition`, `group` | +1 when the partition's worker takes a record, −1 when it is done (offset stored) or given up, or when its worker is dropped mid-record, so it returns to 0 after a revoke |
 //! | `kafka_outbox_rows_waiting` | gauge | `store` | once per poll interval of a relay: unpublished rows in the outbox table |
 //! | `kafka_outbox_oldest_row_age_seconds` | gauge | `store` | the same query: age of the oldest unpublished row, 0 when none waits |
@@ -72,6 +72,7 @@
 //! it. The outbox gauges are per store kind: two relays of the same kind in one process
 //! (two PostgreSQL databases, say) report into the same series.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,7 +90,8 @@ pub const EVENTS_CONSUMED_TOTAL: &str = "kafka_events_consumed_total";
 pub const CONSUMER_HANDLER_DURATION_SECONDS: &str = "kafka_consumer_handler_duration_seconds";
 /// `kafka_consumer_lag_records{topic, partition, group}`: librdkafka's `consumer_lag`.
 pub const CONSUMER_LAG_RECORDS: &str = "kafka_consumer_lag_records";
-/// `kafka_consumer_prefetched_records{topic, partition, group}`: librdkafka's `fetchq_cnt`.
+/// `kafka_consumer_prefetched_records{topic, partition, group}`: librdkafka's `fetchq_cnt`
+/// plus the records the worker took from its queue and has not started.
 pub const CONSUMER_PREFETCHED_RECORDS: &str = "kafka_consumer_prefetched_records";
 /// `kafka_consumer_records_in_flight{topic, partition, group}`: taken by the worker, not done.
 pub const CONSUMER_RECORDS_IN_FLIGHT: &str = "kafka_consumer_records_in_flight";
@@ -573,10 +575,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Per topic, per partition: the lag and prefetched gauges.
+/// Per topic, per partition: the lag and prefetched gauges, and how many records the
+/// partition's worker took from its queue and has not started.
 #[cfg(feature = "metrics")]
-type LagGauges =
-    std::collections::HashMap<Box<str>, std::collections::HashMap<i32, (Gauge, Gauge)>>;
+type LagGauges = std::collections::HashMap<
+    Box<str>,
+    std::collections::HashMap<i32, (Gauge, Gauge, Arc<AtomicUsize>)>,
+>;
 
 /// A consumer's handles: its group, and the lag gauges fed by librdkafka's statistics.
 pub(crate) struct ConsumerMetrics {
@@ -599,12 +604,19 @@ impl ConsumerMetrics {
     }
 
     /// The handles of a partition just assigned; from now on its lag and prefetched
-    /// gauges are set from librdkafka's statistics, until it is revoked.
-    pub(crate) fn partition(&self, topic: &str, partition: i32) -> PartitionMetrics {
+    /// gauges are set from librdkafka's statistics (the prefetched one plus `taken`, the
+    /// records its worker took from the queue and has not started), until it is revoked.
+    pub(crate) fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        taken: &Arc<AtomicUsize>,
+    ) -> PartitionMetrics {
         #[cfg(feature = "metrics")]
         {
             let mut lag = self.lag.lock().unwrap_or_else(|e| e.into_inner());
-            lag.entry(topic.into())
+            let gauges = lag
+                .entry(topic.into())
                 .or_default()
                 .entry(partition)
                 .or_insert_with(|| {
@@ -617,9 +629,13 @@ impl ConsumerMetrics {
                     (
                         gauge(CONSUMER_LAG_RECORDS, &pairs),
                         gauge(CONSUMER_PREFETCHED_RECORDS, &pairs),
+                        Arc::clone(taken),
                     )
                 });
+            gauges.2 = Arc::clone(taken);
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = taken;
         PartitionMetrics::new(topic, partition, &self.group)
     }
 
@@ -636,7 +652,7 @@ impl ConsumerMetrics {
             let gauges = lag
                 .get_mut(topic)
                 .and_then(|partitions| partitions.remove(&partition));
-            if let Some((lag_gauge, prefetched)) = gauges {
+            if let Some((lag_gauge, prefetched, _)) = gauges {
                 lag_gauge.set(0.0);
                 prefetched.set(0.0);
             }
@@ -667,7 +683,7 @@ impl ConsumerMetrics {
                     continue;
                 }
                 // Only the partitions this consumer holds: a revoked one stays at 0.
-                let Some((lag_gauge, prefetched)) = lag
+                let Some((lag_gauge, prefetched, taken)) = lag
                     .get_mut(topic.as_ref())
                     .and_then(|partitions| partitions.get_mut(&partition))
                 else {
@@ -678,7 +694,8 @@ impl ConsumerMetrics {
                     lag_gauge.set(partition_stats.consumer_lag as f64);
                 }
                 if partition_stats.fetchq_cnt >= 0 {
-                    prefetched.set(partition_stats.fetchq_cnt as f64);
+                    let taken = taken.load(std::sync::atomic::Ordering::Relaxed);
+                    prefetched.set(partition_stats.fetchq_cnt as f64 + taken as f64);
                 }
             }
         }

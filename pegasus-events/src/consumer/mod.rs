@@ -12,12 +12,14 @@
 //!   [`max_in_flight_per_partition`](ConsumerSettings::max_in_flight_per_partition) records
 //!   (`queued.min.messages`, a refill threshold: one fetch response, at most
 //!   `fetch.message.max.bytes`, 1 MiB by default, can overshoot it), and never beyond
-//!   `queued.max.messages.kbytes` (64 MiB by default) per partition queue. Records that
+//!   `queued.max.messages.kbytes` (64 MiB by default) per partition queue, plus the at
+//!   most 64 records its worker took from the queue and has not handled yet. Records that
 //!   reach the consumer's main queue before their partition has its own queue go to a
 //!   channel bounded to the same count. Memory grows with the assigned partitions, not
 //!   with the backlog.
 //! - **No allocation per record** in the runtime beyond decoding: each partition has its
-//!   own librdkafka queue, read by a worker that is generic over the handler, and the
+//!   own librdkafka queue, read up to 64 records at a time (no event object and no
+//!   allocation per record) by a worker that is generic over the handler, and the
 //!   handler gets the record's metadata borrowed from the record.
 //! - **Rebalances.** When partitions are revoked, the records being handled may finish
 //!   (up to [`revoke_timeout`](ConsumerSettings::revoke_timeout)), records not started are
@@ -877,11 +879,15 @@ impl Shared {
             if workers.contains_key(&key) {
                 continue;
             }
-            let queue = native_queue::BatchQueue::split(consumer, &topic, partition);
+            // Records the worker took from its queue and has not started: they count as
+            // prefetched, like those still in librdkafka's queue.
+            let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let queue =
+                native_queue::BatchQueue::split(consumer, &topic, partition, Arc::clone(&taken));
             if queue.is_none() {
                 tracing::warn!(%topic, partition, "cannot split the partition queue; its records come through the main queue");
             }
-            let metrics = self.metrics.partition(&topic, partition);
+            let metrics = self.metrics.partition(&topic, partition, &taken);
             let state = Arc::new(PartitionState::new(topic, partition, metrics));
             // Bounded like the partition's own queue: a worker that falls behind holds the
             // poll thread back instead of letting records pile up in memory.

@@ -27,16 +27,16 @@
 //!
 //! With `wire/byte_headers.rs`, the crate's only `unsafe` code. What it relies on:
 //! librdkafka's queues and messages may be used from any thread; a message stays valid
-//! until `rd_kafka_message_destroy`, and its key, payload, topic name and headers with it;
+//! until `rd_kafka_message_destroy`, and its key, payload, topic handle and headers with it;
 //! and the client (`rd_kafka_t`) outlives every queue and message of it, which holding
 //! the consumer's `Arc` ensures. rdkafka's `BorrowedHeaders` is a zero-sized view whose
 //! address is librdkafka's headers pointer, the assumption `byte_headers` already states
 //! and tests.
 #![allow(unsafe_code)]
 
-use std::ffi::{c_void, CStr, CString};
-use std::marker::PhantomData;
+use std::ffi::{c_void, CString};
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rdkafka::bindings as rdsys;
@@ -58,10 +58,16 @@ type NonEmpty = Box<Box<dyn Fn() + Send + Sync>>;
 /// yet handed out.
 pub(crate) struct BatchQueue<C: ConsumerContext + 'static> {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
-    /// Taken by the last batch read; `taken[next..]` are still to be handed out.
-    taken: Box<[*mut rdsys::rd_kafka_message_t; BATCH]>,
+    /// The partition's topic: every record of the queue is of it, so a record's topic is
+    /// read from here rather than from librdkafka (a call and a string length each time).
+    topic: Arc<str>,
+    /// Taken by the last batch read; `batch[next..filled]` are still to be handed out.
+    batch: Box<[*mut rdsys::rd_kafka_message_t; BATCH]>,
     filled: usize,
     next: usize,
+    /// `filled - next`, for the prefetched-records gauge: records that left librdkafka's
+    /// queue (and its `fetchq_cnt`) but were not started.
+    waiting: Arc<AtomicUsize>,
     nonempty: Option<NonEmpty>,
     /// Keeps the client alive for as long as the queue and its messages are: dropped
     /// after [`Drop::drop`] destroyed them.
@@ -76,20 +82,22 @@ unsafe impl<C: ConsumerContext> Sync for BatchQueue<C> {}
 
 impl<C: ConsumerContext + 'static> BatchQueue<C> {
     /// Splits the queue of `topic`'s `partition` from the consumer's: its records no
-    /// longer reach the consumer's main queue. `None` if librdkafka has no queue for it (a
+    /// longer reach the consumer's main queue. `waiting` is kept at the count of records
+    /// taken from it and not yet handed out. `None` if librdkafka has no queue for it (a
     /// partition not assigned) or the name holds a NUL byte.
     pub(crate) fn split(
         consumer: &Arc<BaseConsumer<C>>,
-        topic: &str,
+        topic: &Arc<str>,
         partition: i32,
+        waiting: Arc<AtomicUsize>,
     ) -> Option<Self> {
-        let topic = CString::new(topic).ok()?;
+        let name = CString::new(&**topic).ok()?;
         // SAFETY: the client is alive (we hold it); librdkafka copies nothing from the
         // name beyond the call. The queue returned is ours to destroy.
         let queue = unsafe {
             rdsys::rd_kafka_queue_get_partition(
                 consumer.client().native_ptr(),
-                topic.as_ptr(),
+                name.as_ptr(),
                 partition,
             )
         };
@@ -98,9 +106,11 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
         unsafe { rdsys::rd_kafka_queue_forward(queue.as_ptr(), ptr::null_mut()) };
         Some(BatchQueue {
             queue,
-            taken: Box::new([ptr::null_mut(); BATCH]),
+            topic: Arc::clone(topic),
+            batch: Box::new([ptr::null_mut(); BATCH]),
             filled: 0,
             next: 0,
+            waiting,
             nonempty: None,
             _consumer: Arc::clone(consumer),
         })
@@ -135,13 +145,13 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
     /// `None` when the queue is empty. Never waits.
     pub(crate) fn next(&mut self) -> Option<KafkaResult<NativeMessage<'_>>> {
         if self.next == self.filled {
-            // SAFETY: the queue is live; `taken` has room for `BATCH` pointers, and every
+            // SAFETY: the queue is live; `batch` has room for `BATCH` pointers, and every
             // pointer of an earlier batch was handed out (next == filled).
             let read = unsafe {
                 rdsys::rd_kafka_consume_batch_queue(
                     self.queue.as_ptr(),
                     0,
-                    self.taken.as_mut_ptr(),
+                    self.batch.as_mut_ptr(),
                     BATCH,
                 )
             };
@@ -152,12 +162,14 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
                 return None;
             }
         }
-        let message = NonNull::new(self.taken[self.next]);
-        self.taken[self.next] = ptr::null_mut();
+        let message = NonNull::new(self.batch[self.next]);
+        self.batch[self.next] = ptr::null_mut();
         self.next += 1;
+        self.waiting
+            .store(self.filled - self.next, Ordering::Relaxed);
         let message = NativeMessage {
             message: message?,
-            _queue: PhantomData,
+            topic: &self.topic,
         };
         // SAFETY: a message from the batch read, live until `message` is dropped.
         let error = unsafe { message.message.as_ref() }.err;
@@ -176,7 +188,7 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
 
 impl<C: ConsumerContext + 'static> Drop for BatchQueue<C> {
     fn drop(&mut self) {
-        for message in &mut self.taken[self.next..self.filled] {
+        for message in &mut self.batch[self.next..self.filled] {
             if !message.is_null() {
                 // SAFETY: taken by the batch read and never handed out.
                 unsafe { rdsys::rd_kafka_message_destroy(*message) };
@@ -196,7 +208,8 @@ impl<C: ConsumerContext + 'static> Drop for BatchQueue<C> {
 /// cannot outlive it (nor, therefore, the consumer).
 pub(crate) struct NativeMessage<'q> {
     message: NonNull<rdsys::rd_kafka_message_t>,
-    _queue: PhantomData<&'q mut ()>,
+    /// The queue's topic, the record's.
+    topic: &'q str,
 }
 
 // SAFETY: the message is read-only once consumed, and librdkafka lets any thread read or
@@ -280,12 +293,7 @@ impl Message for NativeMessage<'_> {
     }
 
     fn topic(&self) -> &str {
-        // SAFETY: librdkafka keeps the topic's name, NUL-terminated, as long as the topic
-        // handle, which the message holds.
-        let name = unsafe { CStr::from_ptr(rdsys::rd_kafka_topic_name(self.raw().rkt)) };
-        // Kafka topic names are ASCII (the broker refuses others); rdkafka would panic on
-        // one that is not UTF-8, this reads it as empty instead.
-        name.to_str().unwrap_or("")
+        self.topic
     }
 
     fn partition(&self) -> i32 {
