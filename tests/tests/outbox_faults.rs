@@ -361,23 +361,25 @@ impl MarkBlocker {
 /// before it marked it; a restarted relay must publish every event, and what went out
 /// before the kill once more, with the same `ce_id`s.
 async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Database) {
-    const EVENTS: u32 = 2_000;
+    // Three batches: the kill lands after the first (and maybe the second) went out, with
+    // at least one batch still unsent.
+    let batch = RelaySettings::default().batch_size as usize;
+    let total = u32::try_from(3 * batch).expect("three batches fit a u32");
     let kafka = config("orders-api");
     create_topic(&kafka).await;
     let url = database.fresh().await;
     let outbox = Outbox::connect(database, &url, &kafka).await;
     let run = unique("run");
-    let events: Vec<Relayed> = (0..EVENTS).map(|n| relayed(&run, n)).collect();
+    let events: Vec<Relayed> = (0..total).map(|n| relayed(&run, n)).collect();
     let (relay, blocker) = outbox.relay_waiting_on_the_mark(&url, &events).await;
     // The relay's first batch goes out and is acknowledged, then its mark waits (a
     // relay that overlaps batches may have sent its next one too).
-    let batch = RelaySettings::default().batch_size as usize;
     records_of(bootstrap(), &run, batch, Duration::from_millis(500)).await;
     drop(relay); // SIGKILL while it waits on the mark
     let unmarked = outbox.unpublished().await;
     assert_eq!(
         unmarked,
-        i64::from(EVENTS),
+        i64::from(total),
         "the kill landed before the mark"
     );
     // What the broker holds of the run now is what the relay published before the kill.
@@ -388,7 +390,7 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
         "no event went out twice before the kill: its mark was still waiting"
     );
     assert!(
-        (batch..EVENTS as usize).contains(&published),
+        (batch..total as usize).contains(&published),
         "a batch published, then the mark waited ({published} events published)"
     );
     blocker.release().await;
@@ -400,14 +402,14 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
     outbox.wait_until_published().await;
     let caught_up = restarted_at.elapsed();
     drop(restarted);
-    let all = records_of(bootstrap(), &run, EVENTS as usize, Duration::from_secs(2)).await;
+    let all = records_of(bootstrap(), &run, total as usize, Duration::from_secs(2)).await;
     let (distinct, duplicates) = distinct_and_duplicates(&all);
     eprintln!(
         "{database:?} relay crash: {distinct} events, {duplicates} republished duplicates; \
          {published} published and {unmarked} rows unmarked at the kill; all published \
          {caught_up:.1?} after the restart"
     );
-    assert_eq!(distinct, EVENTS as usize, "every event published");
+    assert_eq!(distinct, total as usize, "every event published");
     assert_eq!(
         duplicates, published,
         "what was published but unmarked went out again, with the same ce_ids"
@@ -417,7 +419,7 @@ async fn relay_killed_between_the_acknowledgement_and_the_mark(database: Databas
         &format!(
             "outbox relay process ({database:?}) killed with SIGKILL between the broker's acknowledgement and the mark, restarted"
         ),
-        EVENTS,
+        total,
         outbox.published().await,
         distinct,
         duplicates,

@@ -223,7 +223,14 @@ pub(crate) trait OutboxStorage: Send + Sync + 'static {
 /// Settings of the relay; defaults next to each field.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RelaySettings {
-    /// Rows read and published per round: 500.
+    /// Rows read and published per round: 2,000. The relay holds at most two batches of
+    /// rows in memory (one being acknowledged, the next being sent). Larger batches reach
+    /// the broker in larger produce requests: in the outbox bench (2026-12-03, alternated
+    /// runs of three rounds) 2,000 instead of 500 took the PostgreSQL relay from a median
+    /// of 0.46 to 0.50 of the commits alone (0.52 to 0.61 deleting rows) and the broker's
+    /// CPU per relayed event from 5.5-14 to 2.5-3 µs; on SQLite it made no difference
+    /// measurable (0.37-0.46 either way); 5,000 was no better than 2,000. Debezium's
+    /// `max.batch.size` is 2,048.
     pub batch_size: i64,
     /// How long the relay sleeps when it found nothing and no notification came: 1 s on
     /// PostgreSQL (a fallback for lost notifications), and SQLite's polling interval.
@@ -248,7 +255,7 @@ pub struct RelaySettings {
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            batch_size: 500,
+            batch_size: 2_000,
             poll_interval: Duration::from_secs(1),
             error_backoff: Duration::from_millis(200),
             retention: Duration::from_secs(7 * 24 * 60 * 60),
