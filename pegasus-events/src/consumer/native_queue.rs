@@ -167,8 +167,20 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
         self.next += 1;
         self.waiting
             .store(self.filled - self.next, Ordering::Relaxed);
+        let message = message?;
+        // Parsed here, once: librdkafka parses a record's headers lazily, writing them into
+        // the message, so reading them through a shared reference later must find them
+        // parsed (see the `Sync` impl). A record whose headers cannot be parsed has none.
+        let mut headers = ptr::null_mut();
+        // SAFETY: a message from the batch read, live and not yet shared; the call writes
+        // its parsed headers into it and their pointer to `headers`.
+        let parsed = unsafe { rdsys::rd_kafka_message_headers(message.as_ptr(), &mut headers) };
+        if parsed != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            headers = ptr::null_mut();
+        }
         let message = NativeMessage {
-            message: message?,
+            message,
+            headers,
             topic: &self.topic,
         };
         // SAFETY: a message from the batch read, live until `message` is dropped.
@@ -208,6 +220,9 @@ impl<C: ConsumerContext + 'static> Drop for BatchQueue<C> {
 /// cannot outlive it (nor, therefore, the consumer).
 pub(crate) struct NativeMessage<'q> {
     message: NonNull<rdsys::rd_kafka_message_t>,
+    /// The record's headers, parsed when it was taken; null when it has none (or none
+    /// librdkafka could parse).
+    headers: *mut rdsys::rd_kafka_headers_t,
     /// The queue's topic, the record's.
     topic: &'q str,
 }
@@ -215,9 +230,9 @@ pub(crate) struct NativeMessage<'q> {
 // SAFETY: the message is read-only once consumed, and librdkafka lets any thread read or
 // destroy it; this value alone owns it.
 unsafe impl Send for NativeMessage<'_> {}
-// SAFETY: as above; `&self` methods only read it (the lazy header parse in `headers` is
-// done by librdkafka under the message's own state, and the worker holds a record on one
-// task at a time).
+// SAFETY: as above; `&self` methods only read it: the one write librdkafka makes to a
+// consumed message on a read (parsing its headers) was done in `BatchQueue::next`, before
+// the message was handed out.
 unsafe impl Sync for NativeMessage<'_> {}
 
 impl NativeMessage<'_> {
@@ -321,16 +336,12 @@ impl Message for NativeMessage<'_> {
     }
 
     fn headers(&self) -> Option<&BorrowedHeaders> {
-        let mut headers = ptr::null_mut();
-        // SAFETY: the message is live; librdkafka parses its headers once, keeps them with
-        // the message, and writes their pointer to `headers`.
-        let error = unsafe { rdsys::rd_kafka_message_headers(self.message.as_ptr(), &mut headers) };
-        if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+        if self.headers.is_null() {
             return None;
         }
         // SAFETY: `BorrowedHeaders` is rdkafka's zero-sized view of this very pointer
         // (rdkafka builds it the same way); the headers live as long as the message, and
         // the reference borrows `self`.
-        Some(unsafe { &*headers.cast::<BorrowedHeaders>() })
+        Some(unsafe { &*self.headers.cast::<BorrowedHeaders>() })
     }
 }
